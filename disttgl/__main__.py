@@ -1,0 +1,3 @@
+from disttgl.cli import main
+
+raise SystemExit(main())

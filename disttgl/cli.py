@@ -1,0 +1,60 @@
+"""``disttgl`` command line: one subcommand per pipeline stage.
+
+Each subcommand lives in its own module exposing ``add_arguments(parser)`` and ``run(args) -> int``;
+only the chosen module is imported, so ``disttgl info`` does not pay for importing torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from disttgl.errors import DataError
+
+# name -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "fetch": ("disttgl.fetch", "download a registered dataset (checksummed, retried, atomic)"),
+    "convert": ("disttgl.convert", "convert raw event files into the HDF5 graph store"),
+    "synth": ("disttgl.synth", "generate the embedded synthetic dataset"),
+    "info": ("disttgl.info", "summarise a graph store"),
+    "datasets": ("disttgl.registry", "list the registered datasets"),
+    "batches": ("disttgl.batches", "precompute the mini-batch cache"),
+    "pretrain": ("disttgl.pretrain", "pretrain the static node memory"),
+    "train": ("disttgl.train", "train a TGN with (optional) static memory"),
+    "report": ("disttgl.report", "collect results into tables and plots"),
+}
+
+
+def _parser(command: str | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="disttgl", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        if name == command:
+            importlib.import_module(module).add_arguments(p)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = next((a for a in argv if not a.startswith("-")), None)
+    if command not in COMMANDS:
+        command = None
+    args = _parser(command).parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.command is None:
+        _parser().print_help()
+        return 2
+    module = importlib.import_module(COMMANDS[args.command][0])
+    try:
+        return int(module.run(args) or 0)
+    except DataError as exc:
+        print(f"disttgl {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"disttgl {args.command}: interrupted", file=sys.stderr)
+        return 130
