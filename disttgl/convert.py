@@ -1,0 +1,185 @@
+"""``disttgl convert``: raw event files -> the HDF5 graph store (DESIGN §3).
+
+Steps: read (``disttgl.readers``), validate, compact ids to 0..N-1 (bipartite: items after users),
+sort stably by time, split, add the zero sentinel edge-feature row, build the T-CSR, write atomically.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from disttgl.errors import DataError
+from disttgl.graph import Graph, build_tcsr, chronological_split, sha256_files, write_graph
+from disttgl.readers import FORMATS, CsvColumns, RawEvents, read_events
+
+log = logging.getLogger(__name__)
+
+SPLIT_RULES = ("chronological", "ext_roll")
+
+
+@dataclass(frozen=True)
+class ConvertOptions:
+    fmt: str
+    bipartite: bool | None = None  # None: the format's default (JODIE data is user->item)
+    directed: bool = False  # store the T-CSR in the event direction only
+    split: str | None = None  # None: ext_roll when the source gives one, else chronological
+    val_fraction: float = 0.15
+    test_fraction: float = 0.15
+    csv_columns: CsvColumns | None = None
+
+
+def _compact(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Map ids to 0..n-1 in sorted order of the original ids; return (new ids, original id per new id).
+
+    Dense integer ids use a lookup table (no sort, O(max id) memory); sparse or string ids use np.unique.
+    """
+    if ids.dtype.kind in "iu" and len(ids) and 0 <= ids.min() and ids.max() < 4 * len(ids) + 1024:
+        present = np.zeros(int(ids.max()) + 1, dtype=bool)
+        present[ids] = True
+        original = np.flatnonzero(present)
+        table = np.cumsum(present, dtype=np.int64) - 1
+        return table[ids], original.astype(np.int64)
+    original, inverse = np.unique(ids, return_inverse=True)
+    return inverse.astype(np.int64), original
+
+
+def _validate(raw: RawEvents) -> None:
+    bad_t = ~np.isfinite(raw.t)
+    if bad_t.any():
+        row = int(np.flatnonzero(bad_t)[0])
+        raise DataError(raw.path, f"time is {raw.t[row]} (times must be finite numbers)",
+                        line=raw.line_of(row), column="time")
+    for name, ids in (("src", raw.src), ("dst", raw.dst)):
+        if ids.dtype.kind in "iu" and len(ids) and ids.min() < 0:
+            row = int(np.flatnonzero(ids < 0)[0])
+            raise DataError(raw.path, f"negative node id {ids[row]}", line=raw.line_of(row), column=name)
+    if raw.edge_feat is not None and len(raw.edge_feat) != raw.num_events:
+        raise DataError(raw.edge_feat_path, f"edge features have {len(raw.edge_feat)} rows but the events "
+                        f"file {raw.path} has {raw.num_events} events")
+    if raw.edge_feat is not None and not np.isfinite(raw.edge_feat).all():
+        row = int(np.flatnonzero(~np.isfinite(raw.edge_feat).all(axis=1))[0])
+        raise DataError(raw.edge_feat_path, f"edge feature row {row} holds NaN or infinite values")
+    if raw.node_feat is not None:
+        max_id = max(int(raw.src.max()), int(raw.dst.max()))
+        if len(raw.node_feat) <= max_id:
+            raise DataError(raw.node_feat_path, f"node features have {len(raw.node_feat)} rows but the events "
+                            f"reference node id {max_id}")
+
+
+def _remap(raw: RawEvents, bipartite: bool, separate_spaces: bool):
+    """Return (src, dst, original_id, side). JODIE users and items live in separate id spaces."""
+    if bipartite and separate_spaces:
+        src, users = _compact(raw.src)
+        dst, items = _compact(raw.dst)
+        dst += len(users)
+        side = np.concatenate([np.zeros(len(users), np.int8), np.ones(len(items), np.int8)])
+        return src, dst, np.concatenate([users, items]), side
+    both, original = _compact(np.concatenate([raw.src, raw.dst]))
+    n = raw.num_events
+    src, dst = both[:n], both[n:]
+    side = None
+    if bipartite:
+        is_src = np.zeros(len(original), bool)
+        is_src[src] = True
+        clash = is_src[dst]
+        if clash.any():
+            row = int(np.flatnonzero(clash)[0])
+            raise DataError(raw.path, f"declared bipartite, but node {raw.dst[row]} is both a source and a "
+                            "destination", line=raw.line_of(row), column="dst")
+        side = (~is_src).astype(np.int8)
+    return src, dst, original, side
+
+
+def build_graph(raw: RawEvents, options: ConvertOptions, *, source: str, sha256: str) -> Graph:
+    """Validate, remap, sort and split ``raw``; pure apart from logging."""
+    _validate(raw)
+    bipartite = options.bipartite if options.bipartite is not None else options.fmt == "jodie"
+    src, dst, original_id, side = _remap(raw, bipartite, separate_spaces=options.fmt in ("jodie", "csv"))
+    t, label, edge_feat, ext_roll = raw.t, raw.label, raw.edge_feat, raw.ext_roll
+    sorted_on_input = bool(np.all(t[1:] >= t[:-1]))
+    if not sorted_on_input:
+        log.warning("%s: events are not sorted by time; sorting them stably", raw.path)
+        order = np.argsort(t, kind="stable")
+        src, dst, t = src[order], dst[order], t[order]
+        label = None if label is None else label[order]
+        edge_feat = None if edge_feat is None else edge_feat[order]
+        ext_roll = None if ext_roll is None else ext_roll[order]
+    split_rule = options.split or ("ext_roll" if ext_roll is not None else "chronological")
+    if split_rule == "ext_roll":
+        if ext_roll is None:
+            raise DataError(raw.path, "split rule ext_roll asked for, but the input has no ext_roll column")
+        split = ext_roll.astype(np.int8)
+    elif split_rule == "chronological":
+        v, te = options.val_fraction, options.test_fraction
+        if not (0 <= v and 0 <= te and v + te < 1):
+            raise DataError(None, f"split fractions val={v}, test={te} must be >= 0 and sum to less than 1")
+        split = chronological_split(t, (1 - v - te, 1 - te))
+    else:
+        raise DataError(None, f"unknown split rule {split_rule!r}; known: {', '.join(SPLIT_RULES)}")
+    dim = 0 if edge_feat is None else edge_feat.shape[1]
+    sentinel = np.zeros((len(t) + 1, dim), dtype=np.float32)
+    if dim:
+        sentinel[:-1] = edge_feat
+    num_nodes = len(original_id)
+    node_feat = None
+    if raw.node_feat is not None:
+        node_feat = raw.node_feat[original_id] if original_id.dtype.kind in "iu" else None
+    tcsr = build_tcsr(src, dst, t, num_nodes, directed=options.directed)
+    return Graph(src=src, dst=dst, t=t, split=split, num_nodes=num_nodes, bipartite=bipartite,
+                 edge_feat=sentinel, tcsr=tcsr, node_feat=node_feat, label=label, original_id=original_id,
+                 side=side,
+                 attrs=dict(source=source, sha256=sha256, sorted_on_input=sorted_on_input,
+                            split_rule=split_rule, directed=options.directed))
+
+
+def convert(inputs: Sequence[str | os.PathLike], out: str | os.PathLike, options: ConvertOptions) -> Graph:
+    """Read ``inputs`` in ``options.fmt`` and write the graph store to ``out``."""
+    from disttgl.atomic import check_writable_dir
+
+    check_writable_dir(out)  # fail before parsing a large file
+    raw = read_events(inputs, options.fmt, csv_columns=options.csv_columns)
+    paths = [Path(p) for p in inputs]
+    graph = build_graph(raw, options, source=f"{options.fmt}:{','.join(p.name for p in paths)}",
+                        sha256=sha256_files(paths))
+    write_graph(graph, out)
+    log.info("wrote %s: %d events, %d nodes, edge_dim %d, bipartite=%s, split=%s", out, graph.num_events,
+             graph.num_nodes, graph.edge_dim, graph.bipartite, graph.attrs["split_rule"])
+    return graph
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="raw event file(s)")
+    p.add_argument("--format", required=True, choices=FORMATS, dest="fmt", help="input format")
+    p.add_argument("--out", required=True, help="output graph store (.h5)")
+    p.add_argument("--bipartite", action=argparse.BooleanOptionalAction, default=None,
+                   help="user->item graph (default: yes for jodie, no otherwise)")
+    p.add_argument("--directed", action="store_true",
+                   help="keep only out-edges in the T-CSR (default: both directions)")
+    p.add_argument("--split", choices=SPLIT_RULES, default=None,
+                   help="chronological (default) or the source's ext_roll (default for TGL inputs that have it)")
+    p.add_argument("--val-fraction", type=float, default=0.15)
+    p.add_argument("--test-fraction", type=float, default=0.15)
+    g = p.add_argument_group("csv format columns")
+    g.add_argument("--src-col", default="src")
+    g.add_argument("--dst-col", default="dst")
+    g.add_argument("--time-col", default="t")
+    g.add_argument("--label-col", default=None)
+    g.add_argument("--feature-cols", default="", help="comma-separated edge feature columns")
+    g.add_argument("--separator", default=",")
+
+
+def run(args: argparse.Namespace) -> int:
+    columns = CsvColumns(src=args.src_col, dst=args.dst_col, time=args.time_col, label=args.label_col,
+                         features=tuple(c for c in args.feature_cols.split(",") if c), separator=args.separator)
+    options = ConvertOptions(fmt=args.fmt, bipartite=args.bipartite, directed=args.directed, split=args.split,
+                             val_fraction=args.val_fraction, test_fraction=args.test_fraction,
+                             csv_columns=columns)
+    convert(args.inputs, args.out, options)
+    return 0
