@@ -1,0 +1,139 @@
+"""Registry of the known temporal-graph datasets: where their raw files live and how to convert them.
+
+``disttgl datasets [--json]`` prints it. Lookup is case-insensitive and accepts aliases. No sha256 is
+invented: a hash is listed only where the published file's hash is known for certain; for the others
+``disttgl fetch`` records the hash of the first download next to the file and pins later runs to it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from types import MappingProxyType
+from typing import Mapping
+
+from disttgl.errors import DataError
+
+FORMATS = ("jodie", "tgl", "tgn", "snap", "csv")  # the `disttgl convert --format` choices
+SPLITS = ("chronological", "ext_roll")
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    """One published file of a dataset."""
+
+    filename: str  # name as published, and as looked up in a mirror
+    url: str
+    sha256: str | None = None  # of the published (possibly compressed) file; None where not known
+    gzip: bool = False  # decompress after download; the local name drops the ``.gz``
+
+    @property
+    def local_name(self) -> str:
+        return self.filename.removesuffix(".gz") if self.gzip else self.filename
+
+
+@dataclass(frozen=True)
+class Dataset:
+    name: str
+    files: tuple[RemoteFile, ...]  # empty: generated locally (``disttgl synth``)
+    format: str | None  # a `disttgl convert` format; None for generated data
+    bipartite: bool
+    directed: bool  # directed-only T-CSR (one direction) when true
+    split: str  # "chronological" (70/15/15 by time) or "ext_roll" (TGL's own split column)
+    description: str
+    aliases: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.format is not None and self.format not in FORMATS:
+            raise ValueError(f"dataset {self.name}: unknown format {self.format!r}")
+        if self.split not in SPLITS:
+            raise ValueError(f"dataset {self.name}: unknown split rule {self.split!r}")
+
+
+def _jodie(name: str, stem: str, description: str, aliases: tuple[str, ...] = ()) -> Dataset:
+    url = f"http://snap.stanford.edu/jodie/{stem}.csv"
+    return Dataset(name, (RemoteFile(f"{stem}.csv", url),), "jodie", bipartite=True, directed=False,
+                   split="chronological", description=description, aliases=aliases)
+
+
+_TGL = "https://s3.us-west-2.amazonaws.com/dgl-data/dataset/tgl"
+
+_ENTRIES = (
+    _jodie("WIKI", "wikipedia", "JODIE Wikipedia edits, user -> page, 172-d LIWC edge features",
+           ("wikipedia",)),
+    _jodie("REDDIT", "reddit", "JODIE Reddit posts, user -> subreddit, 172-d LIWC edge features"),
+    _jodie("MOOC", "mooc", "JODIE MOOC actions, student -> course unit, 4-d edge features"),
+    _jodie("LASTFM", "lastfm", "JODIE LastFM listening events, user -> song"),
+    Dataset("GDELT",
+            tuple(RemoteFile(f, f"{_TGL}/GDELT/{f}")
+                  for f in ("edges.csv", "edge_features.pt", "node_features.pt", "labels.csv")),
+            "tgl", bipartite=False, directed=False, split="ext_roll",
+            description="GDELT event graph in TGL layout (~191M events, node+edge features; large)"),
+    Dataset("UCI", (RemoteFile("CollegeMsg.txt.gz", "https://snap.stanford.edu/data/CollegeMsg.txt.gz",
+                               gzip=True),),
+            "snap", bipartite=False, directed=True, split="chronological",
+            description="SNAP CollegeMsg: directed messages between UC Irvine students, no features",
+            aliases=("collegemsg", "uci-msg")),
+    Dataset("synthetic", (), None, bipartite=False, directed=False, split="chronological",
+            description="embedded seeded generator with planted temporal structure (disttgl synth)",
+            aliases=("synth",)),
+)
+
+DATASETS: Mapping[str, Dataset] = MappingProxyType({d.name: d for d in _ENTRIES})
+
+
+def get_dataset(name: str, registry: Mapping[str, Dataset] | None = None) -> Dataset:
+    """Look a dataset up by name or alias, case-insensitively."""
+    registry = DATASETS if registry is None else registry
+    key = name.strip().lower()
+    for d in registry.values():
+        if key == d.name.lower() or key in (a.lower() for a in d.aliases):
+            return d
+    raise DataError(None, f"unknown dataset {name!r}; known: {', '.join(registry)}")
+
+
+def raw_paths(name: str, raw_dir: str | os.PathLike,
+              registry: Mapping[str, Dataset] | None = None) -> list[Path]:
+    """The files ``disttgl fetch`` leaves in ``raw_dir`` (decompressed names)."""
+    return [Path(raw_dir) / f.local_name for f in get_dataset(name, registry).files]
+
+
+def convert_arguments(name: str, raw_dir: str | os.PathLike,
+                      registry: Mapping[str, Dataset] | None = None) -> list[str]:
+    """``disttgl convert`` arguments for a fetched dataset: inputs then format/flags (no ``--out``)."""
+    d = get_dataset(name, registry)
+    if d.format is None:
+        raise DataError(None, f"dataset {d.name!r} is generated by `disttgl synth`, not converted")
+    args = [str(p) for p in raw_paths(name, raw_dir, registry)] + ["--format", d.format]
+    args += ["--bipartite"] * d.bipartite + ["--directed"] * d.directed
+    return args + ["--split", d.split]
+
+
+def describe(d: Dataset) -> dict:
+    """JSON-ready description of one entry (files carry their local name too)."""
+    out = asdict(d)
+    out["aliases"] = list(d.aliases)
+    out["files"] = [{**asdict(f), "local_name": f.local_name} for f in d.files]
+    return out
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print the registry as JSON")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.json:
+        print(json.dumps([describe(d) for d in DATASETS.values()], indent=2))
+        return 0
+    rows = [("name", "format", "bipartite", "directed", "split", "files", "description")]
+    for d in DATASETS.values():
+        files = ", ".join(f.filename for f in d.files) or "-"
+        rows.append((d.name, d.format or "synth", "yes" if d.bipartite else "no",
+                     "yes" if d.directed else "no", d.split, files, d.description))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[-1])
+    return 0
