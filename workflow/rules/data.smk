@@ -1,0 +1,53 @@
+# Data stage: fetch raw files (or generate the synthetic set) and convert them to the graph store.
+
+from disttgl.workflow_config import convert_arguments_for
+
+
+rule synth:
+    output:
+        f"{DATA}/synthetic/graph.h5",
+    params:
+        s=config["synthetic"],
+        bipartite="--bipartite" if config["synthetic"]["bipartite"] else "",
+    log:
+        "logs/synthetic/synth.log",
+    shell:
+        "disttgl synth --out {output} --events {params.s[events]} --nodes {params.s[nodes]}"
+        " --edge-dim {params.s[edge_dim]} --seed {params.s[seed]}"
+        " {params.bipartite} > {log} 2>&1"
+
+
+rule fetch:
+    output:
+        directory(f"{DATA}/{{dataset}}/raw"),
+    wildcard_constraints:
+        dataset="(?!synthetic$)[A-Za-z0-9_.-]+",
+    params:
+        mirror=f"--mirror {config['data_mirror']}" if config.get("data_mirror") else "",
+    log:
+        "logs/{dataset}/fetch.log",
+    retries: 1
+    shell:
+        "disttgl fetch {wildcards.dataset} --out {output} {params.mirror} > {log} 2>&1"
+
+
+def convert_inputs(wildcards):
+    custom = config["custom_datasets"].get(wildcards.dataset)
+    return custom["files"] if custom else [f"{DATA}/{wildcards.dataset}/raw"]
+
+
+rule convert:
+    input:
+        convert_inputs,
+    output:
+        f"{DATA}/{{dataset}}/graph.h5",
+    wildcard_constraints:
+        dataset="(?!synthetic$)[A-Za-z0-9_.-]+",
+    params:
+        args=lambda wc, input: convert_arguments_for(config, wc.dataset, list(input)),
+    log:
+        "logs/{dataset}/convert.log",
+    benchmark:
+        "logs/{dataset}/convert.benchmark.tsv"
+    shell:
+        "disttgl convert {params.args} --out {output} > {log} 2>&1"
