@@ -6,6 +6,7 @@ import functools
 import gzip
 import hashlib
 import http.server
+import json
 import logging
 import os
 import socket
@@ -254,3 +255,24 @@ def test_cli(server, tmp_path, monkeypatch, capsys):
     assert "data.csv" in capsys.readouterr().err
     assert listing(bad) == []
     assert main(["fetch", "TESTSET", "--out", str(bad), "--retries", "-1"]) == 2
+
+
+SHARED = Path(__file__).parents[2] / "shared" / "datasets"
+
+
+def test_fetch_then_convert_collegemsg(server, tmp_path, capsys):
+    """The real UCI entry end to end: gzipped file from a URL mirror, then `disttgl convert`."""
+    raw = SHARED / "collegemsg" / "CollegeMsg.txt"
+    if not raw.exists():
+        pytest.skip(f"{raw} not present (real datasets live in ../shared/datasets)")
+    pytest.importorskip("disttgl.convert")
+    (server.root / "CollegeMsg.txt.gz").write_bytes(gzip.compress(raw.read_bytes()))
+    out = tmp_path / "raw"
+    assert main(["fetch", "collegemsg", "--out", str(out), "--mirror", server.url, "--retries", "0"]) == 0
+    assert (out / "CollegeMsg.txt").read_bytes() == raw.read_bytes()
+    graph = tmp_path / "graph.h5"
+    assert main(["convert", *disttgl.registry.convert_arguments("uci", out), "--out", str(graph)]) == 0
+    capsys.readouterr()
+    assert main(["info", str(graph), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert (info["num_events"], info["num_nodes"], info["bipartite"]) == (59_835, 1_899, False)

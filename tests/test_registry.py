@@ -71,14 +71,25 @@ def test_convert_arguments():
     assert convert_arguments("wikipedia", raw) == [
         str(raw / "wikipedia.csv"), "--format", "jodie", "--bipartite", "--split", "chronological"]
     assert convert_arguments("collegemsg", raw) == [
-        str(raw / "CollegeMsg.txt"), "--format", "snap", "--directed", "--split", "chronological"]
+        str(raw / "CollegeMsg.txt"), "--format", "snap", "--no-bipartite", "--directed", "--split", "chronological"]
     assert convert_arguments("GDELT", raw) == [
         *(str(raw / f) for f in ("edges.csv", "edge_features.pt", "node_features.pt", "labels.csv")),
-        "--format", "tgl", "--split", "ext_roll"]
+        "--format", "tgl", "--no-bipartite", "--split", "ext_roll"]
     assert raw_paths("uci", raw) == [raw / "CollegeMsg.txt"]
     assert raw_paths("synthetic", raw) == []
     with pytest.raises(DataError, match="disttgl synth"):
         convert_arguments("synthetic", raw)
+
+
+def test_convert_arguments_parse_with_convert():
+    convert = pytest.importorskip("disttgl.convert")
+    import argparse
+    parser = argparse.ArgumentParser()
+    convert.add_arguments(parser)
+    for name in ("WIKI", "GDELT", "UCI"):
+        args = parser.parse_args(convert_arguments(name, "raw") + ["--out", "g.h5"])
+        d = get_dataset(name)
+        assert (args.fmt, args.bipartite, args.directed, args.split) == (d.format, d.bipartite, d.directed, d.split)
 
 
 def test_datasets_cli_json(capsys):
