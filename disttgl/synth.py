@@ -10,9 +10,10 @@ Generative process (every step vectorised over all events):
    destinations items, ``Graph.side`` is 0/1. Each side's nodes are split evenly at random into
    ``communities`` communities. Every source has a log-normal *activity*, every destination a
    log-normal *popularity*.
-2. **Times.** Inter-event gaps are exponential with a Markov-modulated rate: runs of ~100 events
-   alternate at random between a *burst* regime (gaps 5x shorter than average) and a *calm* one, so
-   the overall mean gap is ``mean_gap`` seconds. Times are strictly increasing float64 from 0.
+2. **Times.** Inter-event gaps are exponential with a regime-modulated rate: each run of ~100
+   (geometric) events is at random a *burst* (gaps 5x shorter than average) or *calm* (1.8x longer),
+   so the mean gap is ``mean_gap`` seconds and gaps are over-dispersed. Times are float64 from 0,
+   strictly increasing (gaps of at least 1 ms).
 3. **Phases.** The timeline is cut into ``phases`` equal time slices. In phase ``p`` source
    community ``c`` *prefers* destination community ``perm[p][c]`` (a fresh random permutation per
    phase), so who-talks-to-whom drifts: the test split lies in phases the training split never saw.
@@ -54,6 +55,7 @@ GENERATOR_VERSION = 1
 
 _BURST_GAP, _CALM_GAP = 0.2, 1.8  # gap multipliers of the two regimes (equal shares -> mean 1)
 _RUN_LENGTH = 100  # mean events per burst/calm run
+_MIN_GAP = 1e-3  # seconds
 
 
 @dataclass(frozen=True)
@@ -166,7 +168,7 @@ def _times(cfg: SynthConfig, rng: np.random.Generator) -> np.ndarray:
         runs = np.concatenate([runs, rng.geometric(1.0 / _RUN_LENGTH, size=len(runs))])
     regime = rng.random(len(runs)) < 0.5
     scale = np.repeat(np.where(regime, _BURST_GAP, _CALM_GAP), runs)[:e]
-    gaps = rng.exponential(cfg.mean_gap, e) * scale
+    gaps = np.maximum(rng.exponential(cfg.mean_gap, e) * scale, _MIN_GAP)  # no float ties
     gaps[0] = 0.0
     return np.cumsum(gaps)
 
