@@ -1,0 +1,513 @@
+"""``disttgl batches``: precompute every mini-batch once into ONE HDF5 cache, and read it back.
+
+Layout (per split group ``train``/``val``/``test``; ``I`` is int32 when node and event ids fit):
+
+- ``events`` int64 [n, 3] (eid, src, dst) and ``t`` float64 [n]: the split's positives in batch
+  order; batch b is rows ``event_ptr[b]:event_ptr[b+1]``.
+- Positive part, stored once per batch (roots ``[src | dst]``):
+  ``pos_root`` I [2n, 2] (root_idx, write_mask) at rows ``2*event_ptr``;
+  ``pos_node`` I [*, 2] (node, mail_eid) and ``pos_node_t`` float64 [*, 2] (mem_t, mail_t) at
+  ``pos_node_ptr``: the batch's unique nodes (sorted) with the bookkeeping before its memory batch;
+  ``pos_nbr`` I [*, 3] (root, node index, eid) and ``pos_nbr_dt`` float32 at ``pos_nbr_ptr``.
+- Negative part, one segment per (batch b, negative set s) at ``seg = b * S + s`` so a batch with
+  one set is two contiguous reads: ``neg_root`` I [*, 2] (node, root_idx), ``neg_node`` /
+  ``neg_node_t`` (the unique nodes of the segment that are NOT in the positive part; their indices
+  continue after the positive part's), ``neg_nbr`` (root counted in the full ``R`` layout) /
+  ``neg_nbr_dt``, each with its ``*_ptr`` [nb * S + 1]. Train has S = ``neg_sets`` with 1 negative
+  per positive; val/test have S = 1 with ``eval_negatives`` per positive.
+
+So ``Batch.nodes = pos_node ++ neg_node[seg]`` and all indices are precomputed: loading is slicing.
+Every dataset is chunked with a Fletcher-32 checksum, so corrupt bytes fail loudly on read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import queue
+import threading
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Sequence
+
+import h5py
+import numpy as np
+import torch
+
+from disttgl import FORMAT_VERSION
+from disttgl.atomic import atomic_path
+from disttgl.batch import Batch
+from disttgl.bookkeeping import MemoryState, plan
+from disttgl.errors import DataError
+from disttgl.graph import SPLIT_NAMES, load_graph, read_attrs
+from disttgl.sampling import SamplerIndex, negative_candidates, prepare, sample_negatives, sample_neighbors
+
+log = logging.getLogger(__name__)
+
+CACHE_KIND = "disttgl-batches"
+_CHUNK_ROWS = 1 << 14
+_PARTS = {  # dataset -> (pointer dataset, columns or 0 for 1-D, dtype or None for the index dtype)
+    "events": ("event_ptr", 3, "int64"), "t": ("event_ptr", 0, "float64"),
+    "pos_root": (None, 2, None),
+    "pos_node": ("pos_node_ptr", 2, None), "pos_node_t": ("pos_node_ptr", 2, "float64"),
+    "pos_nbr": ("pos_nbr_ptr", 3, None), "pos_nbr_dt": ("pos_nbr_ptr", 0, "float32"),
+    "neg_root": ("neg_root_ptr", 2, None),
+    "neg_node": ("neg_node_ptr", 2, None), "neg_node_t": ("neg_node_ptr", 2, "float64"),
+    "neg_nbr": ("neg_nbr_ptr", 3, None), "neg_nbr_dt": ("neg_nbr_ptr", 0, "float32"),
+}
+_PTRS = ("event_ptr", "pos_node_ptr", "pos_nbr_ptr", "neg_root_ptr", "neg_node_ptr", "neg_nbr_ptr")
+
+
+@dataclass(frozen=True)
+class BatchParams:
+    batch_size: int = 600
+    minibatch_parallelism: int = 1
+    neg_sets: int = 32
+    eval_negatives: int = 49
+    neighbors: int = 10
+    strategy: str = "recent"
+    seed: int = 0
+    tgl_compat: bool = False
+
+    def check(self) -> None:
+        for name in ("batch_size", "minibatch_parallelism", "neg_sets", "eval_negatives"):
+            if getattr(self, name) < 1:
+                raise DataError(None, f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if self.neighbors < 0:
+            raise DataError(None, f"--neighbors must be >= 0, got {self.neighbors}")
+        if self.strategy not in ("recent", "uniform"):
+            raise DataError(None, f"--strategy must be recent or uniform, got {self.strategy!r}")
+
+
+@dataclass(frozen=True)
+class CacheMeta(BatchParams):
+    graph_sha256: str = ""
+    num_nodes: int = 0
+    num_events: int = 0
+    split_events: dict[str, int] = field(default_factory=dict)  # positives per split
+    split_batches: dict[str, int] = field(default_factory=dict)  # batches per split
+    format_version: int = FORMAT_VERSION
+
+
+# ----------------------------------------------------------------------------------- building
+
+def _segments(counts: np.ndarray) -> np.ndarray:
+    return np.repeat(np.arange(len(counts)), counts)
+
+
+class _Sampler:
+    """Samples one batch's positive and negative parts (numpy arrays, ready to append)."""
+
+    def __init__(self, index: SamplerIndex, params: BatchParams, num_nodes: int, num_events: int,
+                 candidates: np.ndarray | None, itype: np.dtype):
+        self.index, self.p, self.n, self.e = index, params, num_nodes, num_events
+        self.candidates, self.itype = candidates, itype
+        self.slot = np.full(num_nodes, -1, dtype=np.int64)  # node -> index in the positive part
+
+    def _rng(self, split: int, b: int, part: int) -> np.random.Generator:
+        # One stream per (split, batch, part): any batch can be rebuilt alone, in any order.
+        return np.random.default_rng([self.p.seed, split, b, part])
+
+    def _neighbours(self, nodes: np.ndarray, times: np.ndarray, rng: np.random.Generator):
+        nbr, eid, t = sample_neighbors(self.index, nodes, times, self.p.neighbors, strategy=self.p.strategy,
+                                       rng=rng, tgl_compat=self.p.tgl_compat)
+        valid = nbr >= 0
+        rows = np.nonzero(valid)[0]
+        return rows, nbr[valid], eid[valid], (times[rows] - t[valid]).astype(np.float32)
+
+    def batch(self, split: int, b: int, eids: np.ndarray, src: np.ndarray, dst: np.ndarray, t: np.ndarray,
+              mask: np.ndarray, state: MemoryState, num_sets: int, q: int) -> dict[str, np.ndarray]:
+        nb = len(eids)
+        it = self.itype
+        out: dict[str, Any] = {"events": np.stack([eids, src, dst], 1), "t": t}
+        # positive part
+        roots = np.concatenate([src, dst])
+        rtimes = np.concatenate([t, t])
+        rows, nbr, neid, dt = self._neighbours(roots, rtimes, self._rng(split, b, 0))
+        pos_nodes = np.unique(np.concatenate([roots, nbr]))
+        self.slot[pos_nodes] = np.arange(len(pos_nodes))
+        mem_t, mail_t, mail_eid = state.lookup(pos_nodes)
+        out["pos_root"] = np.stack([self.slot[roots], mask], 1).astype(it)
+        out["pos_node"] = np.stack([pos_nodes, mail_eid], 1).astype(it)
+        out["pos_node_t"] = np.stack([mem_t, mail_t], 1)
+        out["pos_nbr"] = np.stack([rows, self.slot[nbr], neid], 1).astype(it)
+        out["pos_nbr_dt"] = dt
+        # negative part: all sets at once; row r of the [S * nb * q] roots is set r // (nb * q)
+        rng = self._rng(split, b, 1)
+        neg = sample_negatives(rng, (num_sets, nb, q), self.n, self.candidates).reshape(-1)
+        ntimes = np.tile(np.repeat(t, q), num_sets)
+        rows, nbr, neid, dt = self._neighbours(neg, ntimes, rng)
+        per_set = nb * q
+        nbr_set = rows // per_set
+        # unique extra nodes per set, keyed set * N + node so one np.unique serves all sets
+        keyed = np.concatenate([_segments(np.full(num_sets, per_set)) * self.n + neg, nbr_set * self.n + nbr])
+        keyed = np.unique(keyed)
+        keyed = keyed[self.slot[keyed % self.n] < 0]
+        extra_set, extra_node = np.divmod(keyed, self.n)
+        extra_counts = np.bincount(extra_set, minlength=num_sets)
+        extra_start = np.concatenate([[0], np.cumsum(extra_counts)[:-1]])
+
+        def index_of(nodes: np.ndarray, sets: np.ndarray) -> np.ndarray:
+            idx = self.slot[nodes]
+            new = idx < 0
+            k = sets[new] * self.n + nodes[new]
+            idx[new] = len(pos_nodes) + np.searchsorted(keyed, k) - extra_start[sets[new]]
+            return idx
+
+        neg_set = _segments(np.full(num_sets, per_set))
+        mem_t, mail_t, mail_eid = state.lookup(extra_node)
+        out["neg_root"] = np.stack([neg, index_of(neg, neg_set)], 1).astype(it)
+        out["neg_node"] = np.stack([extra_node, mail_eid], 1).astype(it)
+        out["neg_node_t"] = np.stack([mem_t, mail_t], 1)
+        out["neg_nbr"] = np.stack([2 * nb + rows % per_set, index_of(nbr, nbr_set), neid], 1).astype(it)
+        out["neg_nbr_dt"] = dt
+        out["_counts"] = {"neg_root": np.full(num_sets, per_set), "neg_node": extra_counts,
+                          "neg_nbr": np.bincount(nbr_set, minlength=num_sets)}
+        self.slot[pos_nodes] = -1
+        return out
+
+
+class _Writer:
+    """Appends per-batch arrays to resizable, checksummed datasets of one split group."""
+
+    def __init__(self, group: h5py.Group, itype: np.dtype):
+        self.g, self.itype = group, itype
+        self.ptrs: dict[str, list[int]] = {p: [0] for p in _PTRS}
+        self.buf: dict[str, list[np.ndarray]] = {k: [] for k in _PARTS}
+        self.rows = {k: 0 for k in _PARTS}
+        self.buffered = 0
+        for name, (_, cols, dtype) in _PARTS.items():
+            shape = (0, cols) if cols else (0,)
+            group.create_dataset(name, shape=shape, maxshape=(None,) + shape[1:], fletcher32=True,
+                                 dtype=np.dtype(dtype) if dtype else itype,
+                                 chunks=(_CHUNK_ROWS,) + shape[1:])
+
+    def add(self, arrays: dict[str, Any]) -> None:
+        counts = arrays.pop("_counts")
+        for name, a in arrays.items():
+            self.buf[name].append(a)
+            self.buffered += a.nbytes
+        p = self.ptrs
+        p["event_ptr"].append(p["event_ptr"][-1] + len(arrays["t"]))
+        p["pos_node_ptr"].append(p["pos_node_ptr"][-1] + len(arrays["pos_node"]))
+        p["pos_nbr_ptr"].append(p["pos_nbr_ptr"][-1] + len(arrays["pos_nbr"]))
+        for part in ("neg_root", "neg_node", "neg_nbr"):
+            p[part + "_ptr"].extend((p[part + "_ptr"][-1] + np.cumsum(counts[part])).tolist())
+        if self.buffered > 64 << 20:
+            self.flush()
+
+    def flush(self) -> None:
+        for name, parts in self.buf.items():
+            if not parts:
+                continue
+            data = np.concatenate(parts)
+            d = self.g[name]
+            d.resize(self.rows[name] + len(data), axis=0)
+            d[self.rows[name]:] = data
+            self.rows[name] += len(data)
+            parts.clear()
+        self.buffered = 0
+
+    def close(self, num_sets: int, q: int) -> None:
+        self.flush()
+        for name, values in self.ptrs.items():
+            self.g.create_dataset(name, data=np.asarray(values, dtype=np.int64))
+        self.g.attrs.update(num_batches=len(self.ptrs["event_ptr"]) - 1, neg_sets=num_sets, negatives=q)
+
+
+def build_cache(graph_path: str | os.PathLike, out: str | os.PathLike, params: BatchParams, *,
+                progress: bool = True) -> CacheMeta:
+    """Sample every batch of ``graph_path`` and write the cache to ``out`` atomically."""
+    params.check()
+    from tqdm import tqdm
+
+    graph = load_graph(graph_path, features=False)
+    n, e = graph.num_nodes, graph.num_events
+    itype = np.dtype(np.int32 if max(n, e + 1, 2 * params.batch_size * (2 + max(params.eval_negatives, 1)))
+                     < 2 ** 31 - 1 else np.int64)
+    index = prepare(graph.tcsr, pad=max(params.neighbors, 1))
+    cands = negative_candidates(n, graph.dst, graph.bipartite)
+    sampler = _Sampler(index, params, n, e, cands, itype)
+    counts = np.bincount(graph.split, minlength=3)
+    meta = CacheMeta(**asdict(params), graph_sha256=str(graph.attrs.get("sha256", "")), num_nodes=n,
+                     num_events=e, split_events={s: int(c) for s, c in zip(SPLIT_NAMES, counts)},
+                     split_batches={s: int(-(-c // params.batch_size)) for s, c in zip(SPLIT_NAMES, counts)})
+    with atomic_path(out) as tmp, h5py.File(tmp, "w") as f, \
+            tqdm(total=sum(meta.split_batches.values()), unit="batch", disable=not progress,
+                 desc="batches") as bar:
+        writers = {}
+        for grp, state in plan(graph.src, graph.dst, graph.t, graph.split, params.batch_size,
+                               params.minibatch_parallelism, n):
+            for pb in grp:
+                name = SPLIT_NAMES[pb.split]
+                num_sets, q = (params.neg_sets, 1) if pb.split == 0 else (1, params.eval_negatives)
+                if name not in writers:
+                    writers[name] = (_Writer(f.create_group(name), itype), num_sets, q)
+                ev = pb.eids
+                writers[name][0].add(sampler.batch(pb.split, pb.index, ev, graph.src[ev], graph.dst[ev],
+                                                   graph.t[ev], pb.write_mask, state, num_sets, q))
+                bar.update()
+        for name in SPLIT_NAMES:
+            if name not in writers:  # an empty split still gets its (empty) group
+                num_sets, q = (params.neg_sets, 1) if name == "train" else (1, params.eval_negatives)
+                writers[name] = (_Writer(f.create_group(name), itype), num_sets, q)
+            w, num_sets, q = writers[name]
+            w.close(num_sets, q)
+        f.attrs["kind"] = CACHE_KIND
+        f.attrs["meta"] = json.dumps(asdict(meta), sort_keys=True)
+        f.attrs["format_version"] = FORMAT_VERSION
+        f.attrs["complete"] = True  # written last: a file without it was never finished
+    return meta
+
+
+# ------------------------------------------------------------------------------------ reading
+
+class BatchCache:
+    """Read access to a batch cache; ``batch(split, b, neg_set)`` returns a CPU :class:`Batch`."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        if not self.path.exists():
+            raise DataError(path, "batch cache does not exist (run `disttgl batches` first)")
+        try:
+            self.file = h5py.File(self.path, "r", rdcc_nbytes=32 << 20)
+        except OSError as exc:
+            raise DataError(path, f"not a readable HDF5 batch cache, truncated or corrupt ({exc})") from None
+        try:
+            self.meta = self._read_meta()
+            self._ptr = {s: {p: self._read(self.file[s][p]) for p in _PTRS} for s in SPLIT_NAMES}
+            self._sets = {s: int(self.file[s].attrs["neg_sets"]) for s in SPLIT_NAMES}
+            self._check_layout()
+        except BaseException:
+            self.file.close()
+            raise
+
+    def _read_meta(self) -> CacheMeta:
+        a = self.file.attrs
+        if a.get("kind") != CACHE_KIND:
+            raise DataError(self.path, "not a disttgl batch cache")
+        version = int(a.get("format_version", -1))
+        if version != FORMAT_VERSION:
+            raise DataError(self.path, f"batch cache format version {version}, this disttgl reads "
+                                       f"{FORMAT_VERSION}; rebuild it with `disttgl batches`")
+        if not a.get("complete", False):
+            raise DataError(self.path, "batch cache is incomplete (its build was interrupted); rebuild it")
+        try:
+            return CacheMeta(**json.loads(a["meta"]))
+        except (TypeError, ValueError) as exc:
+            raise DataError(self.path, f"unreadable cache metadata ({exc})") from None
+
+    def _read(self, dset: h5py.Dataset, sl: slice | None = None) -> np.ndarray:
+        try:
+            return dset[()] if sl is None else dset[sl]
+        except (OSError, KeyError, ValueError) as exc:
+            raise DataError(self.path, f"corrupt batch cache: cannot read {dset.name} ({exc})") from None
+
+    def _check_layout(self) -> None:
+        for s in SPLIT_NAMES:
+            ptr, g = self._ptr[s], self.file[s]
+            nb = self.meta.split_batches.get(s, 0)
+            if len(ptr["event_ptr"]) != nb + 1:
+                raise DataError(self.path, f"corrupt batch cache: {s} has {len(ptr['event_ptr']) - 1} "
+                                           f"batches, metadata says {nb}")
+            for name, (pname, _, _) in _PARTS.items():
+                rows = 2 * ptr["event_ptr"][-1] if pname is None else ptr[pname][-1]
+                if len(g[name]) != rows or (pname and np.any(np.diff(ptr[pname]) < 0)):
+                    raise DataError(self.path, f"corrupt batch cache: {s}/{name} has {len(g[name])} rows, "
+                                               f"offsets say {rows}")
+
+    def num_batches(self, split: str) -> int:
+        return len(self._ptr[split]["event_ptr"]) - 1
+
+    def num_neg_sets(self, split: str) -> int:
+        return self._sets[split]
+
+    def arrays(self, split: str, b: int, neg_set: int = 0) -> dict[str, np.ndarray]:
+        """The raw numpy pieces of batch ``b`` (as :class:`Batch` fields, before tensor conversion)."""
+        if split not in SPLIT_NAMES:
+            raise ValueError(f"split must be one of {SPLIT_NAMES}, got {split!r}")
+        nb = self.num_batches(split)
+        if not 0 <= b < nb:
+            raise IndexError(f"{split} batch {b} out of range (0..{nb - 1})")
+        sets = self._sets[split]
+        if split == "train" and not 0 <= neg_set < sets:
+            raise IndexError(f"negative set {neg_set} out of range (0..{sets - 1})")
+        seg = b * sets + (neg_set if split == "train" else 0)
+        g, p = self.file[split], self._ptr[split]
+
+        def part(name: str, idx: int) -> np.ndarray:
+            pname = _PARTS[name][0]
+            return self._read(g[name], slice(p[pname][idx], p[pname][idx + 1]))
+
+        ev = part("events", b)
+        e0, e1 = p["event_ptr"][b], p["event_ptr"][b + 1]
+        pos_root = self._read(g["pos_root"], slice(2 * e0, 2 * e1))
+        pos_node, pos_node_t, pos_nbr = part("pos_node", b), part("pos_node_t", b), part("pos_nbr", b)
+        neg_root, neg_node, neg_node_t = part("neg_root", seg), part("neg_node", seg), part("neg_node_t", seg)
+        neg_nbr = part("neg_nbr", seg)
+        i64 = np.int64
+        return dict(
+            eid=ev[:, 0], t=part("t", b), src=ev[:, 1], dst=ev[:, 2],
+            neg=neg_root[:, 0].astype(i64).reshape(len(ev), -1),
+            nodes=np.concatenate([pos_node[:, 0], neg_node[:, 0]]).astype(i64),
+            root_idx=np.concatenate([pos_root[:, 0], neg_root[:, 1]]).astype(i64),
+            nbr_root=np.concatenate([pos_nbr[:, 0], neg_nbr[:, 0]]).astype(i64),
+            nbr_idx=np.concatenate([pos_nbr[:, 1], neg_nbr[:, 1]]).astype(i64),
+            nbr_eid=np.concatenate([pos_nbr[:, 2], neg_nbr[:, 2]]).astype(i64),
+            nbr_dt=np.concatenate([part("pos_nbr_dt", b), part("neg_nbr_dt", seg)]),
+            mem_t=np.concatenate([pos_node_t[:, 0], neg_node_t[:, 0]]),
+            mail_t=np.concatenate([pos_node_t[:, 1], neg_node_t[:, 1]]),
+            mail_eid=np.concatenate([pos_node[:, 1], neg_node[:, 1]]).astype(i64),
+            write_mask=pos_root[:, 1].astype(bool))
+
+    def batch(self, split: str, b: int, neg_set: int = 0) -> Batch:
+        """Batch ``b`` of ``split`` with train negative set ``neg_set`` (ignored for val/test)."""
+        return Batch(**{k: torch.from_numpy(np.ascontiguousarray(v))
+                        for k, v in self.arrays(split, b, neg_set).items()})
+
+    def close(self) -> None:
+        self.file.close()
+
+    def __enter__(self) -> "BatchCache":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def open_cache(path: str | os.PathLike, *, graph_path: str | os.PathLike | None = None,
+               minibatch_parallelism: int | None = None) -> BatchCache:
+    """Open a cache, checking it was built from ``graph_path`` and with ``minibatch_parallelism``."""
+    cache = BatchCache(path)
+    try:
+        m = cache.meta
+        if graph_path is not None:
+            attrs = read_attrs(graph_path)
+            sha = str(attrs.get("sha256", ""))
+            if sha != m.graph_sha256 or int(attrs["num_events"]) != m.num_events \
+                    or int(attrs["num_nodes"]) != m.num_nodes:
+                raise DataError(path, f"batch cache was built from a different graph: cache has sha256 "
+                                      f"{m.graph_sha256 or '?'} ({m.num_events} events), {graph_path} has "
+                                      f"{sha or '?'} ({attrs['num_events']} events); rebuild the cache")
+        if minibatch_parallelism is not None and minibatch_parallelism != m.minibatch_parallelism:
+            raise DataError(path, f"batch cache was built for minibatch parallelism i = "
+                                  f"{m.minibatch_parallelism}, training asks for i = {minibatch_parallelism}; "
+                                  "use the cache built with the same i")
+    except BaseException:
+        cache.close()
+        raise
+    return cache
+
+
+class BatchLoader:
+    """Iterate ``items`` = (batch index, negative set) of one split as :class:`Batch`es.
+
+    A background thread reads ahead up to ``prefetch`` batches (optionally moved to ``device``), so
+    reading overlaps compute. The HDF5 file is opened lazily by the process that iterates (never
+    inherited across fork/spawn); an error in the thread is re-raised to the caller.
+    """
+
+    def __init__(self, cache_path: str | os.PathLike, split: str, items: Sequence[tuple[int, int]], *,
+                 prefetch: int = 4, device: torch.device | str | None = None,
+                 graph_path: str | os.PathLike | None = None, minibatch_parallelism: int | None = None):
+        self.cache_path, self.split, self.items = cache_path, split, list(items)
+        self.prefetch, self.device = max(1, prefetch), device
+        self.graph_path, self.minibatch_parallelism = graph_path, minibatch_parallelism
+        self._cache: BatchCache | None = None
+        self._pid: int | None = None
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def _open(self) -> BatchCache:
+        if self._cache is None or self._pid != os.getpid():
+            self._cache = open_cache(self.cache_path, graph_path=self.graph_path,
+                                     minibatch_parallelism=self.minibatch_parallelism)
+            self._pid = os.getpid()
+        return self._cache
+
+    def __iter__(self) -> Iterator[Batch]:
+        cache = self._open()
+        q: queue.Queue = queue.Queue(maxsize=self.prefetch)
+        stop = threading.Event()
+        done = object()
+        device = None if self.device is None else torch.device(self.device)
+
+        def put(x: object) -> bool:
+            while not stop.is_set():
+                try:
+                    q.put(x, timeout=0.1)
+                    return True
+                except queue.Full:
+                    pass
+            return False
+
+        def work() -> None:
+            try:
+                for b, s in self.items:
+                    batch = cache.batch(self.split, int(b), int(s))
+                    if device is not None and device.type != "cpu":
+                        batch = batch.pin_memory().to(device, non_blocking=True)
+                    if not put(batch):
+                        return
+                put(done)
+            except BaseException as exc:  # handed to the consumer, which re-raises it
+                put(exc)
+
+        thread = threading.Thread(target=work, name="disttgl-batch-loader", daemon=True)
+        thread.start()
+        try:
+            while True:
+                x = q.get()
+                if x is done:
+                    return
+                if isinstance(x, BaseException):
+                    raise x
+                yield x
+        finally:
+            stop.set()
+            thread.join()
+
+    def close(self) -> None:
+        if self._cache is not None and self._pid == os.getpid():
+            self._cache.close()
+        self._cache = None
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
+
+
+# ---------------------------------------------------------------------------------------- CLI
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    d = BatchParams()
+    parser.add_argument("graph", help="graph store (graph.h5)")
+    parser.add_argument("--out", required=True, help="output cache (.h5)")
+    parser.add_argument("--batch-size", type=int, default=d.batch_size)
+    parser.add_argument("--minibatch-parallelism", "-i", type=int, default=d.minibatch_parallelism,
+                        help="i: consecutive batches per memory batch (train with the same i)")
+    parser.add_argument("--neg-sets", type=int, default=d.neg_sets, help="train negative sets")
+    parser.add_argument("--eval-negatives", type=int, default=d.eval_negatives,
+                        help="negatives per positive for val/test")
+    parser.add_argument("--neighbors", type=int, default=d.neighbors)
+    parser.add_argument("--strategy", choices=("recent", "uniform"), default=d.strategy)
+    parser.add_argument("--seed", type=int, default=d.seed)
+    parser.add_argument("--tgl-compat", action="store_true",
+                        help="reproduce TGL's sampler (never returns a node's first edge)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    params = BatchParams(batch_size=args.batch_size, minibatch_parallelism=args.minibatch_parallelism,
+                         neg_sets=args.neg_sets, eval_negatives=args.eval_negatives, neighbors=args.neighbors,
+                         strategy=args.strategy, seed=args.seed, tgl_compat=args.tgl_compat)
+    meta = build_cache(args.graph, args.out, params, progress=not args.no_progress)
+    size = Path(args.out).stat().st_size
+    log.info("wrote %s: %s batches, %.1f MiB", args.out,
+             ", ".join(f"{k} {v}" for k, v in meta.split_batches.items()), size / 2 ** 20)
+    return 0
