@@ -1,0 +1,106 @@
+"""The Snakemake workflow: config validation before any job, the data stage end to end."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from disttgl.errors import DataError
+from disttgl.workflow_config import check_config, convert_arguments_for
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def workdir(tmp_path):
+    """A copy of the workflow (not the package) so runs never touch the checkout's data/ or results/."""
+    shutil.copy(REPO / "Snakefile", tmp_path)
+    shutil.copy(REPO / "config.yaml", tmp_path)
+    shutil.copytree(REPO / "workflow", tmp_path / "workflow")
+    return tmp_path
+
+
+def snakemake(workdir: Path, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    return subprocess.run(["snakemake", *args], cwd=workdir, capture_output=True, text=True, timeout=timeout)
+
+
+def test_dry_run_lists_data_jobs(workdir):
+    proc = snakemake(workdir, "-n", "data/synthetic/graph.h5")
+    assert proc.returncode == 0, proc.stderr
+    assert "synth" in proc.stdout
+
+
+def test_dry_run_lists_fetch_and_convert_for_a_registry_dataset(workdir):
+    proc = snakemake(workdir, "-n", "data/WIKI/graph.h5", "--config", "datasets=[WIKI]")
+    assert proc.returncode == 0, proc.stderr
+    assert "fetch" in proc.stdout and "convert" in proc.stdout
+
+
+def test_data_stage_builds_the_synthetic_store(workdir):
+    proc = snakemake(workdir, "--cores", "2", "data/synthetic/graph.h5")
+    assert proc.returncode == 0, proc.stderr
+    from disttgl.graph import graph_info
+
+    info = graph_info(workdir / "data" / "synthetic" / "graph.h5")
+    config = yaml.safe_load((REPO / "config.yaml").read_text())
+    assert info["num_events"] == config["synthetic"]["events"]
+    assert (workdir / "logs" / "synthetic" / "synth.log").exists()
+
+
+def _edit(config: dict, path: str, value) -> None:
+    *parents, last = path.split(".")
+    for key in parents:
+        config = config[key]
+    config[last] = value
+
+
+@pytest.mark.parametrize("path, value, key, message", [
+    ("synthetic.events", "many", "['synthetic']['events']", "is not of type 'integer'"),
+    ("batches.batch_size", 0, "['batches']['batch_size']", "less than the minimum"),
+    ("model.loss", "hinge", "['model']['loss']", "is not one of"),
+    ("bogus", 1, "bogus", "Additional properties are not allowed"),
+    ("runs.static.parallelism", "2x2", "['runs']['static']['parallelism']", "does not match"),
+    ("datasets", ["synthetic", "nosuch"], "datasets[1]", "unknown dataset 'nosuch'"),
+])
+def test_bad_config_fails_before_any_job_naming_the_key(workdir, path, value, key, message):
+    config = yaml.safe_load((workdir / "config.yaml").read_text())
+    _edit(config, path, value)
+    (workdir / "config.yaml").write_text(yaml.safe_dump(config))
+    proc = snakemake(workdir, "--cores", "1")
+    assert proc.returncode != 0
+    out = proc.stdout + proc.stderr
+    assert key in out and message in out
+    assert not (workdir / "data").exists()
+
+
+def test_custom_dataset_through_the_workflow(workdir):
+    events = workdir / "mylog.csv"
+    events.write_text("when,who,what\n" + "".join(f"{i}.0,u{i % 7},i{i % 5}\n" for i in range(60)))
+    config = yaml.safe_load((workdir / "config.yaml").read_text())
+    config["datasets"] = ["mylog"]
+    config["custom_datasets"] = {"mylog": {"files": [str(events)], "format": "csv", "bipartite": True,
+                                           "src_col": "who", "dst_col": "what", "time_col": "when"}}
+    (workdir / "config.yaml").write_text(yaml.safe_dump(config))
+    proc = snakemake(workdir, "--cores", "1", "data/mylog/graph.h5")
+    assert proc.returncode == 0, proc.stderr
+    from disttgl.graph import graph_info
+
+    info = graph_info(workdir / "data" / "mylog" / "graph.h5")
+    assert info["num_events"] == 60 and info["num_nodes"] == 12 and info["bipartite"]
+
+
+def test_check_config_and_convert_arguments():
+    check_config({"datasets": ["synthetic", "wikipedia", "mine"], "custom_datasets": {"mine": {
+        "files": ["a.txt"], "format": "snap"}}})
+    with pytest.raises(DataError, match=r"datasets\[1\]"):
+        check_config({"datasets": ["synthetic", "nope"]})
+    with pytest.raises(DataError, match="custom_datasets.x: the csv format needs time_col"):
+        check_config({"datasets": ["x"], "custom_datasets": {"x": {"files": ["a"], "format": "csv"}}})
+    args = convert_arguments_for({"custom_datasets": {"m": {"files": ["my file.csv"], "format": "csv",
+                                  "bipartite": False, "time_col": "ts", "feature_cols": ["a", "b"]}}},
+                                 "m", [])
+    assert args == "'my file.csv' --format csv --no-bipartite --time-col ts --feature-cols a,b"
