@@ -17,8 +17,8 @@ from typing import Mapping
 
 from disttgl.errors import DataError
 
-FORMATS = ("jodie", "tgl", "tgn", "snap", "csv")  # the `disttgl convert --format` choices
-SPLITS = ("chronological", "ext_roll")
+from disttgl.convert import SPLIT_RULES as SPLITS
+from disttgl.readers import FORMATS
 
 
 @dataclass(frozen=True)
@@ -74,8 +74,9 @@ _ENTRIES = (
             description="GDELT event graph in TGL layout (~191M events, node+edge features; large)"),
     Dataset("UCI", (RemoteFile("CollegeMsg.txt.gz", "https://snap.stanford.edu/data/CollegeMsg.txt.gz",
                                gzip=True),),
-            "snap", bipartite=False, directed=True, split="chronological",
-            description="SNAP CollegeMsg: directed messages between UC Irvine students, no features",
+            # messages are directed, but TGN/TGL sample neighbours in both directions: so do we
+            "snap", bipartite=False, directed=False, split="chronological",
+            description="SNAP CollegeMsg: messages between UC Irvine students, no features",
             aliases=("collegemsg", "uci-msg")),
     Dataset("synthetic", (), None, bipartite=False, directed=False, split="chronological",
             description="embedded seeded generator with planted temporal structure (disttgl synth)",

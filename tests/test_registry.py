@@ -42,7 +42,7 @@ def test_sources_and_flags():
     u = DATASETS["UCI"]
     assert u.files[0].url == "https://snap.stanford.edu/data/CollegeMsg.txt.gz"
     assert u.files[0].local_name == "CollegeMsg.txt"
-    assert (u.format, u.bipartite, u.directed) == ("snap", False, True)
+    assert (u.format, u.bipartite, u.directed) == ("snap", False, False)
 
 
 def test_entries_are_frozen():
@@ -71,11 +71,16 @@ def test_convert_arguments():
     assert convert_arguments("wikipedia", raw) == [
         str(raw / "wikipedia.csv"), "--format", "jodie", "--bipartite", "--split", "chronological"]
     assert convert_arguments("collegemsg", raw) == [
-        str(raw / "CollegeMsg.txt"), "--format", "snap", "--no-bipartite", "--directed", "--split", "chronological"]
+        str(raw / "CollegeMsg.txt"), "--format", "snap", "--no-bipartite", "--split", "chronological"]
     assert convert_arguments("GDELT", raw) == [
         *(str(raw / f) for f in ("edges.csv", "edge_features.pt", "node_features.pt", "labels.csv")),
         "--format", "tgl", "--no-bipartite", "--split", "ext_roll"]
     assert raw_paths("uci", raw) == [raw / "CollegeMsg.txt"]
+    from dataclasses import replace
+
+    directed = {"D": replace(get_dataset("uci"), name="D", aliases=(), directed=True)}
+    assert convert_arguments("D", raw, directed) == [
+        str(raw / "CollegeMsg.txt"), "--format", "snap", "--no-bipartite", "--directed", "--split", "chronological"]
     assert raw_paths("synthetic", raw) == []
     with pytest.raises(DataError, match="disttgl synth"):
         convert_arguments("synthetic", raw)
@@ -100,7 +105,7 @@ def test_datasets_cli_json(capsys):
     uci = by_name["UCI"]
     assert uci["files"] == [{"filename": "CollegeMsg.txt.gz", "url": "https://snap.stanford.edu/data/CollegeMsg.txt.gz",
                              "sha256": None, "gzip": True, "local_name": "CollegeMsg.txt"}]
-    assert (uci["format"], uci["bipartite"], uci["directed"], uci["split"]) == ("snap", False, True, "chronological")
+    assert (uci["format"], uci["bipartite"], uci["directed"], uci["split"]) == ("snap", False, False, "chronological")
     assert "collegemsg" in uci["aliases"]
     assert by_name["synthetic"]["files"] == [] and by_name["synthetic"]["format"] is None
 
