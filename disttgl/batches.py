@@ -17,7 +17,9 @@ Layout (per split group ``train``/``val``/``test``; ``I`` is int32 when node and
   per positive; val/test have S = 1 with ``eval_negatives`` per positive.
 
 So ``Batch.nodes = pos_node ++ neg_node[seg]`` and all indices are precomputed: loading is slicing.
-Every dataset is chunked with a Fletcher-32 checksum, so corrupt bytes fail loudly on read.
+Datasets are contiguous (unchunked, unfiltered), so the reader memory-maps them and a batch is a
+handful of slices with no HDF5 call per read. ``pos_crc`` [nb] and ``neg_crc`` [nb * S] hold a
+CRC-32 of each part's bytes, checked on every read: corrupt bytes raise :class:`DataError`.
 """
 
 from __future__ import annotations
@@ -27,7 +29,9 @@ import json
 import logging
 import os
 import queue
+import tempfile
 import threading
+import zlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
@@ -47,7 +51,6 @@ from disttgl.sampling import SamplerIndex, negative_candidates, prepare, sample_
 log = logging.getLogger(__name__)
 
 CACHE_KIND = "disttgl-batches"
-_CHUNK_ROWS = 1 << 14
 _PARTS = {  # dataset -> (pointer dataset, columns or 0 for 1-D, dtype or None for the index dtype)
     "events": ("event_ptr", 3, "int64"), "t": ("event_ptr", 0, "float64"),
     "pos_root": (None, 2, None),
@@ -58,6 +61,15 @@ _PARTS = {  # dataset -> (pointer dataset, columns or 0 for 1-D, dtype or None f
     "neg_nbr": ("neg_nbr_ptr", 3, None), "neg_nbr_dt": ("neg_nbr_ptr", 0, "float32"),
 }
 _PTRS = ("event_ptr", "pos_node_ptr", "pos_nbr_ptr", "neg_root_ptr", "neg_node_ptr", "neg_nbr_ptr")
+_POS = ("events", "t", "pos_root", "pos_node", "pos_node_t", "pos_nbr", "pos_nbr_dt")
+_NEG = ("neg_root", "neg_node", "neg_node_t", "neg_nbr", "neg_nbr_dt")
+
+
+def _crc(parts: Iterable[np.ndarray]) -> int:
+    c = 0
+    for a in parts:
+        c = zlib.crc32(np.ascontiguousarray(a).view(np.uint8).reshape(-1), c)
+    return c
 
 
 @dataclass(frozen=True)
@@ -97,8 +109,8 @@ def _segments(counts: np.ndarray) -> np.ndarray:
     return np.repeat(np.arange(len(counts)), counts)
 
 
-class _Sampler:
-    """Samples one batch's positive and negative parts (numpy arrays, ready to append)."""
+class BatchSampler:
+    """Samples one batch's positive and negative parts (numpy arrays, as the cache stores them)."""
 
     def __init__(self, index: SamplerIndex, params: BatchParams, num_nodes: int, num_events: int,
                  candidates: np.ndarray | None, itype: np.dtype):
@@ -170,50 +182,54 @@ class _Sampler:
 
 
 class _Writer:
-    """Appends per-batch arrays to resizable, checksummed datasets of one split group."""
+    """Spools one split's per-batch arrays to temporary files, then copies each into a contiguous
+    dataset of known size (resizable datasets would have to be chunked, hence slow to slice)."""
 
-    def __init__(self, group: h5py.Group, itype: np.dtype):
+    def __init__(self, group: h5py.Group, itype: np.dtype, tmpdir: str | os.PathLike):
         self.g, self.itype = group, itype
         self.ptrs: dict[str, list[int]] = {p: [0] for p in _PTRS}
-        self.buf: dict[str, list[np.ndarray]] = {k: [] for k in _PARTS}
+        self.spool = {k: tempfile.TemporaryFile(dir=tmpdir) for k in _PARTS}
         self.rows = {k: 0 for k in _PARTS}
-        self.buffered = 0
-        for name, (_, cols, dtype) in _PARTS.items():
-            shape = (0, cols) if cols else (0,)
-            group.create_dataset(name, shape=shape, maxshape=(None,) + shape[1:], fletcher32=True,
-                                 dtype=np.dtype(dtype) if dtype else itype,
-                                 chunks=(_CHUNK_ROWS,) + shape[1:])
+        self.crc: dict[str, list[int]] = {"pos_crc": [], "neg_crc": []}
+
+    def _dtype(self, name: str) -> np.dtype:
+        return np.dtype(_PARTS[name][2]) if _PARTS[name][2] else self.itype
 
     def add(self, arrays: dict[str, Any]) -> None:
         counts = arrays.pop("_counts")
+        arrays = {k: np.ascontiguousarray(v, dtype=self._dtype(k)) for k, v in arrays.items()}
         for name, a in arrays.items():
-            self.buf[name].append(a)
-            self.buffered += a.nbytes
+            self.spool[name].write(memoryview(a.view(np.uint8).reshape(-1)))
+            self.rows[name] += len(a)
         p = self.ptrs
         p["event_ptr"].append(p["event_ptr"][-1] + len(arrays["t"]))
         p["pos_node_ptr"].append(p["pos_node_ptr"][-1] + len(arrays["pos_node"]))
         p["pos_nbr_ptr"].append(p["pos_nbr_ptr"][-1] + len(arrays["pos_nbr"]))
+        self.crc["pos_crc"].append(_crc(arrays[k] for k in _POS))
+        bounds = {}  # pointer name -> per-set row bounds inside this batch's negative arrays
         for part in ("neg_root", "neg_node", "neg_nbr"):
-            p[part + "_ptr"].extend((p[part + "_ptr"][-1] + np.cumsum(counts[part])).tolist())
-        if self.buffered > 64 << 20:
-            self.flush()
-
-    def flush(self) -> None:
-        for name, parts in self.buf.items():
-            if not parts:
-                continue
-            data = np.concatenate(parts)
-            d = self.g[name]
-            d.resize(self.rows[name] + len(data), axis=0)
-            d[self.rows[name]:] = data
-            self.rows[name] += len(data)
-            parts.clear()
-        self.buffered = 0
+            bounds[part + "_ptr"] = np.concatenate([[0], np.cumsum(counts[part])])
+            p[part + "_ptr"].extend((p[part + "_ptr"][-1] + bounds[part + "_ptr"][1:]).tolist())
+        for s in range(len(counts["neg_root"])):
+            self.crc["neg_crc"].append(_crc(arrays[k][bounds[_PARTS[k][0]][s]:bounds[_PARTS[k][0]][s + 1]]
+                                            for k in _NEG))
 
     def close(self, num_sets: int, q: int) -> None:
-        self.flush()
+        for name, (_, cols, _) in _PARTS.items():
+            dtype, fh = self._dtype(name), self.spool[name]
+            shape = (self.rows[name], cols) if cols else (self.rows[name],)
+            d = self.g.create_dataset(name, shape=shape, dtype=dtype)
+            row_bytes = dtype.itemsize * max(cols, 1)
+            step = max(1, (64 << 20) // row_bytes)
+            fh.seek(0)
+            for r0 in range(0, self.rows[name], step):
+                n = min(step, self.rows[name] - r0)
+                d[r0:r0 + n] = np.frombuffer(fh.read(n * row_bytes), dtype=dtype).reshape((n,) + shape[1:])
+            fh.close()
         for name, values in self.ptrs.items():
             self.g.create_dataset(name, data=np.asarray(values, dtype=np.int64))
+        for name, values in self.crc.items():
+            self.g.create_dataset(name, data=np.asarray(values, dtype=np.uint32).reshape(-1))
         self.g.attrs.update(num_batches=len(self.ptrs["event_ptr"]) - 1, neg_sets=num_sets, negatives=q)
 
 
@@ -229,7 +245,7 @@ def build_cache(graph_path: str | os.PathLike, out: str | os.PathLike, params: B
                      < 2 ** 31 - 1 else np.int64)
     index = prepare(graph.tcsr, pad=max(params.neighbors, 1))
     cands = negative_candidates(n, graph.dst, graph.bipartite)
-    sampler = _Sampler(index, params, n, e, cands, itype)
+    sampler = BatchSampler(index, params, n, e, cands, itype)
     counts = np.bincount(graph.split, minlength=3)
     meta = CacheMeta(**asdict(params), graph_sha256=str(graph.attrs.get("sha256", "")), num_nodes=n,
                      num_events=e, split_events={s: int(c) for s, c in zip(SPLIT_NAMES, counts)},
@@ -244,7 +260,7 @@ def build_cache(graph_path: str | os.PathLike, out: str | os.PathLike, params: B
                 name = SPLIT_NAMES[pb.split]
                 num_sets, q = (params.neg_sets, 1) if pb.split == 0 else (1, params.eval_negatives)
                 if name not in writers:
-                    writers[name] = (_Writer(f.create_group(name), itype), num_sets, q)
+                    writers[name] = (_Writer(f.create_group(name), itype, tmp.parent), num_sets, q)
                 ev = pb.eids
                 writers[name][0].add(sampler.batch(pb.split, pb.index, ev, graph.src[ev], graph.dst[ev],
                                                    graph.t[ev], pb.write_mask, state, num_sets, q))
@@ -252,7 +268,7 @@ def build_cache(graph_path: str | os.PathLike, out: str | os.PathLike, params: B
         for name in SPLIT_NAMES:
             if name not in writers:  # an empty split still gets its (empty) group
                 num_sets, q = (params.neg_sets, 1) if name == "train" else (1, params.eval_negatives)
-                writers[name] = (_Writer(f.create_group(name), itype), num_sets, q)
+                writers[name] = (_Writer(f.create_group(name), itype, tmp.parent), num_sets, q)
             w, num_sets, q = writers[name]
             w.close(num_sets, q)
         f.attrs["kind"] = CACHE_KIND
@@ -265,27 +281,39 @@ def build_cache(graph_path: str | os.PathLike, out: str | os.PathLike, params: B
 # ------------------------------------------------------------------------------------ reading
 
 class BatchCache:
-    """Read access to a batch cache; ``batch(split, b, neg_set)`` returns a CPU :class:`Batch`."""
+    """Read access to a batch cache; ``batch(split, b, neg_set)`` returns a CPU :class:`Batch`.
 
-    def __init__(self, path: str | os.PathLike):
+    The arrays are memory-mapped views of the file, so open it in the process that reads it.
+    """
+
+    def __init__(self, path: str | os.PathLike, *, verify: bool = True):
         self.path = Path(path)
+        self.verify = verify
         if not self.path.exists():
             raise DataError(path, "batch cache does not exist (run `disttgl batches` first)")
         try:
-            self.file = h5py.File(self.path, "r", rdcc_nbytes=32 << 20)
+            with h5py.File(self.path, "r") as f:
+                self.meta = self._read_meta(f)
+                self._layout = {s: self._read_split(f, s) for s in SPLIT_NAMES}
         except OSError as exc:
             raise DataError(path, f"not a readable HDF5 batch cache, truncated or corrupt ({exc})") from None
-        try:
-            self.meta = self._read_meta()
-            self._ptr = {s: {p: self._read(self.file[s][p]) for p in _PTRS} for s in SPLIT_NAMES}
-            self._sets = {s: int(self.file[s].attrs["neg_sets"]) for s in SPLIT_NAMES}
-            self._check_layout()
-        except BaseException:
-            self.file.close()
-            raise
+        except KeyError as exc:
+            raise DataError(path, f"corrupt batch cache: missing {exc}") from None
+        size = self.path.stat().st_size
+        self._mm = np.memmap(self.path, dtype=np.uint8, mode="r") if size else np.zeros(0, np.uint8)
+        self._data: dict[str, dict[str, np.ndarray]] = {}
+        for s, (ptr, _, offsets) in self._layout.items():
+            self._data[s] = {}
+            for name, (off, shape, dtype) in offsets.items():
+                nbytes = int(np.prod(shape)) * dtype.itemsize
+                if nbytes and (off is None or off + nbytes > size):
+                    raise DataError(path, f"truncated batch cache: {s}/{name} ends past the end of the file")
+                self._data[s][name] = (np.ndarray(shape, dtype, buffer=self._mm, offset=off) if nbytes
+                                       else np.zeros(shape, dtype))
+        self._check_layout()
 
-    def _read_meta(self) -> CacheMeta:
-        a = self.file.attrs
+    def _read_meta(self, f: h5py.File) -> CacheMeta:
+        a = f.attrs
         if a.get("kind") != CACHE_KIND:
             raise DataError(self.path, "not a disttgl batch cache")
         version = int(a.get("format_version", -1))
@@ -299,64 +327,79 @@ class BatchCache:
         except (TypeError, ValueError) as exc:
             raise DataError(self.path, f"unreadable cache metadata ({exc})") from None
 
-    def _read(self, dset: h5py.Dataset, sl: slice | None = None) -> np.ndarray:
-        try:
-            return dset[()] if sl is None else dset[sl]
-        except (OSError, KeyError, ValueError) as exc:
-            raise DataError(self.path, f"corrupt batch cache: cannot read {dset.name} ({exc})") from None
+    @staticmethod
+    def _read_split(f: h5py.File, split: str):
+        g = f[split]
+        ptr = {p: g[p][()] for p in _PTRS + ("pos_crc", "neg_crc")}
+        offsets = {}
+        for name in _PARTS:
+            d = g[name]
+            if d.chunks is not None or d.compression is not None:
+                raise DataError(f.filename, f"{split}/{name} is not a contiguous dataset")
+            offsets[name] = (d.id.get_offset(), d.shape, d.dtype)
+        return ptr, int(g.attrs["neg_sets"]), offsets
 
     def _check_layout(self) -> None:
         for s in SPLIT_NAMES:
-            ptr, g = self._ptr[s], self.file[s]
+            ptr, sets, _ = self._layout[s]
+            data = self._data[s]
             nb = self.meta.split_batches.get(s, 0)
-            if len(ptr["event_ptr"]) != nb + 1:
-                raise DataError(self.path, f"corrupt batch cache: {s} has {len(ptr['event_ptr']) - 1} "
-                                           f"batches, metadata says {nb}")
+            if len(ptr["event_ptr"]) != nb + 1 or len(ptr["neg_root_ptr"]) != nb * sets + 1 \
+                    or len(ptr["pos_crc"]) != nb or len(ptr["neg_crc"]) != nb * sets:
+                raise DataError(self.path, f"corrupt batch cache: {s} offsets do not match {nb} batches")
             for name, (pname, _, _) in _PARTS.items():
                 rows = 2 * ptr["event_ptr"][-1] if pname is None else ptr[pname][-1]
-                if len(g[name]) != rows or (pname and np.any(np.diff(ptr[pname]) < 0)):
-                    raise DataError(self.path, f"corrupt batch cache: {s}/{name} has {len(g[name])} rows, "
+                if len(data[name]) != rows or (pname and np.any(np.diff(ptr[pname]) < 0)):
+                    raise DataError(self.path, f"corrupt batch cache: {s}/{name} has {len(data[name])} rows, "
                                                f"offsets say {rows}")
 
     def num_batches(self, split: str) -> int:
-        return len(self._ptr[split]["event_ptr"]) - 1
+        return len(self._layout[split][0]["event_ptr"]) - 1
 
     def num_neg_sets(self, split: str) -> int:
-        return self._sets[split]
+        return self._layout[split][1]
 
     def arrays(self, split: str, b: int, neg_set: int = 0) -> dict[str, np.ndarray]:
-        """The raw numpy pieces of batch ``b`` (as :class:`Batch` fields, before tensor conversion)."""
+        """The numpy pieces of batch ``b`` (the :class:`Batch` fields, before tensor conversion)."""
         if split not in SPLIT_NAMES:
             raise ValueError(f"split must be one of {SPLIT_NAMES}, got {split!r}")
         nb = self.num_batches(split)
         if not 0 <= b < nb:
             raise IndexError(f"{split} batch {b} out of range (0..{nb - 1})")
-        sets = self._sets[split]
+        p, sets, _ = self._layout[split]
         if split == "train" and not 0 <= neg_set < sets:
             raise IndexError(f"negative set {neg_set} out of range (0..{sets - 1})")
         seg = b * sets + (neg_set if split == "train" else 0)
-        g, p = self.file[split], self._ptr[split]
-
-        def part(name: str, idx: int) -> np.ndarray:
-            pname = _PARTS[name][0]
-            return self._read(g[name], slice(p[pname][idx], p[pname][idx + 1]))
-
-        ev = part("events", b)
+        data = self._data[split]
         e0, e1 = p["event_ptr"][b], p["event_ptr"][b + 1]
-        pos_root = self._read(g["pos_root"], slice(2 * e0, 2 * e1))
-        pos_node, pos_node_t, pos_nbr = part("pos_node", b), part("pos_node_t", b), part("pos_nbr", b)
-        neg_root, neg_node, neg_node_t = part("neg_root", seg), part("neg_node", seg), part("neg_node_t", seg)
-        neg_nbr = part("neg_nbr", seg)
+        x = {}
+        for name in _POS:
+            pname = _PARTS[name][0]
+            lo, hi = (2 * e0, 2 * e1) if pname is None else (p[pname][b], p[pname][b + 1])
+            x[name] = data[name][lo:hi]
+        for name in _NEG:
+            pname = _PARTS[name][0]
+            x[name] = data[name][p[pname][seg]:p[pname][seg + 1]]
+        if self.verify:
+            if _crc(x[k] for k in _POS) != p["pos_crc"][b]:
+                raise DataError(self.path, f"corrupt batch cache: checksum mismatch in {split} batch {b} "
+                                           "(positive part)")
+            if _crc(x[k] for k in _NEG) != p["neg_crc"][seg]:
+                raise DataError(self.path, f"corrupt batch cache: checksum mismatch in {split} batch {b} "
+                                           f"negative set {seg - b * sets}")
+        ev, pos_root, pos_node, pos_node_t, pos_nbr = (x[k] for k in ("events", "pos_root", "pos_node",
+                                                                       "pos_node_t", "pos_nbr"))
+        neg_root, neg_node, neg_node_t, neg_nbr = (x[k] for k in ("neg_root", "neg_node", "neg_node_t", "neg_nbr"))
         i64 = np.int64
         return dict(
-            eid=ev[:, 0], t=part("t", b), src=ev[:, 1], dst=ev[:, 2],
+            eid=ev[:, 0].copy(), t=x["t"].copy(), src=ev[:, 1].copy(), dst=ev[:, 2].copy(),
             neg=neg_root[:, 0].astype(i64).reshape(len(ev), -1),
             nodes=np.concatenate([pos_node[:, 0], neg_node[:, 0]]).astype(i64),
             root_idx=np.concatenate([pos_root[:, 0], neg_root[:, 1]]).astype(i64),
             nbr_root=np.concatenate([pos_nbr[:, 0], neg_nbr[:, 0]]).astype(i64),
             nbr_idx=np.concatenate([pos_nbr[:, 1], neg_nbr[:, 1]]).astype(i64),
             nbr_eid=np.concatenate([pos_nbr[:, 2], neg_nbr[:, 2]]).astype(i64),
-            nbr_dt=np.concatenate([part("pos_nbr_dt", b), part("neg_nbr_dt", seg)]),
+            nbr_dt=np.concatenate([x["pos_nbr_dt"], x["neg_nbr_dt"]]),
             mem_t=np.concatenate([pos_node_t[:, 0], neg_node_t[:, 0]]),
             mail_t=np.concatenate([pos_node_t[:, 1], neg_node_t[:, 1]]),
             mail_eid=np.concatenate([pos_node[:, 1], neg_node[:, 1]]).astype(i64),
@@ -364,11 +407,12 @@ class BatchCache:
 
     def batch(self, split: str, b: int, neg_set: int = 0) -> Batch:
         """Batch ``b`` of ``split`` with train negative set ``neg_set`` (ignored for val/test)."""
-        return Batch(**{k: torch.from_numpy(np.ascontiguousarray(v))
-                        for k, v in self.arrays(split, b, neg_set).items()})
+        return Batch(**{k: torch.from_numpy(v) for k, v in self.arrays(split, b, neg_set).items()})
 
     def close(self) -> None:
-        self.file.close()
+        # Dropping the views unmaps the file once no returned array refers to it (batches are copies).
+        self._data = {}
+        self._mm = np.zeros(0, np.uint8)
 
     def __enter__(self) -> "BatchCache":
         return self
