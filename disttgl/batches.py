@@ -5,15 +5,16 @@ Layout (per split group ``train``/``val``/``test``; ``I`` is int32 when node and
 - ``events`` int64 [n, 3] (eid, src, dst) and ``t`` float64 [n]: the split's positives in batch
   order; batch b is rows ``event_ptr[b]:event_ptr[b+1]``.
 - Positive part, stored once per batch (roots ``[src | dst]``):
-  ``pos_root`` I [2n, 2] (root_idx, write_mask) at rows ``2*event_ptr``;
+  ``pos_root`` I [2n, 3] (root_idx, write_mask, neighbour count) at rows ``2*event_ptr``;
   ``pos_node`` I [*, 2] (node, mail_eid) and ``pos_node_t`` float64 [*, 2] (mem_t, mail_t) at
   ``pos_node_ptr``: the batch's unique nodes (sorted) with the bookkeeping before its memory batch;
-  ``pos_nbr`` I [*, 3] (root, node index, eid) and ``pos_nbr_dt`` float32 at ``pos_nbr_ptr``.
+  ``pos_nbr`` I [*, 2] (node index, eid) and ``pos_nbr_dt`` float32 at ``pos_nbr_ptr``, root by root
+  (a neighbour's root is implied by the roots' counts), most recent first.
 - Negative part, one segment per (batch b, negative set s) at ``seg = b * S + s`` so a batch with
-  one set is two contiguous reads: ``neg_root`` I [*, 2] (node, root_idx), ``neg_node`` /
+  one set is two contiguous reads: ``neg_root`` I [*, 3] (node, root_idx, count), ``neg_node`` /
   ``neg_node_t`` (the unique nodes of the segment that are NOT in the positive part; their indices
-  continue after the positive part's), ``neg_nbr`` (root counted in the full ``R`` layout) /
-  ``neg_nbr_dt``, each with its ``*_ptr`` [nb * S + 1]. Train has S = ``neg_sets`` with 1 negative
+  continue after the positive part's), ``neg_nbr`` / ``neg_nbr_dt``, each with its ``*_ptr``
+  [nb * S + 1]. Train has S = ``neg_sets`` with 1 negative
   per positive; val/test have S = 1 with ``eval_negatives`` per positive.
 
 So ``Batch.nodes = pos_node ++ neg_node[seg]`` and all indices are precomputed: loading is slicing.
@@ -53,12 +54,12 @@ log = logging.getLogger(__name__)
 CACHE_KIND = "disttgl-batches"
 _PARTS = {  # dataset -> (pointer dataset, columns or 0 for 1-D, dtype or None for the index dtype)
     "events": ("event_ptr", 3, "int64"), "t": ("event_ptr", 0, "float64"),
-    "pos_root": (None, 2, None),
+    "pos_root": (None, 3, None),
     "pos_node": ("pos_node_ptr", 2, None), "pos_node_t": ("pos_node_ptr", 2, "float64"),
-    "pos_nbr": ("pos_nbr_ptr", 3, None), "pos_nbr_dt": ("pos_nbr_ptr", 0, "float32"),
-    "neg_root": ("neg_root_ptr", 2, None),
+    "pos_nbr": ("pos_nbr_ptr", 2, None), "pos_nbr_dt": ("pos_nbr_ptr", 0, "float32"),
+    "neg_root": ("neg_root_ptr", 3, None),
     "neg_node": ("neg_node_ptr", 2, None), "neg_node_t": ("neg_node_ptr", 2, "float64"),
-    "neg_nbr": ("neg_nbr_ptr", 3, None), "neg_nbr_dt": ("neg_nbr_ptr", 0, "float32"),
+    "neg_nbr": ("neg_nbr_ptr", 2, None), "neg_nbr_dt": ("neg_nbr_ptr", 0, "float32"),
 }
 _PTRS = ("event_ptr", "pos_node_ptr", "pos_nbr_ptr", "neg_root_ptr", "neg_node_ptr", "neg_nbr_ptr")
 _POS = ("events", "t", "pos_root", "pos_node", "pos_node_t", "pos_nbr", "pos_nbr_dt")
@@ -125,9 +126,9 @@ class BatchSampler:
     def _neighbours(self, nodes: np.ndarray, times: np.ndarray, rng: np.random.Generator):
         nbr, eid, t = sample_neighbors(self.index, nodes, times, self.p.neighbors, strategy=self.p.strategy,
                                        rng=rng, tgl_compat=self.p.tgl_compat)
-        valid = nbr >= 0
+        valid = nbr >= 0  # valid slots are a prefix of each row (most recent first)
         rows = np.nonzero(valid)[0]
-        return rows, nbr[valid], eid[valid], (times[rows] - t[valid]).astype(np.float32)
+        return rows, valid.sum(1), nbr[valid], eid[valid], (times[rows] - t[valid]).astype(np.float32)
 
     def batch(self, split: int, b: int, eids: np.ndarray, src: np.ndarray, dst: np.ndarray, t: np.ndarray,
               mask: np.ndarray, state: MemoryState, num_sets: int, q: int) -> dict[str, np.ndarray]:
@@ -137,20 +138,20 @@ class BatchSampler:
         # positive part
         roots = np.concatenate([src, dst])
         rtimes = np.concatenate([t, t])
-        rows, nbr, neid, dt = self._neighbours(roots, rtimes, self._rng(split, b, 0))
+        rows, cnt, nbr, neid, dt = self._neighbours(roots, rtimes, self._rng(split, b, 0))
         pos_nodes = np.unique(np.concatenate([roots, nbr]))
         self.slot[pos_nodes] = np.arange(len(pos_nodes))
         mem_t, mail_t, mail_eid = state.lookup(pos_nodes)
-        out["pos_root"] = np.stack([self.slot[roots], mask], 1).astype(it)
+        out["pos_root"] = np.stack([self.slot[roots], mask, cnt], 1).astype(it)
         out["pos_node"] = np.stack([pos_nodes, mail_eid], 1).astype(it)
         out["pos_node_t"] = np.stack([mem_t, mail_t], 1)
-        out["pos_nbr"] = np.stack([rows, self.slot[nbr], neid], 1).astype(it)
+        out["pos_nbr"] = np.stack([self.slot[nbr], neid], 1).astype(it)
         out["pos_nbr_dt"] = dt
         # negative part: all sets at once; row r of the [S * nb * q] roots is set r // (nb * q)
         rng = self._rng(split, b, 1)
         neg = sample_negatives(rng, (num_sets, nb, q), self.n, self.candidates).reshape(-1)
         ntimes = np.tile(np.repeat(t, q), num_sets)
-        rows, nbr, neid, dt = self._neighbours(neg, ntimes, rng)
+        rows, cnt, nbr, neid, dt = self._neighbours(neg, ntimes, rng)
         per_set = nb * q
         nbr_set = rows // per_set
         # unique extra nodes per set, keyed set * N + node so one np.unique serves all sets
@@ -170,10 +171,10 @@ class BatchSampler:
 
         neg_set = _segments(np.full(num_sets, per_set))
         mem_t, mail_t, mail_eid = state.lookup(extra_node)
-        out["neg_root"] = np.stack([neg, index_of(neg, neg_set)], 1).astype(it)
+        out["neg_root"] = np.stack([neg, index_of(neg, neg_set), cnt], 1).astype(it)
         out["neg_node"] = np.stack([extra_node, mail_eid], 1).astype(it)
         out["neg_node_t"] = np.stack([mem_t, mail_t], 1)
-        out["neg_nbr"] = np.stack([2 * nb + rows % per_set, index_of(nbr, nbr_set), neid], 1).astype(it)
+        out["neg_nbr"] = np.stack([index_of(nbr, nbr_set), neid], 1).astype(it)
         out["neg_nbr_dt"] = dt
         out["_counts"] = {"neg_root": np.full(num_sets, per_set), "neg_node": extra_counts,
                           "neg_nbr": np.bincount(nbr_set, minlength=num_sets)}
@@ -396,9 +397,10 @@ class BatchCache:
             neg=neg_root[:, 0].astype(i64).reshape(len(ev), -1),
             nodes=np.concatenate([pos_node[:, 0], neg_node[:, 0]]).astype(i64),
             root_idx=np.concatenate([pos_root[:, 0], neg_root[:, 1]]).astype(i64),
-            nbr_root=np.concatenate([pos_nbr[:, 0], neg_nbr[:, 0]]).astype(i64),
-            nbr_idx=np.concatenate([pos_nbr[:, 1], neg_nbr[:, 1]]).astype(i64),
-            nbr_eid=np.concatenate([pos_nbr[:, 2], neg_nbr[:, 2]]).astype(i64),
+            nbr_root=np.repeat(np.arange(len(pos_root) + len(neg_root)),
+                               np.concatenate([pos_root[:, 2], neg_root[:, 2]])),
+            nbr_idx=np.concatenate([pos_nbr[:, 0], neg_nbr[:, 0]]).astype(i64),
+            nbr_eid=np.concatenate([pos_nbr[:, 1], neg_nbr[:, 1]]).astype(i64),
             nbr_dt=np.concatenate([x["pos_nbr_dt"], x["neg_nbr_dt"]]),
             mem_t=np.concatenate([pos_node_t[:, 0], neg_node_t[:, 0]]),
             mail_t=np.concatenate([pos_node_t[:, 1], neg_node_t[:, 1]]),
