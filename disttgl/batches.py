@@ -516,6 +516,10 @@ class BatchLoader:
             stop.set()
             thread.join()
 
+    def __getstate__(self) -> dict[str, Any]:
+        # Sent to another process (spawn, torchrun workers): never ship an open file mapping.
+        return {**self.__dict__, "_cache": None, "_pid": None}
+
     def close(self) -> None:
         if self._cache is not None and self._pid == os.getpid():
             self._cache.close()

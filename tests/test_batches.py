@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 import shutil
 
 import h5py
@@ -45,11 +46,12 @@ def built(tmp_path_factory):
     return d, g
 
 
-@pytest.mark.parametrize("bipartite", [False, True])
-@pytest.mark.parametrize("i", [1, 3])
-def test_round_trip_matches_direct_computation(tmp_path, bipartite, i):
+@pytest.mark.parametrize("bipartite,i,compat", [(False, 1, False), (True, 1, False), (False, 3, False),
+                                                (True, 3, False), (False, 2, True)])
+def test_round_trip_matches_direct_computation(tmp_path, bipartite, i, compat):
     g = _graph(tmp_path / "g.h5", seed=i, bipartite=bipartite)
-    params = BatchParams(batch_size=16, minibatch_parallelism=i, neg_sets=2, eval_negatives=4, neighbors=3)
+    params = BatchParams(batch_size=16, minibatch_parallelism=i, neg_sets=2, eval_negatives=4, neighbors=3,
+                         tgl_compat=compat)
     build_cache(tmp_path / "g.h5", tmp_path / "c.h5", params, progress=False)
     dst_set = set(g.dst.tolist())
     with open_cache(tmp_path / "c.h5", graph_path=tmp_path / "g.h5", minibatch_parallelism=i) as cache:
@@ -60,11 +62,11 @@ def test_round_trip_matches_direct_computation(tmp_path, bipartite, i):
                 for s in range(cache.num_neg_sets(split)):
                     b = cache.batch(split, pb.index, s)
                     _check_batch(b, g, pb, state, dst_set if bipartite else None,
-                                 1 if split == "train" else 4)
+                                 1 if split == "train" else 4, compat)
         assert sum(cache.num_batches(s) for s in SPLITS) == sum(cache.meta.split_batches.values())
 
 
-def _check_batch(b: Batch, g: Graph, pb, state, dst_set, q):
+def _check_batch(b: Batch, g: Graph, pb, state, dst_set, q, compat):
     ev = pb.eids
     assert b.eid.tolist() == ev.tolist() and torch.equal(b.t, torch.from_numpy(g.t[ev]))
     assert b.src.tolist() == g.src[ev].tolist() and b.dst.tolist() == g.dst[ev].tolist()
@@ -77,7 +79,7 @@ def _check_batch(b: Batch, g: Graph, pb, state, dst_set, q):
     roots = np.concatenate([g.src[ev], g.dst[ev], b.neg.numpy().ravel()])
     assert (nodes[b.root_idx.numpy()] == roots).all()
     root_t = b.root_t.numpy()
-    nbr, eid, t = recent_neighbors(g.tcsr, roots, root_t, 3)
+    nbr, eid, t = recent_neighbors(g.tcsr, roots, root_t, 3, tgl_compat=compat)
     valid = nbr >= 0
     assert b.nbr_root.tolist() == np.nonzero(valid)[0].tolist()
     assert (nodes[b.nbr_idx.numpy()] == nbr[valid]).all() and (b.nbr_eid.numpy() == eid[valid]).all()
@@ -174,6 +176,8 @@ def test_loader_prefetches_in_order_and_propagates_errors(built):
             want = cache.batch("train", b, s)
             assert all(torch.equal(getattr(got, f), getattr(want, f)) for f in want.__dataclass_fields__)
     assert len(list(loader)) == 3  # iterable twice
+    clone = pickle.loads(pickle.dumps(loader))  # what spawn / torchrun workers receive
+    assert clone._cache is None and len(list(clone)) == 3
     for _ in BatchLoader(d / "cache.h5", "val", [(b, 0) for b in range(3)], prefetch=1):
         break  # an early break must not hang the reader thread
     with pytest.raises(IndexError, match="out of range"):
