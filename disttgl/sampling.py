@@ -3,10 +3,13 @@
 For a root (node n, time t) the candidates are the edges of T-CSR row n with edge time strictly
 before t; because rows are sorted by (t, eid) they form the prefix ``[indptr[n], p)`` of the row.
 ``p`` is found for every root with ONE ``np.searchsorted`` on a global key that sorts rows first and
-times second: ``key = row * (T + 1) + rank(t)`` where ``rank`` indexes the sorted distinct edge
-times. Ranks keep the key exact integer arithmetic (a float ``row * BIG + t`` would lose fractional
-times). The key is built once per graph (:func:`prepare`); the public functions accept either a
-:class:`~disttgl.graph.TCSR` (prepared on the fly) or a prepared :class:`SamplerIndex`.
+times second: ``key = row * stride + code(t)`` where ``code`` is ``t - t_min`` for integral times
+and otherwise the rank among the distinct edge times. Either way the key is exact integer
+arithmetic (a float ``row * BIG + t`` would lose fractional times). Queries are searched in sorted
+order, which keeps successive binary searches in cache. The k most recent neighbours are then
+one gather from a copy of the rows with ``k`` padding slots before each row, so no masking is
+needed. All of this is built once per graph by :func:`prepare`; the public functions accept a
+prepared :class:`SamplerIndex` (do this) or a :class:`~disttgl.graph.TCSR` (prepared per call).
 
 Output of both samplers: ``(nbr, eid, t)`` arrays of shape ``[len(nodes), k]``; slot ``j`` of a
 row is a valid neighbour iff ``nbr >= 0``. Padding: ``nbr = eid = -1`` and ``t = NaN``.
