@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from disttgl.batches import BatchLoader, BatchParams, BatchSampler, build_cache, open_cache
 from disttgl.bookkeeping import plan
@@ -89,6 +90,34 @@ def best_of(fn, reps: int = 3) -> float:
         fn()
         best = min(best, time.perf_counter() - t0)
     return best
+
+
+def train_step_time(cache_path: Path, g: Graph, batches: list[int]) -> float | None:
+    """Median forward + backward + Adam step of the default TGN on cached batches (CPU)."""
+    try:
+        from disttgl.memory import MemoryState
+        from disttgl.model import TGN, Features, ModelConfig, link_loss
+    except ImportError:
+        return None
+    torch.manual_seed(0)
+    model = TGN(ModelConfig(edge_dim=g.edge_dim))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    feats = Features(edge_feat=torch.from_numpy(g.edge_feat))
+    mem = MemoryState.zeros(g.num_nodes, model.cfg.dim)
+    times = []
+    with open_cache(cache_path) as cache:
+        for b in batches:
+            batch = cache.batch("train", b, 0)
+            t0 = time.perf_counter()
+            memory, mail = mem.gather(batch)
+            pos, neg, new_memory = model(batch, feats, memory, mail)
+            loss = link_loss(pos, neg)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            mem.write(batch, new_memory)
+            times.append(time.perf_counter() - t0)
+    return float(np.median(times[1:]))
 
 
 def main() -> None:
@@ -171,11 +200,16 @@ def main() -> None:
     loader = BatchLoader(d / "cache.h5", "train", items, prefetch=4)
     t_loader = best_of(lambda: sum(1 for _ in loader)) / nb
     loader.close()
+    t_step = train_step_time(d / "cache.h5", g, [pb.index for pb, _ in work[:10]])
     res["load"] = {"cached_batch_ms": t_load * 1e3, "sample_same_batch_ms": t_sample * 1e3,
+                   "train_step_ms": None if t_step is None else t_step * 1e3,
                    "sample_over_load": t_sample / t_load, "loader_ms_per_batch": t_loader * 1e3,
                    "load_avg_end": os.getloadavg()[0]}
     print(f"batch: load from cache {t_load * 1e3:.2f} ms, sample the same batch {t_sample * 1e3:.2f} ms "
           f"({t_sample / t_load:.1f}x); BatchLoader {t_loader * 1e3:.2f} ms/batch over {nb} train batches")
+    if t_step is not None:
+        print(f"train step (TGN d=100, CPU, {torch.get_num_threads()} threads): {t_step * 1e3:.1f} ms "
+              f"= {t_step / t_load:.0f}x the cached load")
     if tmp is not None:
         tmp.cleanup()
     if args.json:
