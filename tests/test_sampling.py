@@ -133,3 +133,24 @@ def test_negatives_seeded_in_range_bipartite():
     assert negative_candidates(10, dst, bipartite=False) is None
     d = sample_negatives(np.random.default_rng(1), (2000,), 10)
     assert d.min() == 0 and d.max() == 9
+
+
+def test_wikipedia_sample_matches_per_root_search():
+    from pathlib import Path
+
+    path = Path(__file__).parents[2] / "shared" / "datasets" / "wikipedia" / "wikipedia.csv"
+    if not path.exists():
+        pytest.skip(f"{path} not present (shared datasets folder absent)")
+    data = np.loadtxt(path, delimiter=",", skiprows=1, max_rows=40_000)
+    src, dst, t = data[:, 0].astype(np.int64), data[:, 1].astype(np.int64), data[:, 2]
+    tcsr = build_tcsr(src, dst, t, int(max(src.max(), dst.max())) + 1)
+    rng = np.random.default_rng(0)
+    pick = rng.integers(0, len(src), 300)
+    nodes = np.concatenate([src[pick], dst[pick]])
+    times = np.concatenate([t[pick], t[pick]])
+    nbr, eid, tt = recent_neighbors(prepare(tcsr), nodes, times, 10)
+    for r, (n, time) in enumerate(zip(nodes, times)):
+        lo, hi = tcsr.indptr[n], tcsr.indptr[n + 1]
+        end = lo + np.searchsorted(tcsr.t[lo:hi], time, "left")
+        want = tcsr.eid[max(lo, end - 10):end][::-1]
+        assert eid[r][eid[r] >= 0].tolist() == want.tolist()
