@@ -1,0 +1,34 @@
+"""``disttgl pretrain GRAPH CACHE --out STATIC.h5``: learn the static node memory.
+
+The TGN with its GRU memory replaced by a learnable per-node table (no mailbox) is trained on the
+same task and batches; the table of the best epoch by validation MRR (early stopping) is saved as
+``static_memory`` [N, d] float32 in an HDF5 file, which ``disttgl train --static`` loads frozen.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from disttgl.train import add_common_arguments, config_from_args
+from disttgl.training import TrainConfig
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_common_arguments(parser)
+    parser.set_defaults(epochs=20)
+    parser.add_argument("--out", required=True, help="output static memory file (.h5)")
+    parser.add_argument("--patience", type=int, default=TrainConfig(graph="", cache="", out="").patience,
+                        help="epochs without validation MRR gain before stopping")
+
+
+def run(args: argparse.Namespace) -> int:
+    from disttgl.training import pretrain
+
+    pretrain(config_from_args(args, patience=args.patience))
+    return 0
+
+
+if __name__ == "__main__":
+    from disttgl.cli import main
+
+    raise SystemExit(main(["pretrain", *__import__("sys").argv[1:]]))

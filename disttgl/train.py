@@ -1,0 +1,55 @@
+"""``disttgl train GRAPH CACHE --out RUN_DIR``: train a TGN (optionally with frozen static memory)."""
+
+from __future__ import annotations
+
+import argparse
+
+from disttgl.training import TrainConfig
+
+
+def add_common_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments shared by ``train`` and ``pretrain``."""
+    d = TrainConfig(graph="", cache="", out="")
+    parser.add_argument("graph", help="graph store (graph.h5)")
+    parser.add_argument("cache", help="batch cache (.h5 from `disttgl batches`)")
+    parser.add_argument("--epochs", type=int, default=d.epochs)
+    parser.add_argument("--device", default=d.device, help="cpu, cuda or cuda:N")
+    parser.add_argument("--seed", type=int, default=d.seed)
+    parser.add_argument("--lr", type=float, default=d.lr)
+    parser.add_argument("--dim", type=int, default=d.dim, help="memory/embedding size")
+    parser.add_argument("--time-dim", type=int, default=d.time_dim)
+    parser.add_argument("--heads", type=int, default=d.heads)
+    parser.add_argument("--dropout", type=float, default=d.dropout)
+    parser.add_argument("--loss", choices=("ce", "bce"), default=d.loss,
+                        help="softmax cross-entropy over [pos, negs] (DistTGL) or binary CE (TGN)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--prefetch", type=int, default=d.prefetch, help="batches read ahead")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_common_arguments(parser)
+    parser.add_argument("--out", required=True, help="run directory (metrics.jsonl, checkpoint.pt, summary.json)")
+    parser.add_argument("--static", default=None, help="frozen static memory (.h5 from `disttgl pretrain`)")
+    parser.add_argument("--resume", action="store_true", help="continue from RUN_DIR/checkpoint.pt")
+    parser.add_argument("--parallelism", default="1x1x1", help="i x j x k (only 1x1x1 in this command)")
+
+
+def config_from_args(args: argparse.Namespace, **extra: object) -> TrainConfig:
+    return TrainConfig(graph=args.graph, cache=args.cache, out=args.out, epochs=args.epochs, device=args.device,
+                       seed=args.seed, lr=args.lr, dim=args.dim, time_dim=args.time_dim, heads=args.heads,
+                       dropout=args.dropout, loss=args.loss, threads=args.threads, prefetch=args.prefetch,
+                       progress=not args.no_progress, **extra)
+
+
+def run(args: argparse.Namespace) -> int:
+    from disttgl.training import train
+
+    train(config_from_args(args, static=args.static, resume=args.resume, parallelism=args.parallelism))
+    return 0
+
+
+if __name__ == "__main__":
+    from disttgl.cli import main
+
+    raise SystemExit(main(["train", *__import__("sys").argv[1:]]))

@@ -1,0 +1,355 @@
+"""Single-process training, evaluation, static-memory pretraining, checkpoints and resume.
+
+One epoch (DESIGN §4): reset memory; train over the cached batches in order, each with a
+negative set drawn by a seeded RNG; predict first, then write the batch's memory (detached);
+validate with memory carried on from training; when validation MRR improves, test right away with
+memory carried on from validation. The run directory holds ``metrics.jsonl`` (one line per
+epoch), ``checkpoint.pt`` (written after every epoch, atomically) and ``summary.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+import h5py
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from disttgl.atomic import atomic_path
+from disttgl.batch import Batch
+from disttgl.batches import BatchLoader, open_cache
+from disttgl.errors import DataError
+from disttgl.graph import load_graph, read_attrs
+from disttgl.memory import MemoryState
+from disttgl.metrics import RankingMetrics
+from disttgl.model import TGN, Features, ModelConfig, link_loss
+
+log = logging.getLogger(__name__)
+
+STATIC_KIND = "disttgl-static-memory"
+
+
+@dataclass
+class TrainConfig:
+    graph: str
+    cache: str
+    out: str  # run directory (train) or static memory file (pretrain)
+    static: str | None = None  # frozen static memory (.h5 from pretrain)
+    epochs: int = 10
+    device: str = "cpu"
+    seed: int = 0
+    lr: float = 1e-4
+    dim: int = 100
+    time_dim: int = 100
+    heads: int = 2
+    dropout: float = 0.2
+    loss: str = "ce"
+    threads: int | None = None  # torch.set_num_threads; None leaves torch's default
+    prefetch: int = 4
+    resume: bool = False
+    patience: int = 3  # pretraining: epochs without val MRR gain before stopping
+    parallelism: str = "1x1x1"  # i x j x k; only 1x1x1 here
+    progress: bool = True
+
+    def check(self) -> None:
+        if self.loss not in ("ce", "bce"):
+            raise DataError(None, f"--loss must be ce or bce, got {self.loss!r}")
+        if self.epochs < 1:
+            raise DataError(None, f"--epochs must be >= 1, got {self.epochs}")
+        if self.dim % self.heads:
+            raise DataError(None, f"--dim {self.dim} must be divisible by --heads {self.heads}")
+        if self.parallelism.replace(" ", "") not in ("1x1x1", "1"):
+            raise DataError(None, f"--parallelism {self.parallelism}: this command trains one process "
+                                  "(1x1x1) only")
+        if self.device.startswith("cuda") and not torch.cuda.is_available():
+            raise DataError(None, f"--device {self.device}: CUDA is not available on this machine")
+
+
+@dataclass
+class EpochStats:
+    loss: float = 0.0
+    events: int = 0
+    seconds: float = 0.0
+    timing: dict[str, float] = field(default_factory=lambda: dict(load=0.0, forward=0.0, backward=0.0,
+                                                                   memory=0.0))
+
+    @property
+    def events_per_s(self) -> float:
+        return self.events / self.seconds if self.seconds > 0 else 0.0
+
+
+# ------------------------------------------------------------------------------ building blocks
+
+def load_features(graph_path: str, device: torch.device, static: str | None = None) -> tuple[Features, Any]:
+    graph = load_graph(graph_path)
+    feats = Features(
+        edge_feat=torch.from_numpy(graph.edge_feat).float().to(device),
+        node_feat=None if graph.node_feat is None else torch.from_numpy(graph.node_feat).float().to(device),
+        static=None if static is None else load_static(static, graph.num_nodes).to(device))
+    return feats, graph
+
+
+def model_config(cfg: TrainConfig, graph: Any, feats: Features, memory: str = "gru") -> ModelConfig:
+    return ModelConfig(dim=cfg.dim, time_dim=cfg.time_dim, heads=cfg.heads, dropout=cfg.dropout,
+                       edge_dim=graph.edge_dim, node_dim=graph.node_dim,
+                       static_dim=0 if feats.static is None else int(feats.static.shape[1]),
+                       memory=memory, num_nodes=graph.num_nodes)
+
+
+def train_epoch(model: TGN, memory: MemoryState | None, batches: Iterable[Batch],
+                optimizer: torch.optim.Optimizer, feats: Features, *, loss: str = "ce",
+                progress: tqdm | None = None, sync: bool = False) -> EpochStats:
+    """One pass over ``batches``: predict, step, then write memory (GRU model only)."""
+    model.train()
+    stats = EpochStats()
+    total_loss, steps = 0.0, 0
+    cuda = sync and feats.edge_feat.is_cuda
+    clock = time.perf_counter
+    start = t0 = clock()
+    it: Iterator[Batch] = iter(batches)
+    while True:
+        batch = next(it, None)
+        t1 = clock()
+        if batch is None:
+            break
+        mem, mail = memory.gather(batch) if memory is not None else (None, None)
+        pos, neg, new_mem = model(batch, feats, mem, mail)
+        step_loss = link_loss(pos, neg, loss)
+        if cuda:
+            torch.cuda.synchronize()
+        t2 = clock()
+        optimizer.zero_grad(set_to_none=True)
+        step_loss.backward()
+        optimizer.step()
+        if cuda:
+            torch.cuda.synchronize()
+        t3 = clock()
+        if memory is not None:
+            memory.write(batch, new_mem)
+        total_loss += float(step_loss)
+        t4 = clock()
+        for k, dt in zip(stats.timing, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
+            stats.timing[k] += dt
+        steps += 1
+        stats.events += batch.num_events
+        t0 = t4
+        if progress is not None:
+            progress.update(batch.num_events)
+            progress.set_postfix(loss=f"{total_loss / steps:.4f}", ev_s=f"{stats.events / (t4 - start):,.0f}",
+                                 refresh=False)
+    stats.seconds = clock() - start
+    stats.loss = total_loss / max(steps, 1)
+    return stats
+
+
+@torch.no_grad()
+def evaluate(model: TGN, memory: MemoryState | None, batches: Iterable[Batch], feats: Features) -> dict[str, float]:
+    """Metrics over ``batches`` (ap, mrr, ap_1neg); memory is updated as in training."""
+    model.eval()
+    acc = RankingMetrics()
+    for batch in batches:
+        mem, mail = memory.gather(batch) if memory is not None else (None, None)
+        pos, neg, new_mem = model(batch, feats, mem, mail)
+        if memory is not None:
+            memory.write(batch, new_mem)
+        acc.update(pos, neg)
+    return acc.compute()
+
+
+def rng_state(rng: np.random.Generator) -> dict[str, Any]:
+    state = {"numpy_generator": rng.bit_generator.state, "torch": torch.get_rng_state(),
+             "python": random.getstate(), "numpy_global": np.random.get_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(rng: np.random.Generator, state: dict[str, Any]) -> None:
+    rng.bit_generator.state = state["numpy_generator"]
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy_global"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def seed_everything(seed: int) -> np.random.Generator:
+    random.seed(seed)
+    np.random.seed(seed % 2 ** 32)
+    torch.manual_seed(seed)
+    return np.random.default_rng(seed)
+
+
+class _Run:
+    """What one training or pretraining run holds: data, model, optimizer, loaders."""
+
+    def __init__(self, cfg: TrainConfig, memory_kind: str):
+        cfg.check()
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        self.cfg = cfg
+        self.device = torch.device(cfg.device)
+        self.rng = seed_everything(cfg.seed)
+        self.feats, graph = load_features(cfg.graph, self.device, cfg.static if memory_kind == "gru" else None)
+        with open_cache(cfg.cache, graph_path=cfg.graph, minibatch_parallelism=1) as cache:
+            self.meta = cache.meta
+            self.num_batches = {s: cache.num_batches(s) for s in ("train", "val", "test")}
+            self.neg_sets = cache.num_neg_sets("train")
+        self.model = TGN(model_config(cfg, graph, self.feats, memory_kind)).to(self.device)
+        self.memory = MemoryState.zeros(graph.num_nodes, cfg.dim, self.device) if memory_kind == "gru" else None
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr)
+
+    def loader(self, split: str, neg_sets: np.ndarray | None = None) -> BatchLoader:
+        n = self.num_batches[split]
+        sets = np.zeros(n, dtype=np.int64) if neg_sets is None else neg_sets
+        return BatchLoader(self.cfg.cache, split, list(zip(range(n), sets.tolist())), prefetch=self.cfg.prefetch,
+                           device=self.device)
+
+    def epoch(self, epoch: int, desc: str) -> EpochStats:
+        sets = self.rng.integers(0, self.neg_sets, size=self.num_batches["train"])
+        if self.memory is not None:
+            self.memory.reset()
+        with tqdm(total=self.meta.split_events.get("train") or None, unit="ev", unit_scale=True,
+                  desc=f"{desc} epoch {epoch}", disable=not self.cfg.progress, mininterval=2.0) as bar:
+            stats = train_epoch(self.model, self.memory, self.loader("train", sets), self.optimizer,
+                                self.feats, loss=self.cfg.loss, progress=bar)
+        return stats
+
+    def eval(self, split: str) -> dict[str, float]:
+        return evaluate(self.model, self.memory, self.loader(split), self.feats)
+
+
+# ------------------------------------------------------------------------------------- training
+
+def train(cfg: TrainConfig) -> dict[str, Any]:
+    """Train ``cfg.epochs`` epochs (continuing from ``checkpoint.pt`` with ``cfg.resume``)."""
+    run = _Run(cfg, "gru")
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt_path = out / "checkpoint.pt"
+    history: list[dict[str, Any]] = []
+    best: dict[str, Any] = {"best_epoch": 0, "val_mrr": -math.inf}
+    start = 1
+    if cfg.resume and ckpt_path.exists():
+        ckpt = load_checkpoint(ckpt_path)
+        run.model.load_state_dict(ckpt["model"])
+        run.optimizer.load_state_dict(ckpt["optimizer"])
+        run.memory.load_state_dict(ckpt["memory"])
+        set_rng_state(run.rng, ckpt["rng"])
+        history, best, start = ckpt["history"], ckpt["best"], ckpt["epoch"] + 1
+        log.info("resuming %s after epoch %d", out, ckpt["epoch"])
+    elif cfg.resume:
+        log.info("no checkpoint in %s; starting from scratch", out)
+
+    for epoch in range(start, cfg.epochs + 1):
+        t0 = time.perf_counter()
+        stats = run.epoch(epoch, "train")
+        val = run.eval("val")
+        row = {"epoch": epoch, "train_loss": stats.loss, "train_events_per_s": stats.events_per_s,
+               "val_ap": val["ap"], "val_mrr": val["mrr"], "val_ap_1neg": val["ap_1neg"],
+               "time_split": {k: v / max(stats.seconds, 1e-9) for k, v in stats.timing.items()}}
+        if val["mrr"] > best["val_mrr"]:
+            test = run.eval("test")  # memory runs on from validation into test
+            best = {"best_epoch": epoch, "val_mrr": val["mrr"], "val_ap": val["ap"],
+                    "test_ap": test["ap"], "test_mrr": test["mrr"], "test_ap_1neg": test["ap_1neg"]}
+        row["seconds"] = time.perf_counter() - t0
+        history.append(row)
+        log.info("epoch %d: loss %.4f, %.0f train events/s, val AP %.4f MRR %.4f (best epoch %d)",
+                 epoch, stats.loss, stats.events_per_s, val["ap"], val["mrr"], best["best_epoch"])
+        _write_jsonl(out / "metrics.jsonl", history)
+        save_checkpoint(ckpt_path, {
+            "epoch": epoch, "model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(),
+            "memory": run.memory.state_dict(), "rng": rng_state(run.rng), "history": history, "best": best,
+            "config": asdict(cfg)})
+
+    rates = [r["train_events_per_s"] for r in history]
+    summary = {"best_epoch": best["best_epoch"], "test_ap": best.get("test_ap"), "test_mrr": best.get("test_mrr"),
+               "test_ap_1neg": best.get("test_ap_1neg"), "val_mrr": best.get("val_mrr"),
+               "val_ap": best.get("val_ap"), "epochs": len(history),
+               "train_events_per_s": float(np.mean(rates)) if rates else 0.0,
+               "total_seconds": float(sum(r["seconds"] for r in history)),
+               "config": asdict(cfg)}
+    with atomic_path(out / "summary.json") as tmp:
+        tmp.write_text(json.dumps(summary, indent=2) + "\n")
+    log.info("best epoch %d: test AP %.4f MRR %.4f AP(1 neg) %.4f", summary["best_epoch"],
+             summary["test_ap"], summary["test_mrr"], summary["test_ap_1neg"])
+    return summary
+
+
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is the same user error
+        raise DataError(path, f"unreadable checkpoint ({exc}); delete it or run without --resume") from None
+
+
+def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+# ------------------------------------------------------------------------------ static memory
+
+def pretrain(cfg: TrainConfig) -> dict[str, Any]:
+    """Learn a per-node table with the same model and task; early stop on val MRR; save the best table."""
+    run = _Run(cfg, "table")
+    best_mrr, best_epoch, best_table, stale = -math.inf, 0, None, 0
+    history = []
+    for epoch in range(1, cfg.epochs + 1):
+        stats = run.epoch(epoch, "pretrain")
+        val = run.eval("val")
+        history.append({"epoch": epoch, "train_loss": stats.loss, "val_mrr": val["mrr"], "val_ap": val["ap"]})
+        log.info("pretrain epoch %d: loss %.4f, val AP %.4f MRR %.4f", epoch, stats.loss, val["ap"], val["mrr"])
+        if val["mrr"] > best_mrr:
+            best_mrr, best_epoch, stale = val["mrr"], epoch, 0
+            best_table = run.model.table.weight.detach().cpu().clone()
+        else:
+            stale += 1
+            if stale >= cfg.patience:
+                log.info("no val MRR gain for %d epochs: stopping", stale)
+                break
+    save_static(cfg.out, best_table.numpy(), graph_path=cfg.graph,
+                attrs={"best_epoch": best_epoch, "val_mrr": best_mrr, "epochs": len(history)})
+    return {"best_epoch": best_epoch, "val_mrr": best_mrr, "history": history}
+
+
+def save_static(path: str | Path, table: np.ndarray, *, graph_path: str | None = None,
+                attrs: dict[str, Any] | None = None) -> None:
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+        f.create_dataset("static_memory", data=np.asarray(table, dtype=np.float32))
+        f.attrs["kind"] = STATIC_KIND
+        f.attrs["num_nodes"] = int(table.shape[0])
+        f.attrs["dim"] = int(table.shape[1])
+        if graph_path is not None:
+            f.attrs["graph_sha256"] = str(read_attrs(graph_path).get("sha256", ""))
+        for k, v in (attrs or {}).items():
+            f.attrs[k] = v
+
+
+def load_static(path: str | Path, num_nodes: int) -> torch.Tensor:
+    """The frozen static memory [N, d]; checks it belongs to a graph with ``num_nodes`` nodes."""
+    if not Path(path).exists():
+        raise DataError(path, "static memory file does not exist (run `disttgl pretrain` first)")
+    try:
+        with h5py.File(path, "r") as f:
+            if f.attrs.get("kind") != STATIC_KIND or "static_memory" not in f:
+                raise DataError(path, "not a disttgl static memory file")
+            table = f["static_memory"][()]
+    except OSError as exc:
+        raise DataError(path, f"unreadable static memory file ({exc})") from None
+    if table.ndim != 2 or table.shape[0] != num_nodes:
+        raise DataError(path, f"static memory has shape {table.shape}, the graph has {num_nodes} nodes")
+    return torch.from_numpy(table).float()
