@@ -15,6 +15,7 @@ On Wikipedia from ../shared/datasets (a synthetic bipartite graph of the same sh
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import platform
@@ -185,7 +186,7 @@ def main() -> None:
     for grp, state in plan(g.src, g.dst, g.t, g.split, 600, 1, g.num_nodes):
         pb = grp[0]
         if pb.split == 0 and pb.index % 4 == 0:  # a copy of the state: plan updates it in place
-            snap = type(state)(state.mem_t.copy(), state.mail_t.copy(), state.mail_eid.copy())
+            snap = copy.deepcopy(state)
             work.append((pb, snap))
     ev = [(pb, snap, g.src[pb.eids], g.dst[pb.eids], g.t[pb.eids]) for pb, snap in work]
     t_sample = best_of(lambda: [sampler.batch(0, pb.index, pb.eids, s, d_, t, pb.write_mask, snap, 1, 1)

@@ -2,25 +2,27 @@
 
 Layout (per split group ``train``/``val``/``test``; ``I`` is int32 when node and event ids fit):
 
+- ``/event_t`` float64 [E + 1]: every event's time, 0 for the sentinel E. Times the batches need
+  (``mem_t``, ``mail_t``, neighbour ``dt``) are stored as event ids and looked up here on load,
+  which halves the node tables and removes the per-neighbour float column.
 - ``events`` int64 [n, 3] (eid, src, dst) and ``t`` float64 [n]: the split's positives in batch
   order; batch b is rows ``event_ptr[b]:event_ptr[b+1]``.
 - Positive part, stored once per batch (roots ``[src | dst]``):
   ``pos_root`` I [2n, 3] (root_idx, write_mask, neighbour count) at rows ``2*event_ptr``;
-  ``pos_node`` I [*, 2] (node, mail_eid) and ``pos_node_t`` float64 [*, 2] (mem_t, mail_t) at
-  ``pos_node_ptr``: the batch's unique nodes (sorted) with the bookkeeping before its memory batch;
-  ``pos_nbr`` I [*, 2] (node index, eid) and ``pos_nbr_dt`` float32 at ``pos_nbr_ptr``, root by root
-  (a neighbour's root is implied by the roots' counts), most recent first.
+  ``pos_node`` I [*, 3] (node, mail_eid, mem_eid) at ``pos_node_ptr``: the batch's unique nodes
+  (sorted) with the bookkeeping before its memory batch;
+  ``pos_nbr`` I [*, 2] (node index, eid) at ``pos_nbr_ptr``, root by root (a neighbour's root is
+  implied by the roots' counts), most recent first.
 - Negative part, one segment per (batch b, negative set s) at ``seg = b * S + s`` so a batch with
-  one set is two contiguous reads: ``neg_root`` I [*, 3] (node, root_idx, count), ``neg_node`` /
-  ``neg_node_t`` (the unique nodes of the segment that are NOT in the positive part; their indices
-  continue after the positive part's), ``neg_nbr`` / ``neg_nbr_dt``, each with its ``*_ptr``
-  [nb * S + 1]. Train has S = ``neg_sets`` with 1 negative
-  per positive; val/test have S = 1 with ``eval_negatives`` per positive.
+  one set is two contiguous reads: ``neg_root`` I [*, 3] (node, root_idx, count), ``neg_node``
+  (the unique nodes of the segment that are NOT in the positive part; their indices continue after
+  the positive part's) and ``neg_nbr``, each with its ``*_ptr`` [nb * S + 1]. Train has
+  S = ``neg_sets`` with 1 negative per positive; val/test have S = 1 with ``eval_negatives`` each.
 
-So ``Batch.nodes = pos_node ++ neg_node[seg]`` and all indices are precomputed: loading is slicing.
-Datasets are contiguous (unchunked, unfiltered), so the reader memory-maps them and a batch is a
-handful of slices with no HDF5 call per read. ``pos_crc`` [nb] and ``neg_crc`` [nb * S] hold a
-CRC-32 of each part's bytes, checked on every read: corrupt bytes raise :class:`DataError`.
+So ``Batch.nodes = pos_node ++ neg_node[seg]`` and all indices are precomputed: loading is slicing
+plus a few gathers. Datasets are contiguous (unchunked, unfiltered), so the reader memory-maps
+them with no HDF5 call per read. ``pos_crc`` [nb] and ``neg_crc`` [nb * S] hold a CRC-32 of each
+part's bytes, checked on every read: corrupt bytes raise :class:`DataError`.
 """
 
 from __future__ import annotations
@@ -54,16 +56,13 @@ log = logging.getLogger(__name__)
 CACHE_KIND = "disttgl-batches"
 _PARTS = {  # dataset -> (pointer dataset, columns or 0 for 1-D, dtype or None for the index dtype)
     "events": ("event_ptr", 3, "int64"), "t": ("event_ptr", 0, "float64"),
-    "pos_root": (None, 3, None),
-    "pos_node": ("pos_node_ptr", 2, None), "pos_node_t": ("pos_node_ptr", 2, "float64"),
-    "pos_nbr": ("pos_nbr_ptr", 2, None), "pos_nbr_dt": ("pos_nbr_ptr", 0, "float32"),
-    "neg_root": ("neg_root_ptr", 3, None),
-    "neg_node": ("neg_node_ptr", 2, None), "neg_node_t": ("neg_node_ptr", 2, "float64"),
-    "neg_nbr": ("neg_nbr_ptr", 2, None), "neg_nbr_dt": ("neg_nbr_ptr", 0, "float32"),
+    "pos_root": (None, 3, None), "pos_node": ("pos_node_ptr", 3, None), "pos_nbr": ("pos_nbr_ptr", 2, None),
+    "neg_root": ("neg_root_ptr", 3, None), "neg_node": ("neg_node_ptr", 3, None),
+    "neg_nbr": ("neg_nbr_ptr", 2, None),
 }
 _PTRS = ("event_ptr", "pos_node_ptr", "pos_nbr_ptr", "neg_root_ptr", "neg_node_ptr", "neg_nbr_ptr")
-_POS = ("events", "t", "pos_root", "pos_node", "pos_node_t", "pos_nbr", "pos_nbr_dt")
-_NEG = ("neg_root", "neg_node", "neg_node_t", "neg_nbr", "neg_nbr_dt")
+_POS = ("events", "t", "pos_root", "pos_node", "pos_nbr")
+_NEG = ("neg_root", "neg_node", "neg_nbr")
 
 
 def _crc(parts: Iterable[np.ndarray]) -> int:
@@ -124,11 +123,10 @@ class BatchSampler:
         return np.random.default_rng([self.p.seed, split, b, part])
 
     def _neighbours(self, nodes: np.ndarray, times: np.ndarray, rng: np.random.Generator):
-        nbr, eid, t = sample_neighbors(self.index, nodes, times, self.p.neighbors, strategy=self.p.strategy,
+        nbr, eid, _ = sample_neighbors(self.index, nodes, times, self.p.neighbors, strategy=self.p.strategy,
                                        rng=rng, tgl_compat=self.p.tgl_compat)
         valid = nbr >= 0  # valid slots are a prefix of each row (most recent first)
-        rows = np.nonzero(valid)[0]
-        return rows, valid.sum(1), nbr[valid], eid[valid], (times[rows] - t[valid]).astype(np.float32)
+        return np.nonzero(valid)[0], valid.sum(1), nbr[valid], eid[valid]
 
     def batch(self, split: int, b: int, eids: np.ndarray, src: np.ndarray, dst: np.ndarray, t: np.ndarray,
               mask: np.ndarray, state: MemoryState, num_sets: int, q: int) -> dict[str, np.ndarray]:
@@ -138,20 +136,17 @@ class BatchSampler:
         # positive part
         roots = np.concatenate([src, dst])
         rtimes = np.concatenate([t, t])
-        rows, cnt, nbr, neid, dt = self._neighbours(roots, rtimes, self._rng(split, b, 0))
+        _, cnt, nbr, neid = self._neighbours(roots, rtimes, self._rng(split, b, 0))
         pos_nodes = np.unique(np.concatenate([roots, nbr]))
         self.slot[pos_nodes] = np.arange(len(pos_nodes))
-        mem_t, mail_t, mail_eid = state.lookup(pos_nodes)
         out["pos_root"] = np.stack([self.slot[roots], mask, cnt], 1).astype(it)
-        out["pos_node"] = np.stack([pos_nodes, mail_eid], 1).astype(it)
-        out["pos_node_t"] = np.stack([mem_t, mail_t], 1)
+        out["pos_node"] = np.stack([pos_nodes, state.mail_eid[pos_nodes], state.mem_eid[pos_nodes]], 1).astype(it)
         out["pos_nbr"] = np.stack([self.slot[nbr], neid], 1).astype(it)
-        out["pos_nbr_dt"] = dt
         # negative part: all sets at once; row r of the [S * nb * q] roots is set r // (nb * q)
         rng = self._rng(split, b, 1)
         neg = sample_negatives(rng, (num_sets, nb, q), self.n, self.candidates).reshape(-1)
         ntimes = np.tile(np.repeat(t, q), num_sets)
-        rows, cnt, nbr, neid, dt = self._neighbours(neg, ntimes, rng)
+        rows, cnt, nbr, neid = self._neighbours(neg, ntimes, rng)
         per_set = nb * q
         nbr_set = rows // per_set
         # unique extra nodes per set, keyed set * N + node so one np.unique serves all sets
@@ -170,12 +165,10 @@ class BatchSampler:
             return idx
 
         neg_set = _segments(np.full(num_sets, per_set))
-        mem_t, mail_t, mail_eid = state.lookup(extra_node)
         out["neg_root"] = np.stack([neg, index_of(neg, neg_set), cnt], 1).astype(it)
-        out["neg_node"] = np.stack([extra_node, mail_eid], 1).astype(it)
-        out["neg_node_t"] = np.stack([mem_t, mail_t], 1)
+        out["neg_node"] = np.stack([extra_node, state.mail_eid[extra_node], state.mem_eid[extra_node]],
+                                   1).astype(it)
         out["neg_nbr"] = np.stack([index_of(nbr, nbr_set), neid], 1).astype(it)
-        out["neg_nbr_dt"] = dt
         out["_counts"] = {"neg_root": np.full(num_sets, per_set), "neg_node": extra_counts,
                           "neg_nbr": np.bincount(nbr_set, minlength=num_sets)}
         self.slot[pos_nodes] = -1
@@ -272,6 +265,8 @@ def build_cache(graph_path: str | os.PathLike, out: str | os.PathLike, params: B
                 writers[name] = (_Writer(f.create_group(name), itype, tmp.parent), num_sets, q)
             w, num_sets, q = writers[name]
             w.close(num_sets, q)
+        event_t = np.concatenate([graph.t, [0.0]]).astype(np.float64)
+        f.create_dataset("event_t", data=event_t).attrs["crc32"] = _crc([event_t])
         f.attrs["kind"] = CACHE_KIND
         f.attrs["meta"] = json.dumps(asdict(meta), sort_keys=True)
         f.attrs["format_version"] = FORMAT_VERSION
@@ -296,6 +291,10 @@ class BatchCache:
             with h5py.File(self.path, "r") as f:
                 self.meta = self._read_meta(f)
                 self._layout = {s: self._read_split(f, s) for s in SPLIT_NAMES}
+                event_t = f["event_t"]
+                if event_t.chunks is not None or event_t.shape != (self.meta.num_events + 1,):
+                    raise DataError(path, f"corrupt batch cache: event_t has shape {event_t.shape}")
+                et_offset, et_crc = event_t.id.get_offset(), int(event_t.attrs["crc32"])
         except OSError as exc:
             raise DataError(path, f"not a readable HDF5 batch cache, truncated or corrupt ({exc})") from None
         except KeyError as exc:
@@ -311,6 +310,11 @@ class BatchCache:
                     raise DataError(path, f"truncated batch cache: {s}/{name} ends past the end of the file")
                 self._data[s][name] = (np.ndarray(shape, dtype, buffer=self._mm, offset=off) if nbytes
                                        else np.zeros(shape, dtype))
+        if et_offset is None or et_offset + 8 * (self.meta.num_events + 1) > size:
+            raise DataError(path, "truncated batch cache: event_t ends past the end of the file")
+        self._event_t = np.ndarray((self.meta.num_events + 1,), np.float64, buffer=self._mm, offset=et_offset)
+        if verify and _crc([self._event_t]) != et_crc:
+            raise DataError(path, "corrupt batch cache: checksum mismatch in event_t")
         self._check_layout()
 
     def _read_meta(self, f: h5py.File) -> CacheMeta:
@@ -388,23 +392,23 @@ class BatchCache:
             if _crc(x[k] for k in _NEG) != p["neg_crc"][seg]:
                 raise DataError(self.path, f"corrupt batch cache: checksum mismatch in {split} batch {b} "
                                            f"negative set {seg - b * sets}")
-        ev, pos_root, pos_node, pos_node_t, pos_nbr = (x[k] for k in ("events", "pos_root", "pos_node",
-                                                                       "pos_node_t", "pos_nbr"))
-        neg_root, neg_node, neg_node_t, neg_nbr = (x[k] for k in ("neg_root", "neg_node", "neg_node_t", "neg_nbr"))
+        ev, t, pos_root, pos_node, pos_nbr = (x[k] for k in _POS)
+        neg_root, neg_node, neg_nbr = (x[k] for k in _NEG)
         i64 = np.int64
+        node = np.concatenate([pos_node, neg_node]).astype(i64)
+        nbr = np.concatenate([pos_nbr, neg_nbr]).astype(i64)
+        nbr_root = np.repeat(np.arange(len(pos_root) + len(neg_root)), np.concatenate([pos_root[:, 2], neg_root[:, 2]]))
+        q = len(neg_root) // max(len(ev), 1)
+        root_t = np.concatenate([t, t, np.repeat(t, q)])
+        event_t = self._event_t
         return dict(
-            eid=ev[:, 0].copy(), t=x["t"].copy(), src=ev[:, 1].copy(), dst=ev[:, 2].copy(),
-            neg=neg_root[:, 0].astype(i64).reshape(len(ev), -1),
-            nodes=np.concatenate([pos_node[:, 0], neg_node[:, 0]]).astype(i64),
-            root_idx=np.concatenate([pos_root[:, 0], neg_root[:, 1]]).astype(i64),
-            nbr_root=np.repeat(np.arange(len(pos_root) + len(neg_root)),
-                               np.concatenate([pos_root[:, 2], neg_root[:, 2]])),
-            nbr_idx=np.concatenate([pos_nbr[:, 0], neg_nbr[:, 0]]).astype(i64),
-            nbr_eid=np.concatenate([pos_nbr[:, 1], neg_nbr[:, 1]]).astype(i64),
-            nbr_dt=np.concatenate([x["pos_nbr_dt"], x["neg_nbr_dt"]]),
-            mem_t=np.concatenate([pos_node_t[:, 0], neg_node_t[:, 0]]),
-            mail_t=np.concatenate([pos_node_t[:, 1], neg_node_t[:, 1]]),
-            mail_eid=np.concatenate([pos_node[:, 1], neg_node[:, 1]]).astype(i64),
+            eid=ev[:, 0].copy(), t=t.copy(), src=ev[:, 1].copy(), dst=ev[:, 2].copy(),
+            neg=neg_root[:, 0].astype(i64).reshape(len(ev), q),
+            nodes=node[:, 0].copy(), root_idx=np.concatenate([pos_root[:, 0], neg_root[:, 1]]).astype(i64),
+            nbr_root=nbr_root,
+            nbr_idx=nbr[:, 0].copy(), nbr_eid=nbr[:, 1].copy(),
+            nbr_dt=(root_t[nbr_root] - event_t[nbr[:, 1]]).astype(np.float32),
+            mem_t=event_t[node[:, 2]], mail_t=event_t[node[:, 1]], mail_eid=node[:, 1].copy(),
             write_mask=pos_root[:, 1].astype(bool))
 
     def batch(self, split: str, b: int, neg_set: int = 0) -> Batch:

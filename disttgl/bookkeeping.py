@@ -25,11 +25,13 @@ class MemoryState:
     mem_t: np.ndarray  # float64 [N]
     mail_t: np.ndarray  # float64 [N]
     mail_eid: np.ndarray  # int64 [N]
+    mem_eid: np.ndarray  # int64 [N] the event whose mail the memory last absorbed (mem_t = t[mem_eid])
 
     @classmethod
     def initial(cls, num_nodes: int, num_events: int) -> "MemoryState":
         return cls(mem_t=np.zeros(num_nodes), mail_t=np.zeros(num_nodes),
-                   mail_eid=np.full(num_nodes, num_events, dtype=np.int64))
+                   mail_eid=np.full(num_nodes, num_events, dtype=np.int64),
+                   mem_eid=np.full(num_nodes, num_events, dtype=np.int64))
 
     def lookup(self, nodes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(mem_t, mail_t, mail_eid) of ``nodes``: copies, so later writes do not alias them."""
@@ -84,6 +86,7 @@ def apply_writes(state: MemoryState, srcs: Sequence[np.ndarray], dsts: Sequence[
     t = np.concatenate([np.concatenate([x, x])[m] for x, m in zip(ts, masks)])
     eid = np.concatenate([np.concatenate([x, x])[m] for x, m in zip(eids, masks)])
     state.mem_t[nodes] = state.mail_t[nodes]
+    state.mem_eid[nodes] = state.mail_eid[nodes]
     state.mail_t[nodes] = t
     state.mail_eid[nodes] = eid
     return state

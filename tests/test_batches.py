@@ -154,6 +154,15 @@ def test_truncated_corrupt_incomplete(tmp_path, built):
     with open_cache(bad) as c:
         with pytest.raises(DataError, match="corrupt.*train batch 0"):
             c.batch("train", 0)
+    bad_t = tmp_path / "bad_t.h5"
+    shutil.copy(src, bad_t)
+    with h5py.File(bad_t) as f:
+        offset = f["event_t"].id.get_offset()
+    with open(bad_t, "r+b") as fh:
+        fh.seek(offset + 8)
+        fh.write(b"\x01\x02\x03")
+    with pytest.raises(DataError, match="corrupt.*event_t"):
+        open_cache(bad_t)
     # a file whose build never finished
     inc = tmp_path / "inc.h5"
     shutil.copy(src, inc)
