@@ -134,7 +134,7 @@ def train_epoch(model: TGN, memory: MemoryState | None, batches: Iterable[Batch]
         t3 = clock()
         if memory is not None:
             memory.write(batch, new_mem)
-        total_loss += float(step_loss)
+        total_loss += float(step_loss.detach())
         t4 = clock()
         for k, dt in zip(stats.timing, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
             stats.timing[k] += dt

@@ -1,0 +1,186 @@
+"""Training loop on a small synthetic graph: learning, no leakage, resume after SIGKILL, pretraining."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from disttgl.batches import BatchParams, build_cache, open_cache
+from disttgl.cli import main
+from disttgl.memory import MemoryState
+from disttgl.metrics import reciprocal_ranks
+from disttgl.synth import SynthConfig, generate
+from disttgl.graph import write_graph
+from disttgl.training import (Features, TrainConfig, evaluate, load_features, pretrain, train,
+                              train_epoch)
+from disttgl.model import TGN, ModelConfig
+
+REPO = Path(__file__).parents[1]
+SMALL = dict(epochs=2, dim=32, time_dim=32, lr=3e-3, threads=1, progress=False, prefetch=2)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    d = tmp_path_factory.mktemp("train")
+    graph = d / "graph.h5"
+    write_graph(generate(SynthConfig(events=8000, nodes=200, edge_dim=4, seed=0)), graph)
+    cache = d / "batches.h5"
+    build_cache(graph, cache, BatchParams(batch_size=50, neg_sets=4, eval_negatives=9, seed=0), progress=False)
+    return graph, cache
+
+
+def cfg(data, out, **kw):
+    return TrainConfig(graph=str(data[0]), cache=str(data[1]), out=str(out), **{**SMALL, **kw})
+
+
+def test_two_epochs_beat_a_random_scorer(data, tmp_path):
+    s = train(cfg(data, tmp_path / "run"))
+    # random scorer with 9 negatives: MRR = H(10)/10 = 0.293, AP(1 neg) = 0.5
+    assert s["test_mrr"] > 0.36 and s["test_ap_1neg"] > 0.56, s
+    rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2]
+    for key in ("epoch", "train_loss", "train_events_per_s", "val_ap", "val_mrr", "seconds"):
+        assert key in rows[0]
+    for key in ("best_epoch", "test_ap", "test_mrr", "test_ap_1neg", "train_events_per_s", "total_seconds", "config"):
+        assert key in s
+    assert json.loads((tmp_path / "run" / "summary.json").read_text()) == s
+
+
+def test_prediction_never_sees_its_own_batch(data):
+    """Memory: batch b's new memory ignores b's own events and b's writes come after b's scores.
+    Neighbours: event i only sees edges strictly before it (earlier events of the same batch are
+    ordinary temporal neighbours, as in TGL), so features of i and later events never reach it."""
+    feats, graph = load_features(str(data[0]), torch.device("cpu"))
+    torch.manual_seed(0)
+    model = TGN(ModelConfig(dim=16, time_dim=16, edge_dim=graph.edge_dim, dropout=0.0)).eval()
+    mem = MemoryState.zeros(graph.num_nodes, 16)
+    with open_cache(data[1]) as cache:
+        batches = [cache.batch("train", b, 0) for b in range(6)]
+    with torch.no_grad():
+        for b in batches[:5]:  # build up some memory
+            _, _, new = model(b, feats, *mem.gather(b))
+            mem.write(b, new)
+        b = batches[5]
+        pos, neg, new = model(b, feats, *mem.gather(b))
+        poisoned = Features(edge_feat=feats.edge_feat.clone())
+        poisoned.edge_feat[b.eid] = 1e3  # all of the batch's own events
+        _, _, new2 = model(b, poisoned, *mem.gather(b))
+        assert torch.equal(new, new2)  # memory update sees none of them
+        for i in (49, 17, 0):
+            poisoned = Features(edge_feat=feats.edge_feat.clone())
+            poisoned.edge_feat[b.eid[i]:-1] = 1e3  # event i and everything after it (not the zero row)
+            pos2, neg2, _ = model(b, poisoned, *mem.gather(b))
+            assert torch.equal(pos[:i + 1], pos2[:i + 1]) and torch.equal(neg[:i + 1], neg2[:i + 1]), i
+        assert not torch.equal(pos, pos2)  # the poison is visible to later events: the test can fail
+        before = mem.memory.clone()
+        mem.write(b, new)
+        assert not torch.equal(before, mem.memory)
+        pos3, _, _ = model(b, feats, *mem.gather(b))  # reading after the write WOULD change the scores
+        assert not torch.equal(pos, pos3)
+
+
+class SpyMemory(MemoryState):
+    """Records the order of reads and writes."""
+
+    def __init__(self, *a, **kw):
+        super().__init__(*a, **kw)
+        self.log: list[str] = []
+
+    def gather(self, batch):
+        self.log.append("gather")
+        return super().gather(batch)
+
+    def write(self, batch, new_memory):
+        self.log.append("write")
+        super().write(batch, new_memory)
+
+
+def test_train_epoch_reads_before_writing_each_batch(data):
+    feats, graph = load_features(str(data[0]), torch.device("cpu"))
+    model = TGN(ModelConfig(dim=16, time_dim=16, edge_dim=graph.edge_dim))
+    spy = SpyMemory(torch.zeros(graph.num_nodes, 16), torch.zeros(graph.num_nodes, 32))
+    with open_cache(data[1]) as cache:
+        batches = [cache.batch("train", b, 0) for b in range(3)]
+    opt = torch.optim.Adam(model.parameters())
+    stats = train_epoch(model, spy, batches, opt, feats)
+    assert spy.log == ["gather", "write"] * 3
+    assert stats.events == sum(b.num_events for b in batches)
+    written = spy.memory.abs().sum(1) > 0
+    expected = torch.zeros_like(written)
+    for b in batches:
+        expected[b.nodes[b.root_idx[:2 * b.num_events][b.write_mask]]] = True
+    assert torch.equal(written, expected)
+
+
+KILLER = """
+import os, signal, sys
+from disttgl import training
+orig, calls = training.train_epoch, []
+def killing(model, memory, batches, *a, **kw):
+    calls.append(1)
+    if len(calls) == 2:  # SIGKILL ourselves a few batches into epoch 2
+        src = batches
+        def gen():
+            for i, b in enumerate(src):
+                if i == 5:
+                    os.kill(os.getpid(), signal.SIGKILL)
+                yield b
+        batches = gen()
+    return orig(model, memory, batches, *a, **kw)
+training.train_epoch = killing
+from disttgl.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_resume_after_sigkill_equals_uninterrupted_run(data, tmp_path):
+    full = train(cfg(data, tmp_path / "full", epochs=3))
+    out = tmp_path / "killed"
+    args = ["train", str(data[0]), str(data[1]), "--out", str(out), "--epochs", "3", "--dim", "32",
+            "--time-dim", "32", "--lr", "3e-3", "--threads", "1", "--prefetch", "2", "--no-progress"]
+    proc = subprocess.run([sys.executable, "-c", KILLER, *args], cwd=REPO, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=300)
+    assert proc.returncode == -9, proc.stderr
+    assert not (out / "summary.json").exists()
+    assert torch.load(out / "checkpoint.pt", weights_only=False)["epoch"] == 1
+    assert main([*args, "--resume"]) == 0
+    resumed = json.loads((out / "summary.json").read_text())
+    for key in ("best_epoch", "test_ap", "test_mrr", "test_ap_1neg", "val_mrr", "epochs"):
+        assert resumed[key] == full[key], key
+    strip = lambda p: [{k: v for k, v in json.loads(x).items() if k in ("epoch", "train_loss", "val_ap", "val_mrr")}
+                       for x in p.read_text().splitlines()]
+    assert strip(out / "metrics.jsonl") == strip(tmp_path / "full" / "metrics.jsonl")
+
+
+def test_pretrain_then_train_with_static_memory(data, tmp_path):
+    static = tmp_path / "static.h5"
+    res = pretrain(cfg(data, static, epochs=3, patience=1))
+    import h5py
+    with h5py.File(static) as f:
+        table = f["static_memory"][()]
+    assert table.shape == (200, 32) and np.isfinite(table).all()
+    assert 1 <= res["best_epoch"] <= 3
+    s = train(cfg(data, tmp_path / "run", epochs=1, static=str(static)))
+    assert s["test_mrr"] > 0.3
+    # the static table is frozen: the checkpoint holds no copy of it as a parameter
+    ckpt = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)
+    assert not any(v.shape == (200, 32) for v in ckpt["model"].values())
+
+
+def test_cli_errors_name_the_file(data, tmp_path, capsys):
+    rc = main(["train", str(data[0]), str(data[1]), "--out", str(tmp_path / "r"), "--static",
+               str(tmp_path / "missing.h5"), "--no-progress"])
+    assert rc == 2 and "missing.h5" in capsys.readouterr().err
+    rc = main(["train", str(data[0]), str(tmp_path / "nocache.h5"), "--out", str(tmp_path / "r"), "--no-progress"])
+    assert rc == 2 and "nocache.h5" in capsys.readouterr().err
+    rc = main(["train", str(data[0]), str(data[1]), "--out", str(tmp_path / "r"), "--parallelism", "2x1x1",
+               "--no-progress"])
+    assert rc == 2 and "parallelism" in capsys.readouterr().err
