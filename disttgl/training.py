@@ -238,8 +238,12 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     history: list[dict[str, Any]] = []
     best: dict[str, Any] = {"best_epoch": 0, "val_mrr": -math.inf}
     start = 1
-    if cfg.resume and ckpt_path.exists():
-        ckpt = load_checkpoint(ckpt_path)
+    ckpt = load_checkpoint(ckpt_path) if cfg.resume and ckpt_path.exists() else None
+    if ckpt is not None and (_changed := _config_changes(ckpt.get("config", {}), cfg)):
+        log.warning("checkpoint in %s was made with different settings (%s): starting from scratch",
+                    out, ", ".join(_changed))
+        ckpt = None
+    if ckpt is not None:
         run.model.load_state_dict(ckpt["model"])
         run.optimizer.load_state_dict(ckpt["optimizer"])
         run.memory.load_state_dict(ckpt["memory"])
@@ -282,6 +286,15 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     log.info("best epoch %d: test AP %.4f MRR %.4f AP(1 neg) %.4f", summary["best_epoch"],
              summary["test_ap"], summary["test_mrr"], summary["test_ap_1neg"])
     return summary
+
+
+# settings that may change between a run and its resumption
+_RESUMABLE = {"epochs", "resume", "progress", "threads", "prefetch", "device", "out", "graph", "cache"}
+
+
+def _config_changes(saved: dict[str, Any], cfg: TrainConfig) -> list[str]:
+    now = asdict(cfg)
+    return [k for k in now if k not in _RESUMABLE and saved.get(k) != now[k]]
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:

@@ -1,0 +1,47 @@
+# Training runs (config `runs:`), one process each for now: results/{dataset}/{run}/summary.json
+# (+ metrics.jsonl, checkpoint.pt). Only summary.json is a declared output so that Snakemake never
+# deletes the checkpoint of a killed job: the rerun passes --resume and continues from it.
+
+
+def train_summaries():
+    """Every configured (dataset, run) summary: the training targets for `rule all`."""
+    return expand(f"{RESULTS}/{{dataset}}/{{run}}/summary.json", dataset=config["datasets"], run=list(config["runs"]))
+
+
+def _run_config(wildcards):
+    return config["runs"][wildcards.run]
+
+
+def _static_input(wildcards):
+    if _run_config(wildcards).get("static_memory", False):
+        return [f"{DATA}/{wildcards.dataset}/static_memory.h5"]
+    return []
+
+
+rule train:
+    input:
+        graph=graph_path("{dataset}"),
+        cache=lambda w: batch_cache_path(w.dataset, 1),
+        static=_static_input,
+    output:
+        f"{RESULTS}/{{dataset}}/{{run}}/summary.json",
+    wildcard_constraints:
+        run="|".join(config["runs"]),
+    params:
+        out=lambda w: f"{RESULTS}/{w.dataset}/{w.run}",
+        static=lambda w, input: f"--static {input.static}" if input.static else "",
+        epochs=lambda w: _run_config(w).get("epochs", config["train"]["epochs"]),
+        parallelism=lambda w: _run_config(w).get("parallelism", "1x1x1"),
+        m=config["model"],
+        t=config["train"],
+    threads: config["train"].get("threads", 2)
+    log:
+        "logs/{dataset}/train-{run}.log",
+    benchmark:
+        "logs/{dataset}/train-{run}.benchmark.tsv"
+    shell:
+        "disttgl train {input.graph} {input.cache} --out {params.out} {params.static}"
+        " --epochs {params.epochs} --parallelism {params.parallelism}"
+        " --dim {params.m[dim]} --heads {params.m[heads]} --dropout {params.m[dropout]}"
+        " --lr {params.m[lr]} --loss {params.m[loss]}"
+        " --device {params.t[device]} --seed {params.t[seed]} --threads {threads} --resume > {log} 2>&1"
