@@ -101,9 +101,10 @@ class TemporalAttention(nn.Module):
         # index_select (backward: index_add) is much cheaper on CPU than advanced indexing
         q_node, kv_node, out_node = self.node(h).split([d, 2 * d, d], 1)  # per unique node
         q = q_node.index_select(0, root_idx) + self.q_time(self.time(h.new_zeros(1)))  # [R, d]
-        kv = kv_node.index_select(0, nbr_idx) + self.kv_time(self.time(nbr_dt))  # [M, 2d]
+        # [M, 2d]; addmm fuses the per-slot projections with the gathered node part
+        kv = torch.addmm(kv_node.index_select(0, nbr_idx), self.time(nbr_dt), self.kv_time.weight.t())
         if self.kv_edge is not None:
-            kv = kv + self.kv_edge(nbr_feat)
+            kv = torch.addmm(kv, nbr_feat, self.kv_edge.weight.t())
         k, v = kv.view(m, 2, nh, d // nh).unbind(1)
         score = F.leaky_relu((q.index_select(0, nbr_root).view(m, nh, d // nh) * k).sum(2), 0.2)
         att = self.drop(segment_softmax(score, nbr_root, num_roots))  # [M, H]

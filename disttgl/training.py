@@ -150,7 +150,7 @@ def train_epoch(model: TGN, memory: MemoryState | None, batches: Iterable[Batch]
     return stats
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def evaluate(model: TGN, memory: MemoryState | None, batches: Iterable[Batch], feats: Features) -> dict[str, float]:
     """Metrics over ``batches`` (ap, mrr, ap_1neg); memory is updated as in training."""
     model.eval()
