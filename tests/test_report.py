@@ -1,0 +1,246 @@
+"""`disttgl report`: tables checked against numbers worked by hand from the fixture runs, figures
+parsed as XML, byte-identical reruns, CLI exit codes, and the Snakemake rule + HTML report.
+
+Fixture (tests/fixtures/report_runs), epochs 1-based, seconds per epoch / val MRR per epoch:
+  synthetic/static    1x1x1 static   10,10,10 / .50,.60,.58  best 2  1000 ev/s
+  synthetic/nostatic  1x1x1 none     10,10,10 / .30,.55,.57  best 3  1100 ev/s
+  synthetic/2x1x1     2x1x1 static    6,6,6   / .45,.59,.60  best 3  1800 ev/s
+  synthetic/1x2x1     1x2x1 static    5,5     / .40,.50      best 2  1900 ev/s
+  synthetic/broken    corrupt summary.json, one logged epoch
+  wiki/static, wiki/nostatic  1x1x1, two epochs each
+plus synthetic/1x1x2, expected but absent.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import shutil
+import subprocess
+import sys
+import textwrap
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+from disttgl import report
+from disttgl.cli import main
+
+FIXTURE = Path(__file__).parent / "fixtures" / "report_runs"
+REPO = Path(__file__).parents[1]
+SVG = "{http://www.w3.org/2000/svg}"
+MACHINE = {"host": "test", "CPU": "fixture"}
+
+
+@pytest.fixture(scope="module")
+def out(tmp_path_factory) -> Path:
+    runs = report.collect([FIXTURE], report.parse_expect(["synthetic/1x1x2", "synthetic/static"]))
+    d = tmp_path_factory.mktemp("report")
+    report.write_report(runs, d, machine=MACHINE)
+    return d
+
+
+def _csv(path: Path) -> dict[tuple[str, str], dict[str, str]]:
+    return {(r["dataset"], r["run"]): r for r in csv.DictReader(io.StringIO(path.read_text()))}
+
+
+def _ids(svg: Path, prefix: str) -> dict[str, ET.Element]:
+    root = ET.parse(svg).getroot()  # also checks well-formed XML
+    assert root.tag == f"{SVG}svg"
+    return {g.get("id"): g for g in root.iter(f"{SVG}g") if (g.get("id") or "").startswith(prefix)}
+
+
+def test_collect_keeps_missing_and_failed_runs():
+    runs = report.collect([FIXTURE], [("synthetic", "1x1x2")])
+    status = {r.key: r.status for r in runs}
+    assert len(runs) == 8
+    assert status[("synthetic", "1x1x2")] == "missing"
+    assert status[("synthetic", "broken")] == "failed"
+    assert sum(s == "ok" for s in status.values()) == 6
+    broken = next(r for r in runs if r.run == "broken")
+    assert "summary.json" in broken.reason and len(broken.epochs) == 1
+
+
+def test_run_dataset_and_root_dirs_are_all_accepted():
+    assert [p.name for p in report.find_run_dirs(FIXTURE / "wiki" / "static")] == ["static"]
+    assert {p.name for p in report.find_run_dirs(FIXTURE / "wiki")} == {"static", "nostatic"}
+    assert len(report.find_run_dirs(FIXTURE)) == 7
+    run = report.load_run(FIXTURE / "wiki" / "static")
+    assert (run.dataset, run.run, run.parallelism, run.static) == ("wiki", "static", (1, 1, 1), True)
+
+
+def test_accuracy_csv_matches_hand_computed_numbers(out):
+    rows = _csv(out / "accuracy.csv")
+    assert len(rows) == 8
+    st, ns = rows[("synthetic", "static")], rows[("synthetic", "nostatic")]
+    two, jj = rows[("synthetic", "2x1x1")], rows[("synthetic", "1x2x1")]
+    assert (st["best_epoch"], st["test_mrr"], st["test_ap"], st["test_ap_1neg"]) == ("2", "0.61", "0.7", "0.9")
+    assert st["static_memory"] == "yes" and ns["static_memory"] == "no" and two["trainers"] == "2"
+    # time to best val MRR = epoch seconds summed up to the best epoch
+    assert float(st["time_to_best_s"]) == 20.0 and float(ns["time_to_best_s"]) == 30.0
+    assert float(two["time_to_best_s"]) == 18.0 and float(jj["time_to_best_s"]) == 10.0
+    # events/s speed-up over the 1x1x1 run of the same static setting
+    assert float(two["speedup_events_per_s"]) == pytest.approx(1800 / 1000)
+    assert float(jj["speedup_events_per_s"]) == pytest.approx(1900 / 1000)
+    assert float(ns["speedup_events_per_s"]) == 1.0  # its own baseline, not the static run's
+    # target 0.98 * 0.60 = 0.588: static reaches it at 20 s (epoch 2), 2x1x1 at 12 s (0.59), 1x2x1 never
+    assert float(two["time_to_target_s"]) == 12.0
+    assert float(two["speedup_tta"]) == pytest.approx(20 / 12, abs=1e-6)
+    assert jj["time_to_target_s"] == "" and jj["speedup_tta"] == ""
+    assert float(st["speedup_tta"]) == 1.0
+    missing, failed = rows[("synthetic", "1x1x2")], rows[("synthetic", "broken")]
+    assert missing["status"] == "missing" and missing["test_mrr"] == "" and missing["note"]
+    assert failed["status"] == "failed" and "summary.json" in failed["note"]
+
+
+def test_tta_fraction_changes_the_target():
+    runs = report.collect([FIXTURE / "synthetic"])
+    rows = {r["run"]: r for r in report.accuracy_rows(runs, tta_fraction=1.0)}
+    # target 0.60: static at 20 s, 2x1x1 only at epoch 3 (18 s)
+    assert rows["2x1x1"]["time_to_target_s"] == 18.0
+    assert rows["2x1x1"]["speedup_tta"] == pytest.approx(20 / 18)
+
+
+def test_ablation_table(out):
+    rows = list(csv.DictReader(io.StringIO((out / "static_ablation.csv").read_text())))
+    assert [(r["dataset"], r["parallelism"]) for r in rows] == [("synthetic", "1x1x1"), ("wiki", "1x1x1")]
+    assert float(rows[0]["delta_mrr"]) == pytest.approx(0.61 - 0.56)
+    assert float(rows[1]["delta_ap"]) == pytest.approx(0.80 - 0.78)
+    assert "| synthetic | 1x1x1 | static | nostatic |" in (out / "static_ablation.md").read_text()
+
+
+def test_markdown_and_html_show_missing_runs(out):
+    md = (out / "accuracy.md").read_text()
+    assert "## synthetic" in md and "## wiki" in md
+    assert "| 1x1x2 | **missing** |" in md and "| broken | **failed** |" in md
+    page = (out / "accuracy.html").read_text()
+    ET.fromstring(page.split("\n", 1)[1])  # written as well-formed XHTML-style markup
+    assert page.count('<tr class="missing">') == 1 and page.count('<tr class="failed">') == 1
+    assert "<b>CPU</b>: fixture" in page
+
+
+def test_convergence_has_one_line_per_run_and_axis(out):
+    ids = _ids(out / "convergence.svg", "convergence/")
+    expected = {f"convergence/{d}/{r}/{a}" for d, rs in
+                (("synthetic", ["static", "nostatic", "2x1x1", "1x2x1", "broken"]), ("wiki", ["static", "nostatic"]))
+                for r in rs for a in ("time", "epoch")}
+    assert set(ids) == expected
+    # one marker per logged epoch
+    assert len(list(ids["convergence/synthetic/1x2x1/time"].iter(f"{SVG}use"))) == 2
+    assert len(list(ids["convergence/synthetic/static/epoch"].iter(f"{SVG}use"))) == 3
+
+
+def test_scaling_series_and_ideal_line(out):
+    ids = _ids(out / "scaling.svg", "scaling/")
+    for metric in ("speedup_events_per_s", "speedup_tta"):
+        series = {k for k in ids if k.startswith(f"scaling/{metric}/")}
+        assert series == {f"scaling/{metric}/{x}" for x in
+                          ("ideal", "synthetic/static", "synthetic/nostatic", "wiki/static", "wiki/nostatic")}
+    # synthetic static: 1x1x1, 1x2x1, 2x1x1 for events/s; 1x2x1 never reaches the target
+    assert len(list(ids["scaling/speedup_events_per_s/synthetic/static"].iter(f"{SVG}use"))) == 3
+    assert len(list(ids["scaling/speedup_tta/synthetic/static"].iter(f"{SVG}use"))) == 2
+
+
+def test_ablation_bars(out):
+    ids = _ids(out / "static_ablation.svg", "ablation/")
+    assert len(ids) == 8  # 2 datasets x with/without x (MRR, AP)
+    assert "ablation/test_mrr/nostatic/wiki/1x1x1" in ids
+
+
+def test_rerun_is_byte_identical(out, tmp_path):
+    runs = report.collect([FIXTURE], [("synthetic", "1x1x2"), ("synthetic", "static")])
+    paths = report.write_report(runs, tmp_path, machine=MACHINE)
+    assert [p.name for p in paths] == list(report.OUTPUTS)
+    for p in paths:
+        assert p.read_bytes() == (out / p.name).read_bytes(), p.name
+    assert not list(tmp_path.glob(".*part"))  # atomic writes left no temporaries
+
+
+def test_empty_results_still_render(tmp_path):
+    runs = report.collect([], [("synthetic", "static")])
+    report.write_report(runs, tmp_path, machine=None)
+    assert "missing" in (tmp_path / "accuracy.csv").read_text()
+    for name in ("convergence.svg", "scaling.svg", "static_ablation.svg"):
+        ET.parse(tmp_path / name)
+
+
+def test_metrics_resume_duplicates_and_bad_lines(tmp_path):
+    d = tmp_path / "ds" / "run"
+    d.mkdir(parents=True)
+    (d / "metrics.jsonl").write_text(
+        '{"epoch": 1, "val_mrr": 0.1, "seconds": 5}\n{"epoch": 2, "val_mrr": 0.2, "seconds": 5}\n'
+        '{"epoch": 2, "val_mrr": 0.3, "seconds": 7}\n{"epoch": 3, "val_mr\n')
+    (d / "summary.json").write_text('{"best_epoch": 2, "test_mrr": 0.3, "test_ap": 0.4}')
+    run = report.load_run(d)
+    assert run.status == "ok" and run.parallelism == (1, 1, 1) and run.static is False
+    assert [(e.epoch, e.val_mrr, e.cum_seconds) for e in run.epochs] == [(1, 0.1, 5.0), (2, 0.3, 12.0)]
+    assert run.time_to_best == 12.0 and "line(s) 4" in run.reason
+    (d / "summary.json").write_text('{"best_epoch": 2, "test_ap": 0.4}')
+    assert report.load_run(d).status == "failed"
+
+
+def test_cli_exit_codes(tmp_path, capsys):
+    assert main(["report", str(tmp_path / "nope"), "--out", str(tmp_path / "o")]) == 2
+    assert "nope: results directory not found" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert main(["report", str(tmp_path / "empty"), "--out", str(tmp_path / "o")]) == 2
+    assert "no run directories found" in capsys.readouterr().err
+    assert main(["report", str(FIXTURE), "--out", str(tmp_path / "o"), "--expect", "static"]) == 2
+    assert "DATASET/RUN" in capsys.readouterr().err
+    assert main(["report", str(FIXTURE / "wiki"), str(FIXTURE / "synthetic" / "static"),
+                 "--out", str(tmp_path / "o"), "--expect", "wiki/1x1x2"]) == 0
+    rows = _csv(tmp_path / "o" / "accuracy.csv")
+    assert set(rows) == {("wiki", "static"), ("wiki", "nostatic"), ("synthetic", "static"), ("wiki", "1x1x2")}
+    assert "host" in (tmp_path / "o" / "accuracy.md").read_text()
+
+
+def test_snakemake_rule_and_html_report(tmp_path):
+    pytest.importorskip("snakemake")
+    shutil.copytree(FIXTURE / "synthetic", tmp_path / "res" / "synthetic")
+    (tmp_path / "Snakefile").write_text(textwrap.dedent(f"""\
+        configfile: "config.yaml"
+        report: "{REPO}/workflow/report/workflow.rst"
+        include: "{REPO}/workflow/rules/report.smk"
+        """))
+    (tmp_path / "config.yaml").write_text(textwrap.dedent("""\
+        datasets: [synthetic]
+        results_dir: res
+        runs:
+          static: {static_memory: true}
+          nostatic: {static_memory: false}
+          2x1x1: {static_memory: true, parallelism: 2x1x1}
+          broken: {static_memory: true}
+        model: {dim: 100, heads: 2, dropout: 0.2, lr: 0.0001, loss: ce}
+        train: {epochs: 10, device: cpu, seed: 0}
+        """))
+    smk = [sys.executable, "-m", "snakemake", "--cores", "1", "report"]
+    done = subprocess.run(smk, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = _csv(tmp_path / "res" / "report" / "accuracy.csv")
+    assert rows[("synthetic", "broken")]["status"] == "failed"
+    assert {r["status"] for k, r in rows.items() if k[1] != "broken"} == {"ok"}
+    assert "report of 4 run(s)" in (tmp_path / "logs" / "report.log").read_text()
+    done = subprocess.run(smk + ["--report", "report.html"], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "ERROR" not in done.stderr  # docutils complains about broken rst links in captions
+    page = (tmp_path / "report.html").read_text()
+    for name in ("accuracy.html", "accuracy.csv", "convergence.svg", "scaling.svg", "static_ablation.svg"):
+        assert f'"{name}"' in page
+    assert "<strong>Datasets</strong>: synthetic." in page.replace('\\"', '"')
+
+
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="chromium not installed (Debian package chromium)")
+def test_html_renders_in_headless_browser(out, tmp_path):
+    shot = tmp_path / "shot.png"
+    subprocess.run([str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", f"--screenshot={shot}",
+                    "--window-size=1400,900", (out / "accuracy.html").as_uri()],
+                   capture_output=True, timeout=60, check=False)
+    data = shot.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    # A blank page compresses to almost nothing; a rendered table does not.
+    assert len(data) > 20_000
