@@ -55,7 +55,7 @@ def convergence_figure(runs: Sequence[RunResult]) -> Figure:
         axes = fig.subplots(len(datasets), 2, squeeze=False)
         for (ax_t, ax_e), dataset in zip(axes, datasets):
             for n, r in enumerate(x for x in runs if x.dataset == dataset and x.epochs):
-                pts = [(e.cum_seconds, e.epoch, e.val_mrr) for e in r.epochs if e.val_mrr is not None]
+                pts = [(e.cum_seconds, e.epochs_trained, e.val_mrr) for e in r.epochs if e.val_mrr is not None]
                 style = dict(color=f"C{n % 10}", marker="o", markersize=3, label=_label(r),
                              linestyle={True: "-", False: "--", None: ":"}[r.static if r.status == "ok" else None])
                 ax_t.plot([p[0] for p in pts], [p[2] for p in pts], gid=_gid("convergence", dataset, r.run, "time"),
@@ -63,7 +63,8 @@ def convergence_figure(runs: Sequence[RunResult]) -> Figure:
                 ax_e.plot([p[1] for p in pts], [p[2] for p in pts], gid=_gid("convergence", dataset, r.run, "epoch"),
                           **style)
             ax_t.set(title=f"{dataset}: val MRR vs wall-clock", xlabel="wall-clock time (s)", ylabel="val MRR@49")
-            ax_e.set(title=f"{dataset}: val MRR vs epoch", xlabel="epoch", ylabel="val MRR@49")
+            ax_e.set(title=f"{dataset}: val MRR vs epoch", xlabel="epochs trained (a parallel pass counts j·k)",
+                     ylabel="val MRR@49")
             ax_e.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax_e.legend(fontsize=7, loc="lower right")
         return fig

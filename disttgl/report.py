@@ -36,6 +36,7 @@ DEFAULT_TTA_FRACTION = 0.98
 @dataclass(frozen=True)
 class Epoch:
     epoch: int
+    epochs_trained: int  # data epochs covered: a parallel pass counts j·k (the trainer logs it)
     val_mrr: float | None
     val_ap: float | None
     seconds: float  # wall time of this epoch
@@ -75,7 +76,7 @@ class RunResult:
         if best is not None and best.val_mrr is not None:
             return best.val_mrr
         vals = [e.val_mrr for e in self.epochs if e.val_mrr is not None]
-        return max(vals) if vals else None
+        return max(vals) if vals else _num(self.summary.get("val_mrr"))
 
     @property
     def time_to_best(self) -> float | None:
@@ -128,7 +129,9 @@ def read_metrics(path: Path) -> tuple[list[Epoch], str]:
         rec = rows[ep]
         sec = _num(rec.get("seconds")) or 0.0
         cum += sec
-        epochs.append(Epoch(ep, _num(rec.get("val_mrr")), _num(rec.get("val_ap")), sec, cum))
+        trained = rec.get("epochs_trained")
+        trained = trained if isinstance(trained, int) and not isinstance(trained, bool) else ep
+        epochs.append(Epoch(ep, trained, _num(rec.get("val_mrr")), _num(rec.get("val_ap")), sec, cum))
     note = f"{path.name}: skipped unreadable line(s) {', '.join(map(str, bad))}" if bad else ""
     return epochs, note
 
@@ -166,11 +169,13 @@ def load_run(run_dir: str | os.PathLike, dataset: str | None = None, run: str | 
             notes.insert(0, f"summary.json unreadable: {exc}")
     cfg = res.summary.get("config") if isinstance(res.summary.get("config"), dict) else {}
     if res.status == "ok":
-        # Keys are optional: a single-process run may not record its (trivial) parallelism.
-        res.parallelism = parse_parallelism(cfg.get("parallelism")) or res.parallelism or (1, 1, 1)
-        ws = cfg.get("world_size")
+        # Keys are optional: a single-process run may not record its (trivial) parallelism, and
+        # records its static memory as the path `static` rather than the flag `static_memory`.
+        par = cfg.get("parallelism", res.summary.get("parallelism"))
+        res.parallelism = parse_parallelism(par) or res.parallelism or (1, 1, 1)
+        ws = cfg.get("world_size", res.summary.get("world_size"))
         res.world_size = ws if isinstance(ws, int) and not isinstance(ws, bool) and ws > 0 else None
-        res.static = bool(cfg.get("static_memory"))
+        res.static = bool(cfg["static_memory"] if "static_memory" in cfg else cfg.get("static"))
     res.reason = "; ".join(n for n in notes if n)
     return res
 

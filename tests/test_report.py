@@ -2,10 +2,11 @@
 parsed as XML, byte-identical reruns, CLI exit codes, and the Snakemake rule + HTML report.
 
 Fixture (tests/fixtures/report_runs), epochs 1-based, seconds per epoch / val MRR per epoch:
-  synthetic/static    1x1x1 static   10,10,10 / .50,.60,.58  best 2  1000 ev/s
-  synthetic/nostatic  1x1x1 none     10,10,10 / .30,.55,.57  best 3  1100 ev/s
-  synthetic/2x1x1     2x1x1 static    6,6,6   / .45,.59,.60  best 3  1800 ev/s
-  synthetic/1x2x1     1x2x1 static    5,5     / .40,.50      best 2  1900 ev/s
+  synthetic/static    1x1x1 static   10,10,10 / .50,.60,.58  best 2  1000 ev/s  (config.static = path)
+  synthetic/nostatic  1x1x1 none     10,10,10 / .30,.55,.57  best 3  1100 ev/s  (config.static = null)
+  synthetic/2x1x1     2x1x1 static    6,6,6   / .45,.59,.60  best 3  1800 ev/s  (config.static_memory)
+  synthetic/1x2x1     1x2x1 static    5,5     / .40,.50      best 2  1900 ev/s  (parallelism top-level,
+                                                                      epochs_trained 2, 4 in metrics)
   synthetic/broken    corrupt summary.json, one logged epoch
   wiki/static, wiki/nostatic  1x1x1, two epochs each
 plus synthetic/1x1x2, expected but absent.
@@ -68,6 +69,19 @@ def test_run_dataset_and_root_dirs_are_all_accepted():
     assert len(report.find_run_dirs(FIXTURE)) == 7
     run = report.load_run(FIXTURE / "wiki" / "static")
     assert (run.dataset, run.run, run.parallelism, run.static) == ("wiki", "static", (1, 1, 1), True)
+
+
+@pytest.mark.parametrize("run, par, world, static", [
+    ("static", (1, 1, 1), 1, True), ("nostatic", (1, 1, 1), 1, False),
+    ("2x1x1", (2, 1, 1), 2, True), ("1x2x1", (1, 2, 1), 2, True)])
+def test_summary_key_variants(run, par, world, static):
+    r = report.load_run(FIXTURE / "synthetic" / run)
+    assert (r.status, r.parallelism, r.trainers, r.static) == ("ok", par, world, static)
+
+
+def test_epochs_trained_counts_parallel_passes():
+    r = report.load_run(FIXTURE / "synthetic" / "1x2x1")
+    assert [(e.epoch, e.epochs_trained, e.cum_seconds) for e in r.epochs] == [(1, 2, 5.0), (2, 4, 10.0)]
 
 
 def test_accuracy_csv_matches_hand_computed_numbers(out):
