@@ -336,6 +336,8 @@ def pretrain(cfg: TrainConfig) -> dict[str, Any]:
                 break
     save_static(cfg.out, best_table.numpy(), graph_path=cfg.graph,
                 attrs={"best_epoch": best_epoch, "val_mrr": best_mrr, "epochs": len(history)})
+    log.info("wrote %s: static memory %s from epoch %d (val MRR %.4f)", cfg.out, tuple(best_table.shape),
+             best_epoch, best_mrr)
     return {"best_epoch": best_epoch, "val_mrr": best_mrr, "history": history}
 
 
