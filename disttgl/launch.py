@@ -33,6 +33,8 @@ def slurm_head(env: dict[str, str]) -> str:
     if not nodelist:
         raise DataError(None, "several nodes need a SLURM allocation (SLURM_JOB_NODELIST is not set); "
                               "outside SLURM start torchrun on every node yourself")
+    if "[" not in nodelist and "," not in nodelist:
+        return nodelist  # a single host name
     out = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True, check=True)
     return out.stdout.split()[0]
 

@@ -48,8 +48,8 @@ from disttgl.memory import MemoryState, write_rows
 from disttgl.memory_server import MemoryClient, MemoryServerError, ServerPlan, start_server
 from disttgl.model import TGN
 from disttgl.schedule import Layout, Step, choose_parallelism, memory_batches, passes, step
-from disttgl.training import (TrainConfig, evaluate, load_checkpoint, load_features, model_config,
-                              save_checkpoint, seed_everything, train_epoch)
+from disttgl.training import (TrainConfig, _config_changes, evaluate, load_checkpoint, load_features,
+                              model_config, save_checkpoint, seed_everything, train_epoch)
 
 log = logging.getLogger(__name__)
 
@@ -428,11 +428,16 @@ def _run(cfg: TrainConfig, env: Env, layout: Layout, timeout: float, device: tor
     history: list[dict[str, Any]] = []
     best: dict[str, Any] = {"best_epoch": 0, "val_mrr": -math.inf}
     done = 0
-    if cfg.resume and ckpt_path.exists():
-        ckpt = load_checkpoint(ckpt_path)
-        if ckpt.get("parallelism") != str(layout):
-            raise DataError(ckpt_path, f"checkpoint was written by parallelism {ckpt.get('parallelism')}, "
-                                       f"not {layout}")
+    ckpt = load_checkpoint(ckpt_path) if cfg.resume and ckpt_path.exists() else None
+    changed = [] if ckpt is None else _config_changes(ckpt.get("config", {}), cfg)
+    if ckpt is not None and ckpt.get("parallelism") != str(layout):
+        changed.append("parallelism")
+    if changed:  # as the single-process path does: a checkpoint of other settings is not continued
+        if env.rank == 0:
+            log.warning("checkpoint in %s was made with different settings (%s): starting from scratch",
+                        out, ", ".join(changed))
+        ckpt = None
+    if ckpt is not None:
         tr.model.load_state_dict(ckpt["model"])
         tr.optimizer.load_state_dict(ckpt["optimizer"])
         history, best, done = ckpt["history"], ckpt["best"], ckpt["epoch"]

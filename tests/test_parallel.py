@@ -225,3 +225,16 @@ def test_needs_torchrun_for_more_than_one_rank(data, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "disttgl.parallel", "g.h5", "c2.h5", "--out", str(tmp_path / "x"),
                            "--parallelism", "2x1x1", *MODEL], cwd=data, capture_output=True, text=True, env=env)
     assert proc.returncode == 2 and "needs torchrun" in proc.stderr
+
+
+def test_launch_command_one_node_and_slurm():
+    from disttgl.launch import command
+
+    one = command(1, 2, ["g.h5", "c.h5", "--out", "o", "--parallelism", "1x2x1"], env={})
+    assert "--standalone" in one and "--nproc-per-node=2" in one and one[-6:] == ["g.h5", "c.h5", "--out", "o",
+                                                                                     "--parallelism", "1x2x1"]
+    two = command(2, 4, ["g.h5"], env={"SLURM_JOB_ID": "42", "SLURM_JOB_NODELIST": "node7"})
+    assert two[:5] == ["srun", "--nodes=2", "--ntasks=2", "--ntasks-per-node=1", "--kill-on-bad-exit=1"]
+    assert "--rdzv-endpoint=node7:29500" in two and "--nnodes=2" in two and "--rdzv-id=disttgl-42" in two
+    with pytest.raises(DataError, match="SLURM allocation"):
+        command(2, 4, ["g.h5"], env={})
