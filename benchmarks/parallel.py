@@ -1,6 +1,7 @@
 """i x j x k training on CPU: throughput and time to a fixed validation MRR.
 
-For 1x1x1 (the single-process trainer, the baseline measured in the same run) and 2x1x1, 1x2x1,
+For 1x1x1 (the single-process trainer with torch's default threads, the baseline measured in the
+same run; also on one thread, "1x1x1/1t", since each parallel rank gets one thread) and 2x1x1, 1x2x1,
 1x1x2 (two trainers under torchrun, gloo): train events/s summed over ranks, wall time, best val
 MRR, and the training time until val MRR first reaches the target (default: --target-frac of the
 baseline's best val MRR, so every layout is timed to the same accuracy). Datasets: the synthetic
@@ -22,7 +23,7 @@ import time
 from pathlib import Path
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
-LAYOUTS = ("1x1x1", "2x1x1", "1x2x1", "1x1x2")
+LAYOUTS = ("1x1x1", "1x1x1/1t", "2x1x1", "1x2x1", "1x1x2")  # 1x1x1/1t: the baseline on one thread
 
 
 def sh(*args: str) -> None:
@@ -53,12 +54,13 @@ def prepare(name: str, work: Path, batch_size: int, neg_sets: int) -> Path | Non
 
 
 def train(d: Path, layout: str, args: argparse.Namespace) -> dict:
-    out = d / f"run-{layout}"
+    out = d / f"run-{layout.replace('/', '-')}"
+    layout, _, one_thread = layout.partition("/")
     i = int(layout.split("x")[0])
     common = [str(d / "graph.h5"), str(d / f"c{i}.h5"), "--out", str(out), "--parallelism", layout,
               "--epochs", str(args.epochs), "--dim", str(args.dim), "--lr", str(args.lr), "--no-progress"]
     if layout == "1x1x1":  # the single-process trainer with all the cores
-        cmd = [sys.executable, "-m", "disttgl.parallel", *common]
+        cmd = [sys.executable, "-m", "disttgl.parallel", *common, *(["--threads", "1"] if one_thread else [])]
     else:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
                "-m", "disttgl.parallel", *common, "--threads", str(max(1, (os.cpu_count() or 2) // 2))]
@@ -72,7 +74,7 @@ def train(d: Path, layout: str, args: argparse.Namespace) -> dict:
         raise SystemExit(f"{layout} failed:\n{proc.stderr[-3000:]}")
     summary = json.loads((out / "summary.json").read_text())
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
-    return {"layout": layout, "wall_s": wall, "train_events_per_s": summary["train_events_per_s"],
+    return {"layout": layout + ("/1t" if one_thread else ""), "wall_s": wall, "train_events_per_s": summary["train_events_per_s"],
             "best_val_mrr": summary["val_mrr"], "test_mrr": summary["test_mrr"], "rows": rows}
 
 
@@ -96,6 +98,7 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=1e-4, help="base lr (parallel runs use lr·W)")
     p.add_argument("--target-frac", type=float, default=0.9, help="target = this fraction of the baseline's best val MRR")
     p.add_argument("--target-mrr", type=float, default=None, help="fixed target val MRR (overrides --target-frac)")
+    p.add_argument("--layouts", default=",".join(LAYOUTS), help="the first is the baseline")
     p.add_argument("--work", default="/tmp/disttgl-bench-parallel")
     p.add_argument("--json", default=None)
     args = p.parse_args()
@@ -105,7 +108,7 @@ def main() -> None:
         d = prepare(name, Path(args.work), args.batch_size, args.neg_sets)
         if d is None:
             continue
-        runs = [train(d, lay, args) for lay in LAYOUTS]
+        runs = [train(d, lay, args) for lay in args.layouts.split(",")]
         base = runs[0]
         target = args.target_mrr if args.target_mrr is not None else args.target_frac * base["best_val_mrr"]
         base_tt = time_to(base["rows"], target)

@@ -86,8 +86,12 @@ class Env:
 
 def resolve_layout(spec: str, env: Env, epochs: int, cache_i: int) -> Layout:
     if spec.strip().lower() == "auto":
-        lay, why = choose_parallelism(env.nodes, env.local_world, epochs, cache_i=cache_i)
-        log.info("parallelism auto -> %s: %s", lay, why)
+        try:
+            lay, why = choose_parallelism(env.nodes, env.local_world, epochs, cache_i=cache_i)
+        except ValueError as exc:
+            raise DataError(None, f"--parallelism auto: {exc}") from None
+        if env.rank == 0:
+            log.info("parallelism auto -> %s: %s", lay, why)
     else:
         try:
             lay = Layout.parse(spec)
@@ -404,6 +408,7 @@ def train_parallel(cfg: TrainConfig, *, timeout: float = 300.0) -> dict[str, Any
     try:
         return _run(cfg, env, layout, timeout, device)
     except (Exception, KeyboardInterrupt) as exc:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # finish the report; torchrun SIGKILLs after its grace
         dead = live.dead_ranks()
         who = f"rank(s) {', '.join(map(str, dead))} died" if dead else "no dead rank found"
         raise PeerFailure(f"rank {env.rank}: training stopped ({who}): {type(exc).__name__}: {exc}") from exc
@@ -580,7 +585,13 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = config_from_args(args, static=args.static, resume=args.resume, parallelism=args.parallelism)
     replace(cfg, parallelism="1x1x1").check()
-    if cfg.parallelism.replace(" ", "") in ("1x1x1", "1"):  # no server, no process group
+    spec = cfg.parallelism.replace(" ", "").lower()
+    if spec == "auto" and int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        log.info("parallelism auto -> 1x1x1: one process (start more with torchrun --nproc-per-node)")
+        spec = "1x1x1"
+    if spec in ("1x1x1", "1"):  # no server, no process group
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise DataError(None, f"--parallelism 1x1x1 is one process, torchrun started {os.environ['WORLD_SIZE']}")
         from disttgl.training import train
 
         train(replace(cfg, parallelism="1x1x1"))
