@@ -303,6 +303,18 @@ def _id_kind(path: Path, columns: CsvColumns) -> str:
     return "int"
 
 
+def _named_header(path: Path, required: Sequence[str]) -> list[str]:
+    """Column names of a comma-separated header that must hold ``required``; the unnamed pandas
+    index column that TGL and TGN files start with is named ``_index<i>``."""
+    _check_nonempty(path)
+    with _open_text(path) as fh:
+        header = [h.strip() for h in fh.readline().rstrip("\r\n").split(",")]
+    for name in required:
+        if name not in header:
+            raise DataError(path, f"missing column {name!r}; the header has {header}", line=1)
+    return [n if n else f"_index{i}" for i, n in enumerate(header)]
+
+
 def read_tgl(paths: Sequence[Path]) -> RawEvents:
     """TGL layout: ``edges.csv`` (unnamed index column, src, dst, time, optional int_roll, ext_roll)
     plus optional ``edge_features.pt`` and ``node_features.pt`` (plain tensors)."""
@@ -314,13 +326,7 @@ def read_tgl(paths: Sequence[Path]) -> RawEvents:
     if unknown:
         raise DataError(by_name[sorted(unknown)[0]], "unexpected file for the tgl format "
                         "(expected edges.csv, edge_features.pt, node_features.pt, labels.csv)")
-    _check_nonempty(edges)
-    with _open_text(edges) as fh:
-        header = [h.strip() for h in fh.readline().rstrip("\r\n").split(",")]
-    for required in ("src", "dst", "time"):
-        if required not in header:
-            raise DataError(edges, f"missing column {required!r}; the header has {header}", line=1)
-    names = [n if n else f"_index{i}" for i, n in enumerate(header)]
+    names = _named_header(edges, ("src", "dst", "time"))
     kinds = ["int" if n in ("src", "dst", "int_roll", "ext_roll") or n.startswith("_index") else
              "float" if n == "time" else "str" for n in names]
     df = _read(edges, names=names, kinds=kinds, separator=",", skip_lines=1)
@@ -369,13 +375,7 @@ def read_tgn(paths: Sequence[Path]) -> RawEvents:
     if len(csvs) != 1:
         raise DataError(paths[0] if paths else None, "the tgn format needs exactly one ml_NAME.csv")
     path = csvs[0]
-    _check_nonempty(path)
-    with _open_text(path) as fh:
-        header = [h.strip() for h in fh.readline().rstrip("\r\n").split(",")]
-    for required in ("u", "i", "ts"):
-        if required not in header:
-            raise DataError(path, f"missing column {required!r}; the header has {header}", line=1)
-    names = [n if n else f"_index{i}" for i, n in enumerate(header)]
+    names = _named_header(path, ("u", "i", "ts"))
     kinds = ["float" if n == "ts" else "int" for n in names]
     df = _read(path, names=names, kinds=kinds, separator=",", skip_lines=1)
     raw = RawEvents(path=path, src=_numpy(df, "u", np.int64), dst=_numpy(df, "i", np.int64),
