@@ -192,12 +192,14 @@ def _free_port() -> int:
 def test_two_nodes_on_localhost_with_two_memory_copies(data):
     port = _free_port()
     launcher = lambda n: ("--nnodes", "2", "--node-rank", str(n), "--rdzv-backend", "c10d",  # noqa: E731
-                          "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "twonode")
+                          "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "twonode",
+                          # both "nodes" match 127.0.0.1: say which one hosts the rendezvous store
+                          "--rdzv-conf", f"is_host={int(n == 0)}")
     cmds = []
     for n in range(2):
         cmds.append([sys.executable, "-m", "torch.distributed.run", *launcher(n), "--nproc-per-node=1",
                      "-m", "disttgl.parallel", "g.h5", "c1.h5", "--out", "twonode", "--parallelism", "1x1x2",
-                     "--epochs", "2", *MODEL])
+                     "--epochs", "2", "--threads", "1", *MODEL])  # two "machines" share 2 cores
     procs = [subprocess.Popen(c, cwd=data, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
              for c in cmds]
     outs = [p.communicate(timeout=240)[0] for p in procs]
