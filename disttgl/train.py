@@ -32,7 +32,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="run directory (metrics.jsonl, checkpoint.pt, summary.json)")
     parser.add_argument("--static", default=None, help="frozen static memory (.h5 from `disttgl pretrain`)")
     parser.add_argument("--resume", action="store_true", help="continue from RUN_DIR/checkpoint.pt")
-    parser.add_argument("--parallelism", default="1x1x1", help="i x j x k (only 1x1x1 in this command)")
+    parser.add_argument("--parallelism", default="1x1x1",
+                        help="i x j x k or auto; more than one rank runs under torchrun: "
+                             "torchrun --nproc-per-node W -m disttgl.train ... --parallelism IxJxK")
+    parser.add_argument("--timeout", type=float, default=300.0,
+                        help="parallel runs: seconds a rank waits for another (collectives, memory server)")
 
 
 def config_from_args(args: argparse.Namespace, **extra: object) -> TrainConfig:
@@ -43,6 +47,12 @@ def config_from_args(args: argparse.Namespace, **extra: object) -> TrainConfig:
 
 
 def run(args: argparse.Namespace) -> int:
+    import os
+
+    if args.parallelism.replace(" ", "") not in ("1x1x1", "1") or int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        from disttgl.parallel import run as run_parallel  # i x j x k trainers, memory servers
+
+        return run_parallel(args)
     from disttgl.training import train
 
     train(config_from_args(args, static=args.static, resume=args.resume, parallelism=args.parallelism))
