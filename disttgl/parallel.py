@@ -572,11 +572,9 @@ def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
 # ----------------------------------------------------------------------------------------- CLI
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from disttgl.train import add_arguments as add_train_arguments
+    from disttgl.train import add_arguments as add_train_arguments  # includes --parallelism, --timeout
 
     add_train_arguments(parser)
-    parser.add_argument("--timeout", type=float, default=300.0,
-                        help="seconds any rank waits for another (collectives, memory server) before failing")
 
 
 def run(args: argparse.Namespace) -> int:

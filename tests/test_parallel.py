@@ -44,7 +44,7 @@ def data(tmp_path_factory):
 def torchrun(d: Path, out: str, cache: str, par: str, *extra: str, nproc: int = 2, env: dict | None = None,
              launcher: tuple[str, ...] = ("--standalone",), timeout: int = 240) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "torch.distributed.run", *launcher, f"--nproc-per-node={nproc}",
-           "-m", "disttgl.parallel", "g.h5", cache, "--out", out, "--parallelism", par, *MODEL, *extra]
+           "-m", "disttgl.train", "g.h5", cache, "--out", out, "--parallelism", par, *MODEL, *extra]
     return subprocess.run(cmd, cwd=d, capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, **(env or {})})
 
@@ -224,7 +224,7 @@ def test_layout_must_match_ranks_and_cache():
 
 def test_needs_torchrun_for_more_than_one_rank(data, tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE")}
-    proc = subprocess.run([sys.executable, "-m", "disttgl.parallel", "g.h5", "c2.h5", "--out", str(tmp_path / "x"),
+    proc = subprocess.run([sys.executable, "-m", "disttgl", "train", "g.h5", "c2.h5", "--out", str(tmp_path / "x"),
                            "--parallelism", "2x1x1", *MODEL], cwd=data, capture_output=True, text=True, env=env)
     assert proc.returncode == 2 and "needs torchrun" in proc.stderr
 
