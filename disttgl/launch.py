@@ -1,8 +1,8 @@
 """``disttgl launch``: start i x j x k training with torchrun, on this machine or in a SLURM allocation.
 
-One node: ``torchrun --standalone --nproc-per-node P -m disttgl.parallel ...``. Several nodes (inside a
+One node: ``torchrun --standalone --nproc-per-node P -m disttgl.train ...``. Several nodes (inside a
 SLURM job): ``srun`` starts one torchrun per node, which meet through c10d rendezvous on the first
-node of the allocation. Everything after ``--`` goes to the trainer (``disttgl train`` arguments plus ``--timeout``).
+node of the allocation. Everything after ``--`` goes to ``disttgl train``.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ def command(nodes: int, nproc: int, train_args: list[str], *, env: dict[str, str
             max_restarts: int = 0) -> list[str]:
     """The full command line: torchrun alone on one node, ``srun`` + torchrun per node on several."""
     env = dict(os.environ if env is None else env)
-    program = ["-m", "disttgl.parallel", *train_args]
+    program = ["-m", "disttgl.train", *train_args]
     if nodes == 1:
         return torchrun_args(1, nproc, max_restarts=max_restarts) + program
     job = env.get("SLURM_JOB_ID", "disttgl")
