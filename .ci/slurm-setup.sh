@@ -3,6 +3,7 @@
 # slurmd on localhost with a generated slurm.conf. Idempotent: a running, idle cluster is left alone.
 # Exit 0 once `sinfo` shows the node idle; 77 when it cannot be done here (not root, no apt/packages),
 # so callers can skip; anything else is a real failure (logs under /var/log/slurm).
+# `slurm-setup.sh --stop` stops the three daemons again.
 #
 # No accounting database (slurmdbd needs MariaDB): the Snakemake SLURM executor then queries job
 # states with squeue, so MinJobAge is raised to keep finished jobs visible, and jobs are submitted
@@ -10,6 +11,13 @@
 set -euo pipefail
 
 skip() { echo "slurm-setup: skipped: $*" >&2; exit 77; }
+
+if [ "${1:-}" = "--stop" ]; then  # stop what this script started (by pid file, nothing else)
+    for f in /run/slurmd.pid /run/slurmctld.pid /run/munge/munged.pid; do
+        [ -s "$f" ] && kill "$(cat "$f")" 2>/dev/null || true
+    done
+    echo "slurm-setup: stopped"; exit 0
+fi
 [ "$(id -u)" = 0 ] || skip "needs root to install packages and start daemons (running as uid $(id -u))"
 
 if ! command -v slurmctld >/dev/null || ! command -v slurmd >/dev/null || ! command -v munged >/dev/null; then

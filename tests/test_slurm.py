@@ -23,12 +23,16 @@ pytestmark = pytest.mark.slurm
 def cluster():
     if os.geteuid() != 0:
         pytest.skip("SLURM test needs root (it installs slurm-wlm/munge and starts the daemons)")
-    proc = subprocess.run([str(REPO / ".ci" / "slurm-setup.sh")], capture_output=True, text=True, timeout=600)
+    setup = str(REPO / ".ci" / "slurm-setup.sh")
+    proc = subprocess.run([setup], capture_output=True, text=True, timeout=600)
     if proc.returncode == 77:
         pytest.skip(proc.stderr.strip() or "slurm-setup.sh could not set up SLURM here")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     out = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, check=True).stdout
     assert "idle" in out.split()
+    yield
+    if "already up" not in proc.stdout:  # leave a cluster we found running; stop the one we started
+        subprocess.run([setup, "--stop"], capture_output=True, timeout=60)
 
 
 @pytest.fixture
