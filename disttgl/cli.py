@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "batches": ("disttgl.batches", "precompute the mini-batch cache"),
     "pretrain": ("disttgl.pretrain", "pretrain the static node memory"),
     "train": ("disttgl.train", "train a TGN with (optional) static memory"),
+    "launch": ("disttgl.launch", "start i x j x k training: torchrun on one node, srun + torchrun per node under SLURM"),
     "report": ("disttgl.report", "collect results into tables and plots"),
 }
 

@@ -4,7 +4,8 @@
 
 _REPORT_RESULTS = config.get("results_dir", "results")
 _REPORT_OUT = f"{_REPORT_RESULTS}/report"
-_REPORT_RUNS = [f"{dataset}/{run}" for dataset in config["datasets"] for run in config["runs"]]
+_REPORT_RUNS = [f"{dataset}/{run}" for dataset in config["datasets"] for run in config["runs"]] + [
+    f"{dataset}/{layout}" for dataset in config["datasets"] for layout in parallel_layouts()]
 
 
 rule report:
