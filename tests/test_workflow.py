@@ -63,7 +63,7 @@ def _edit(config: dict, path: str, value) -> None:
     ("batches.batch_size", 0, "['batches']['batch_size']", "less than the minimum"),
     ("model.loss", "hinge", "['model']['loss']", "is not one of"),
     ("bogus", 1, "bogus", "Additional properties are not allowed"),
-    ("runs.static.parallelism", "2x2", "['runs']['static']['parallelism']", "does not match"),
+    ("parallel.configs", ["2x2"], "['parallel']['configs']", "is not valid under any of the given schemas"),
     ("datasets", ["synthetic", "nosuch"], "datasets[1]", "unknown dataset 'nosuch'"),
 ])
 def test_bad_config_fails_before_any_job_naming_the_key(workdir, path, value, key, message):

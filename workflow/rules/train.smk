@@ -1,4 +1,4 @@
-# Training runs (config `runs:`), one process each for now: results/{dataset}/{run}/summary.json
+# Single-process training runs (config `runs:`; distributed layouts are in parallel.smk): results/{dataset}/{run}/summary.json
 # (+ metrics.jsonl, checkpoint.pt). Only summary.json is a declared output so that Snakemake never
 # deletes the checkpoint of a killed job: the rerun passes --resume and continues from it.
 
@@ -31,7 +31,6 @@ rule train:
         out=lambda w: f"{RESULTS}/{w.dataset}/{w.run}",
         static=lambda w, input: f"--static {input.static}" if input.static else "",
         epochs=lambda w: _run_config(w).get("epochs", config["train"]["epochs"]),
-        parallelism=lambda w: _run_config(w).get("parallelism", "1x1x1"),
         m=config["model"],
         t=config["train"],
     threads: config["train"].get("threads", 2)
@@ -41,7 +40,7 @@ rule train:
         "logs/{dataset}/train-{run}.benchmark.tsv"
     shell:
         "disttgl train {input.graph} {input.cache} --out {params.out} {params.static}"
-        " --epochs {params.epochs} --parallelism {params.parallelism}"
+        " --epochs {params.epochs}"
         " --dim {params.m[dim]} --heads {params.m[heads]} --dropout {params.m[dropout]}"
         " --lr {params.m[lr]} --loss {params.m[loss]}"
         " --device {params.t[device]} --seed {params.t[seed]} --threads {threads} --resume > {log} 2>&1"
