@@ -4,8 +4,10 @@
 
 _REPORT_RESULTS = config.get("results_dir", "results")
 _REPORT_OUT = f"{_REPORT_RESULTS}/report"
+# parallel.smk (when included) defines the distributed layouts; the report alone works without it
+_REPORT_LAYOUTS = parallel_layouts() if "parallel_layouts" in globals() else []
 _REPORT_RUNS = [f"{dataset}/{run}" for dataset in config["datasets"] for run in config["runs"]] + [
-    f"{dataset}/{layout}" for dataset in config["datasets"] for layout in parallel_layouts()]
+    f"{dataset}/{layout}" for dataset in config["datasets"] for layout in _REPORT_LAYOUTS]
 
 
 rule report:
