@@ -11,7 +11,7 @@ import gzip
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import polars as pl
@@ -70,20 +70,26 @@ def _check_nonempty(path: Path) -> None:
         raise DataError(path, "file is empty")
 
 
+def _data_lines(path: Path, skip_lines: int, comment_prefix: str | None) -> Iterator[tuple[int, str]]:
+    """(1-based line number, line) of every data line: past the header, not blank, not a comment."""
+    with _open_text(path) as fh:
+        for lineno, line in enumerate(fh, start=1):
+            if lineno <= skip_lines or not line.strip():
+                continue
+            if comment_prefix is not None and line.startswith(comment_prefix):
+                continue
+            yield lineno, line
+
+
 def _row_counter(path: Path, skip_lines: int, comment_prefix: str | None) -> Callable[[int], int]:
     """Return a function mapping a data row index to its line number, honouring comment lines."""
     if comment_prefix is None:
         return lambda row: row + skip_lines + 1
 
     def line_of(row: int) -> int:
-        seen = -1
-        with _open_text(path) as fh:
-            for lineno, line in enumerate(fh, start=1):
-                if lineno <= skip_lines or line.startswith(comment_prefix) or not line.strip():
-                    continue
-                seen += 1
-                if seen == row:
-                    return lineno
+        for seen, (lineno, _) in enumerate(_data_lines(path, skip_lines, comment_prefix)):
+            if seen == row:
+                return lineno
         return row + skip_lines + 1
 
     return line_of
@@ -102,27 +108,22 @@ def _diagnose(path: Path, *, skip_lines: int, separator: str | None, kinds: Sequ
     (the ragged JODIE feature list is checked against the first row instead).
     """
     expected = len(kinds)
-    with _open_text(path) as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if lineno <= skip_lines or not line.strip():
-                continue
-            if comment_prefix is not None and line.startswith(comment_prefix):
-                continue
-            fields = _split_line(line, separator)
-            if len(fields) != expected and not (min_columns and len(fields) > expected):
-                raise DataError(path, f"expected {expected} columns, found {len(fields)}", line=lineno)
-            for name, kind, value in zip(names, kinds, fields):
-                value = value.strip()
-                if value == "":
-                    raise DataError(path, "empty field", line=lineno, column=name)
-                try:
-                    if kind == "int":
-                        int(value)
-                    elif kind == "float":
-                        float(value)
-                except ValueError:
-                    raise DataError(path, f"{value!r} is not a{'n integer' if kind == 'int' else ' number'}",
-                                    line=lineno, column=name) from None
+    for lineno, line in _data_lines(path, skip_lines, comment_prefix):
+        fields = _split_line(line, separator)
+        if len(fields) != expected and not (min_columns and len(fields) > expected):
+            raise DataError(path, f"expected {expected} columns, found {len(fields)}", line=lineno)
+        for name, kind, value in zip(names, kinds, fields):
+            value = value.strip()
+            if value == "":
+                raise DataError(path, "empty field", line=lineno, column=name)
+            try:
+                if kind == "int":
+                    int(value)
+                elif kind == "float":
+                    float(value)
+            except ValueError:
+                raise DataError(path, f"{value!r} is not a{'n integer' if kind == 'int' else ' number'}",
+                                line=lineno, column=name) from None
 
 
 def _read(path: Path, *, names: Sequence[str], kinds: Sequence[str], separator: str | None,
@@ -169,13 +170,8 @@ def _check_header_columns(path: Path, names: Sequence[str], separator: str | Non
 
 
 def _first_data_line(path: Path, skip_lines: int, comment_prefix: str | None) -> str:
-    with _open_text(path) as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if lineno <= skip_lines or not line.strip():
-                continue
-            if comment_prefix is not None and line.startswith(comment_prefix):
-                continue
-            return line
+    for _, line in _data_lines(path, skip_lines, comment_prefix):
+        return line
     raise DataError(path, "file holds no events")
 
 

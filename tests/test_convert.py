@@ -329,3 +329,11 @@ def test_corrupt_store_reported(tmp_path, capsys):
         f["x"] = 1
     assert run_cli("info", tmp_path / "other.h5") != 0
     assert "not a disttgl graph store" in capsys.readouterr().err
+
+
+def test_error_line_counts_comment_and_blank_lines(tmp_path, capsys):
+    f = tmp_path / "c.txt"
+    f.write_text("# header comment\n1 2 3\n\n# another\n4 5 nan\n")
+    assert run_cli("convert", f, "--format", "snap", "--out", tmp_path / "g.h5") != 0
+    err = capsys.readouterr().err
+    assert "line 5" in err and "times must be finite" in err
