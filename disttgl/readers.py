@@ -82,9 +82,8 @@ def _data_lines(path: Path, skip_lines: int, comment_prefix: str | None) -> Iter
 
 
 def _row_counter(path: Path, skip_lines: int, comment_prefix: str | None) -> Callable[[int], int]:
-    """Return a function mapping a data row index to its line number, honouring comment lines."""
-    if comment_prefix is None:
-        return lambda row: row + skip_lines + 1
+    """Return a function mapping a data row index to its line number, honouring blank and comment
+    lines (it re-reads the file, so it is only called to word an error)."""
 
     def line_of(row: int) -> int:
         for seen, (lineno, _) in enumerate(_data_lines(path, skip_lines, comment_prefix)):
@@ -152,6 +151,7 @@ def _read(path: Path, *, names: Sequence[str], kinds: Sequence[str], separator: 
         _diagnose(path, skip_lines=skip_lines if not header_names else 1, separator=separator,
                   kinds=diag_kinds, names=names, comment_prefix=comment_prefix, min_columns=ragged)
         raise DataError(path, f"cannot parse: {str(exc).splitlines()[0]}") from None
+    df = df.filter(~pl.all_horizontal(pl.all().is_null()))  # blank lines read as all-null rows
     if df.height == 0:
         raise DataError(path, "file holds no events")
     if df.null_count().sum_horizontal().item():
@@ -203,7 +203,7 @@ def read_jodie(path: Path) -> RawEvents:
     return RawEvents(path=path, src=_numpy(df, "user", np.int64), dst=_numpy(df, "item", np.int64),
                      t=_numpy(df, "timestamp", np.float64), label=_numpy(df, "state_label", np.int64),
                      edge_feat=_features(df, feat_names), edge_feat_path=path if feat_names else None,
-                     line_of=lambda row: row + 2)
+                     line_of=_row_counter(path, 1, None))
 
 
 def _sniff_separator(path: Path, comment_prefix: str | None) -> str | None:
@@ -286,7 +286,7 @@ def read_csv_columns(path: Path, columns: CsvColumns) -> RawEvents:
                      dst=df.get_column(columns.dst).to_numpy(), t=_numpy(df, columns.time, np.float64),
                      label=_numpy(df, columns.label, np.int64) if columns.label else None,
                      edge_feat=_features(df, list(columns.features)),
-                     edge_feat_path=path if columns.features else None, line_of=lambda row: row + 2)
+                     edge_feat_path=path if columns.features else None, line_of=_row_counter(path, 1, None))
 
 
 def _id_kind(path: Path, columns: CsvColumns) -> str:
@@ -327,7 +327,7 @@ def read_tgl(paths: Sequence[Path]) -> RawEvents:
              "float" if n == "time" else "str" for n in names]
     df = _read(edges, names=names, kinds=kinds, separator=",", skip_lines=1)
     raw = RawEvents(path=edges, src=_numpy(df, "src", np.int64), dst=_numpy(df, "dst", np.int64),
-                    t=_numpy(df, "time", np.float64), line_of=lambda row: row + 2)
+                    t=_numpy(df, "time", np.float64), line_of=_row_counter(edges, 1, None))
     if "ext_roll" in df.columns:
         roll = _numpy(df, "ext_roll", np.int64)
         if roll.min() < 0 or roll.max() > 2:
@@ -377,7 +377,7 @@ def read_tgn(paths: Sequence[Path]) -> RawEvents:
     raw = RawEvents(path=path, src=_numpy(df, "u", np.int64), dst=_numpy(df, "i", np.int64),
                     t=_numpy(df, "ts", np.float64),
                     label=_numpy(df, "label", np.int64) if "label" in df.columns else None,
-                    line_of=lambda row: row + 2)
+                    line_of=_row_counter(path, 1, None))
     stem = path.stem
     for p in paths:
         if p.suffix != ".npy":

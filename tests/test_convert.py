@@ -337,3 +337,17 @@ def test_error_line_counts_comment_and_blank_lines(tmp_path, capsys):
     assert run_cli("convert", f, "--format", "snap", "--out", tmp_path / "g.h5") != 0
     err = capsys.readouterr().err
     assert "line 5" in err and "times must be finite" in err
+
+
+@pytest.mark.parametrize("fmt, name, text, line", [
+    ("tgl", "edges.csv", ",src,dst,time\n0,0,1,1.0\n1,1,2,nan\n", 3),
+    ("tgn", "ml_x.csv", ",u,i,ts,label,idx\n0,1,3,1.0,0,1\n\n1,2,3,inf,0,2\n", 4),
+    ("jodie", "j.csv", "user,item,timestamp,state_label\n0,1,1.0,0\n0,2,-inf,0\n", 3),
+])
+def test_non_finite_time_line_in_every_headed_format(tmp_path, capsys, fmt, name, text, line):
+    f = tmp_path / name
+    f.write_text(text)
+    assert run_cli("convert", f, "--format", fmt, "--out", tmp_path / "g.h5") != 0
+    err = capsys.readouterr().err
+    assert f"line {line}" in err and "times must be finite" in err and str(f) in err
+    assert not (tmp_path / "g.h5").exists()
