@@ -48,8 +48,9 @@ from disttgl.memory import MemoryState, write_rows
 from disttgl.memory_server import MemoryClient, MemoryServerError, ServerPlan, start_server
 from disttgl.model import TGN
 from disttgl.schedule import Layout, Step, choose_parallelism, memory_batches, passes, step
-from disttgl.training import (TrainConfig, _config_changes, evaluate, load_checkpoint, load_features,
-                              model_config, save_checkpoint, seed_everything, train_epoch)
+from disttgl.training import (TrainConfig, evaluate, load_features, model_config,
+                              resumable_checkpoint, run_summary, save_checkpoint, seed_everything, train_epoch,
+                              write_jsonl, write_summary)
 
 log = logging.getLogger(__name__)
 
@@ -433,15 +434,9 @@ def _run(cfg: TrainConfig, env: Env, layout: Layout, timeout: float, device: tor
     history: list[dict[str, Any]] = []
     best: dict[str, Any] = {"best_epoch": 0, "val_mrr": -math.inf}
     done = 0
-    ckpt = load_checkpoint(ckpt_path) if cfg.resume and ckpt_path.exists() else None
-    changed = [] if ckpt is None else _config_changes(ckpt.get("config", {}), cfg)
-    if ckpt is not None and ckpt.get("parallelism") != str(layout):
-        changed.append("parallelism")
-    if changed:  # as the single-process path does: a checkpoint of other settings is not continued
-        if env.rank == 0:
-            log.warning("checkpoint in %s was made with different settings (%s): starting from scratch",
-                        out, ", ".join(changed))
-        ckpt = None
+    # as the single-process path does: a checkpoint of other settings (or layout) is not continued
+    ckpt = resumable_checkpoint(ckpt_path, cfg, lambda c: [] if c.get("parallelism") == str(layout) else ["parallelism"],
+                                quiet=env.rank != 0)
     if ckpt is not None:
         tr.model.load_state_dict(ckpt["model"])
         tr.optimizer.load_state_dict(ckpt["optimizer"])
@@ -499,7 +494,7 @@ def _run(cfg: TrainConfig, env: Env, layout: Layout, timeout: float, device: tor
                          row["val_mrr"], best["best_epoch"])
             dist.barrier()  # every copy's memory is on disk before the checkpoint names it
             if env.rank == 0:
-                _write_jsonl(out / "metrics.jsonl", history)
+                write_jsonl(out / "metrics.jsonl", history)
                 save_checkpoint(ckpt_path, {"epoch": p + 1, "model": tr.model.state_dict(),
                                             "optimizer": tr.optimizer.state_dict(), "history": history,
                                             "best": best, "parallelism": str(layout), "config": asdict(cfg)})
@@ -519,10 +514,7 @@ def _run(cfg: TrainConfig, env: Env, layout: Layout, timeout: float, device: tor
     if env.rank != 0:
         return None
     summary = _summary(cfg, layout, history, best)
-    with atomic_path(out / "summary.json") as tmp:
-        tmp.write_text(json.dumps(summary, indent=2) + "\n")
-    log.info("best pass %d: test AP %.4f MRR %.4f AP(1 neg) %.4f", summary["best_epoch"],
-             summary["test_ap"], summary["test_mrr"], summary["test_ap_1neg"])
+    write_summary(out, summary, "pass")
     return summary
 
 
@@ -552,21 +544,12 @@ def _evaluate(tr: _Trainer, table: np.ndarray, p: int, stats: Any, rates: list, 
 
 
 def _summary(cfg: TrainConfig, layout: Layout, history: list[dict[str, Any]], best: dict[str, Any]) -> dict[str, Any]:
-    rates = [r["train_events_per_s"] for r in history]
     per_rank = np.mean([r["rank_events_per_s"] for r in history], axis=0).tolist() if history else []
     config = asdict(cfg) | {"parallelism": str(layout), "world_size": layout.world,
                             "static_memory": cfg.static is not None}
-    return {"best_epoch": best["best_epoch"], "test_ap": best.get("test_ap"), "test_mrr": best.get("test_mrr"),
-            "test_ap_1neg": best.get("test_ap_1neg"), "val_mrr": best.get("val_mrr"), "val_ap": best.get("val_ap"),
-            "epochs": len(history), "epochs_trained": len(history) * layout.j * layout.k,
-            "train_events_per_s": float(np.mean(rates)) if rates else 0.0, "rank_events_per_s": per_rank,
-            "total_seconds": float(sum(r["seconds"] for r in history)), "parallelism": str(layout),
-            "world_size": layout.world, "config": config}
-
-
-def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return run_summary(history, best, config) | {
+        "epochs_trained": len(history) * layout.j * layout.k, "rank_events_per_s": per_rank,
+        "parallelism": str(layout), "world_size": layout.world}
 
 
 # ----------------------------------------------------------------------------------------- CLI

@@ -16,7 +16,7 @@ import random
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import h5py
 import numpy as np
@@ -238,11 +238,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     history: list[dict[str, Any]] = []
     best: dict[str, Any] = {"best_epoch": 0, "val_mrr": -math.inf}
     start = 1
-    ckpt = load_checkpoint(ckpt_path) if cfg.resume and ckpt_path.exists() else None
-    if ckpt is not None and (_changed := _config_changes(ckpt.get("config", {}), cfg)):
-        log.warning("checkpoint in %s was made with different settings (%s): starting from scratch",
-                    out, ", ".join(_changed))
-        ckpt = None
+    ckpt = resumable_checkpoint(ckpt_path, cfg)
     if ckpt is not None:
         run.model.load_state_dict(ckpt["model"])
         run.optimizer.load_state_dict(ckpt["optimizer"])
@@ -268,24 +264,49 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         history.append(row)
         log.info("epoch %d: loss %.4f, %.0f train events/s, val AP %.4f MRR %.4f (best epoch %d)",
                  epoch, stats.loss, stats.events_per_s, val["ap"], val["mrr"], best["best_epoch"])
-        _write_jsonl(out / "metrics.jsonl", history)
+        write_jsonl(out / "metrics.jsonl", history)
         save_checkpoint(ckpt_path, {
             "epoch": epoch, "model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(),
             "memory": run.memory.state_dict(), "rng": rng_state(run.rng), "history": history, "best": best,
             "config": asdict(cfg)})
 
+    summary = run_summary(history, best, asdict(cfg))
+    write_summary(out, summary, "epoch")
+    return summary
+
+
+def run_summary(history: list[dict[str, Any]], best: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
+    """``summary.json`` fields shared by the single-process and distributed trainers."""
     rates = [r["train_events_per_s"] for r in history]
-    summary = {"best_epoch": best["best_epoch"], "test_ap": best.get("test_ap"), "test_mrr": best.get("test_mrr"),
-               "test_ap_1neg": best.get("test_ap_1neg"), "val_mrr": best.get("val_mrr"),
-               "val_ap": best.get("val_ap"), "epochs": len(history),
-               "train_events_per_s": float(np.mean(rates)) if rates else 0.0,
-               "total_seconds": float(sum(r["seconds"] for r in history)),
-               "config": asdict(cfg)}
+    return {"best_epoch": best["best_epoch"], "test_ap": best.get("test_ap"), "test_mrr": best.get("test_mrr"),
+            "test_ap_1neg": best.get("test_ap_1neg"), "val_mrr": best.get("val_mrr"),
+            "val_ap": best.get("val_ap"), "epochs": len(history),
+            "train_events_per_s": float(np.mean(rates)) if rates else 0.0,
+            "total_seconds": float(sum(r["seconds"] for r in history)), "config": config}
+
+
+def write_summary(out: Path, summary: dict[str, Any], unit: str) -> None:
     with atomic_path(out / "summary.json") as tmp:
         tmp.write_text(json.dumps(summary, indent=2) + "\n")
-    log.info("best epoch %d: test AP %.4f MRR %.4f AP(1 neg) %.4f", summary["best_epoch"],
+    log.info("best %s %d: test AP %.4f MRR %.4f AP(1 neg) %.4f", unit, summary["best_epoch"],
              summary["test_ap"], summary["test_mrr"], summary["test_ap_1neg"])
-    return summary
+
+
+def resumable_checkpoint(path: Path, cfg: TrainConfig,
+                         extra_changes: Callable[[dict[str, Any]], list[str]] | None = None,
+                         quiet: bool = False) -> dict[str, Any] | None:
+    """The checkpoint to continue from with ``cfg.resume``; None (start afresh) when there is none or
+    it was made with settings that change the run (``extra_changes`` names the caller's own)."""
+    ckpt = load_checkpoint(path) if cfg.resume and path.exists() else None
+    if ckpt is None:
+        return None
+    changed = _config_changes(ckpt.get("config", {}), cfg) + (extra_changes(ckpt) if extra_changes else [])
+    if changed:
+        if not quiet:
+            log.warning("checkpoint in %s was made with different settings (%s): starting from scratch",
+                        path.parent, ", ".join(changed))
+        return None
+    return ckpt
 
 
 # settings that may change between a run and its resumption
@@ -309,7 +330,7 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
         raise DataError(path, f"unreadable checkpoint ({exc}); delete it or run without --resume") from None
 
 
-def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
+def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
