@@ -32,10 +32,20 @@ import torch.nn.functional as F
 
 from disttgl.batches import BatchLoader, BatchParams, build_cache, open_cache
 from disttgl.memory import MemoryState
-from disttgl.model import TGN, ModelConfig, TemporalAttention, segment_softmax
-from disttgl.training import evaluate, load_features, train_epoch
+from disttgl.model import TGN, ModelConfig, TemporalAttention
+from disttgl.runtime import keep_freed_memory
+from disttgl.training import adam, evaluate, load_features, train_epoch
 
 WIKI = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "wikipedia" / "wikipedia.csv"
+
+
+def segment_softmax(score: torch.Tensor, seg: torch.Tensor, num_segments: int) -> torch.Tensor:
+    """Softmax of ``score`` [M, H] within the groups given by ``seg`` [M] (scatter ops)."""
+    index = seg.unsqueeze(1).expand_as(score)
+    shift = score.new_full((num_segments, score.shape[1]), float("-inf"))
+    shift = shift.scatter_reduce(0, index, score.detach(), "amax", include_self=True)
+    e = torch.exp(score - shift[seg])
+    return e / score.new_zeros(num_segments, score.shape[1]).index_add(0, seg, e)[seg]
 
 
 class NaiveAttention(TemporalAttention):
@@ -61,10 +71,10 @@ class NaiveAttention(TemporalAttention):
         k = F.linear(x, torch.cat(wk_all, 1), bk).view(m, nh, -1)
         v = F.linear(x, torch.cat(wv_all, 1), bv).view(m, nh, -1)
         score = F.leaky_relu((q[nbr_root].view(m, nh, -1) * k).sum(2), 0.2)
-        att = self.drop(segment_softmax(score, nbr_root, num_roots))
+        att = F.dropout(segment_softmax(score, nbr_root, num_roots), self.p, self.training)
         agg = torch.zeros(num_roots, nh, d // nh).index_add(0, nbr_root, att.unsqueeze(2) * v).view(num_roots, d)
         out = F.linear(torch.cat([agg, hv], 1), torch.cat([self.out.weight, wo], 1), bo)
-        return self.norm(F.relu(self.drop(out)))
+        return self.norm(F.relu(F.dropout(out, self.p, self.training)))
 
 
 def build_inputs(tmp: Path) -> tuple[str, str]:
@@ -80,7 +90,7 @@ def build_inputs(tmp: Path) -> tuple[str, str]:
 
 def run_steps(model, feats, num_nodes, cache, items, device, sync):
     memory = MemoryState.zeros(num_nodes, model.cfg.dim, device)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    opt = adam(model.parameters(), 1e-4)
     warm = BatchLoader(cache, "train", items[:3], device=device)
     train_epoch(model, memory, warm, opt, feats)
     memory.reset()
@@ -104,6 +114,7 @@ def main() -> None:
     p.add_argument("--json", default=None)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
+    keep_freed_memory()  # as the training commands do
     device = torch.device(args.device)
     sync = device.type == "cuda"
     with tempfile.TemporaryDirectory() as tmp:

@@ -3,9 +3,12 @@
 The model holds weights only. Node memory/mail (``disttgl.memory``), edge/node features and the
 frozen static memory are passed in, so parallel trainers can read them from a memory server.
 
-Speed: every Linear over a concatenation ``W[a ‖ b]`` is split as ``W_a a + W_b b`` so the parts that
-depend only on a node are computed once per unique node (U rows) and gathered, instead of once per
-root (R) or per neighbour slot (M >> U). Only the edge/time parts of keys and values run per slot.
+Speed (CPU training is bound by passes over the per-neighbour-slot tensors):
+- the attention never builds keys and values per slot. With slots x = [h_u ‖ e_uv ‖ phi(dt)],
+  q.k = (W_k^T q).x + q.b_k and sum(att v) = W_v sum(att x) + b_v sum(att), so the projections run
+  once per root and per slot only one dot product and one weighted sum remain (``disttgl.kernels``);
+- the slots sit in a padded [R, K] layout, so the softmax is dense instead of scatter ops;
+- the GRU's input projection is split so that the mail (data) needs no input gradient.
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from disttgl.batch import Batch
+from disttgl.kernels import cos_encoding, dense_slots, gather_rows, slot_scores, slot_sums
+from disttgl.kernels import dropout as fast_dropout
 
 
 @dataclass(frozen=True)
@@ -50,30 +55,34 @@ class TimeEncode(nn.Module):
         self.b = nn.Parameter(torch.zeros(dim))
 
     def forward(self, dt: torch.Tensor) -> torch.Tensor:
-        return torch.cos(torch.addcmul(self.b, dt.unsqueeze(-1), self.w))
+        return cos_encoding(dt, self.w, self.b)
 
 
 class GRUMemory(nn.Module):
-    """New memory = GRU([mail ‖ edge_feat[mail_eid] ‖ phi(mail_t - mem_t)], memory)."""
+    """New memory = GRU([mail ‖ edge_feat[mail_eid] ‖ phi(mail_t - mem_t)], memory).
+
+    nn.GRUCell's parameters and equations, with the input projection split by part: mail and edge
+    features are data, so only the time part needs an input gradient.
+    """
 
     def __init__(self, dim: int, edge_dim: int, time_dim: int):
         super().__init__()
         self.time = TimeEncode(time_dim)
         self.gru = nn.GRUCell(2 * dim + edge_dim + time_dim, dim)
+        self.data_dim = 2 * dim + edge_dim
 
     def forward(self, memory: torch.Tensor, mail: torch.Tensor, mail_feat: torch.Tensor,
                 dt: torch.Tensor) -> torch.Tensor:
-        return self.gru(torch.cat([mail, mail_feat, self.time(dt)], 1), memory)
-
-
-def segment_softmax(score: torch.Tensor, seg: torch.Tensor, num_segments: int) -> torch.Tensor:
-    """Softmax of ``score`` [M, H] within the groups given by ``seg`` [M] (scatter ops)."""
-    index = seg.unsqueeze(1).expand_as(score)
-    shift = score.new_full((num_segments, score.shape[1]), float("-inf"))
-    shift = shift.scatter_reduce(0, index, score.detach(), "amax", include_self=True)
-    e = torch.exp(score - shift.index_select(0, seg))
-    total = score.new_zeros(num_segments, score.shape[1]).index_add(0, seg, e)
-    return e / total.index_select(0, seg)
+        w_data, w_time = self.gru.weight_ih.split([self.data_dim, self.gru.input_size - self.data_dim], 1)
+        x = torch.cat([mail, mail_feat], 1) if mail_feat.shape[1] else mail
+        gi = torch.addmm(torch.addmm(self.gru.bias_ih, x, w_data.t()), self.time(dt), w_time.t())
+        gh = torch.addmm(self.gru.bias_hh, memory, self.gru.weight_hh.t())
+        i_r, i_z, i_n = gi.chunk(3, 1)
+        h_r, h_z, h_n = gh.chunk(3, 1)
+        r = torch.sigmoid(i_r + h_r)
+        z = torch.sigmoid(i_z + h_z)
+        n = torch.tanh(torch.addcmul(i_n, r, h_n))
+        return torch.lerp(n, memory, z)  # (1 - z) n + z h
 
 
 class TemporalAttention(nn.Module):
@@ -91,26 +100,46 @@ class TemporalAttention(nn.Module):
         self.kv_time = nn.Linear(time_dim, 2 * dim, bias=False)  # phi(dt) parts of k, v
         self.kv_edge = nn.Linear(edge_dim, 2 * dim, bias=False) if edge_dim else None
         self.out = nn.Linear(dim, dim, bias=False)  # agg part of the output layer
-        self.drop = nn.Dropout(dropout)
+        self.p = dropout
         self.norm = nn.LayerNorm(dim)
 
     def forward(self, h: torch.Tensor, root_idx: torch.Tensor, nbr_root: torch.Tensor,
                 nbr_idx: torch.Tensor, nbr_feat: torch.Tensor | None, nbr_dt: torch.Tensor) -> torch.Tensor:
-        d, nh = self.dim, self.heads
-        num_roots, m = root_idx.shape[0], nbr_root.shape[0]
-        # index_select (backward: index_add) is much cheaper on CPU than advanced indexing
-        q_node, kv_node, out_node = self.node(h).split([d, 2 * d, d], 1)  # per unique node
-        q = q_node.index_select(0, root_idx) + self.q_time(self.time(h.new_zeros(1)))  # [R, d]
-        # [M, 2d]; addmm fuses the per-slot projections with the gathered node part
-        kv = torch.addmm(kv_node.index_select(0, nbr_idx), self.time(nbr_dt), self.kv_time.weight.t())
+        d, nh, dh = self.dim, self.heads, self.dim // self.heads
+        num_roots = root_idx.shape[0]
+        w_q, w_k, w_v, w_o = self.node.weight.split(d)
+        b_q, b_k, b_v, b_o = self.node.bias.split(d)
+        q, out_own = torch.addmm(torch.cat([b_q, b_o]), h.index_select(0, root_idx),
+                                 torch.cat([w_q, w_o]).t()).split(d, 1)
+        q = (q + self.q_time(self.time(h.new_zeros(1)))).view(num_roots, nh, dh)
+        # slots x = [h_u ‖ e_uv ‖ phi(dt)] in a padded [R, K] layout (padding: a zero row of h, dt 0)
+        slot, mask = dense_slots(nbr_root, num_roots)
+        kmax = mask.shape[1]
+        rows = num_roots * kmax
+        parts = [gather_rows(torch.cat([h, h.new_zeros(1, d)]),
+                             nbr_idx.new_full((rows,), h.shape[0]).index_copy_(0, slot, nbr_idx))]
+        w_kx, w_vx = [w_k], [w_v]
         if self.kv_edge is not None:
-            kv = torch.addmm(kv, nbr_feat, self.kv_edge.weight.t())
-        k, v = kv.view(m, 2, nh, d // nh).unbind(1)
-        score = F.leaky_relu((q.index_select(0, nbr_root).view(m, nh, d // nh) * k).sum(2), 0.2)
-        att = self.drop(segment_softmax(score, nbr_root, num_roots))  # [M, H]
-        agg = h.new_zeros(num_roots, nh, d // nh).index_add(0, nbr_root, att.unsqueeze(2) * v)
-        out = self.out(agg.view(num_roots, d)) + out_node.index_select(0, root_idx)
-        return self.norm(F.relu(self.drop(out)))
+            parts.append(nbr_feat.new_zeros(rows, nbr_feat.shape[1]).index_copy_(0, slot, nbr_feat))
+            w_kx.append(self.kv_edge.weight[:d])
+            w_vx.append(self.kv_edge.weight[d:])
+        parts.append(self.time(nbr_dt.new_zeros(rows).index_copy_(0, slot, nbr_dt)))
+        w_kx.append(self.kv_time.weight[:d])
+        w_vx.append(self.kv_time.weight[d:])
+        x = torch.cat(parts, 1).view(num_roots, kmax, -1)  # [R, K, D]
+        # keys and values are never built per slot: q.k = (W_k^T q).x + q.b_k and
+        # sum att v = W_v (sum att x) + b_v sum att, per head; the projections run per root
+        w_kx = torch.cat(w_kx, 1).view(nh, dh, -1)  # [H, d/H, D]
+        w_vx = torch.cat(w_vx, 1).view(nh, dh, -1)
+        q_x = torch.bmm(q.transpose(0, 1), w_kx).transpose(0, 1)  # [R, H, D]
+        score = slot_scores(x, q_x) + (q * b_k.view(nh, dh)).sum(2).unsqueeze(1)  # [R, K, H]
+        pad = ~mask.unsqueeze(2)
+        score = F.leaky_relu(score, 0.2).masked_fill(pad, torch.finfo(score.dtype).min)
+        att = fast_dropout(torch.softmax(score, 1).masked_fill(pad, 0.0), self.p, self.training)
+        agg = torch.bmm(slot_sums(att, x).transpose(0, 1), w_vx.transpose(1, 2)).transpose(0, 1)  # [R, H, d/H]
+        agg = agg + att.sum(1).unsqueeze(2) * b_v.view(nh, dh)
+        out = torch.addmm(out_own, agg.reshape(num_roots, d), self.out.weight.t())
+        return self.norm(F.relu(fast_dropout(out, self.p, self.training)))
 
 
 class LinkPredictor(nn.Module):

@@ -47,8 +47,9 @@ from disttgl.errors import DataError
 from disttgl.memory import MemoryState, write_rows
 from disttgl.memory_server import MemoryClient, MemoryServerError, ServerPlan, start_server
 from disttgl.model import TGN
+from disttgl.runtime import keep_freed_memory
 from disttgl.schedule import Layout, Step, choose_parallelism, memory_batches, passes, step
-from disttgl.training import (TrainConfig, evaluate, load_features, model_config,
+from disttgl.training import (TrainConfig, adam, evaluate, load_features, model_config,
                               resumable_checkpoint, run_summary, save_checkpoint, seed_everything, train_epoch,
                               write_jsonl, write_summary)
 
@@ -327,7 +328,7 @@ class _Trainer:
             dist.broadcast(p.data, 0)
         self.it = 0  # current global iteration
         self.resume_it = 0
-        self.optimizer = AllReduceOptimizer(torch.optim.Adam(self.params, lr=cfg.lr * layout.world), self.params,
+        self.optimizer = AllReduceOptimizer(adam(self.params, cfg.lr * layout.world), self.params,
                                             lambda: self.active(self.it))
         self.copy = layout.copy(env.rank)
         self.leader = env.rank == self.copy * layout.i * layout.j
@@ -381,6 +382,7 @@ class _Trainer:
 def train_parallel(cfg: TrainConfig, *, timeout: float = 300.0) -> dict[str, Any] | None:
     """Run this rank's part of an i x j x k training; rank 0 returns the summary, others None."""
     env = Env.from_environ()
+    keep_freed_memory()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     else:  # share this machine's cores between its trainers

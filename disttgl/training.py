@@ -31,6 +31,7 @@ from disttgl.graph import load_graph, read_attrs
 from disttgl.memory import MemoryState
 from disttgl.metrics import RankingMetrics
 from disttgl.model import TGN, Features, ModelConfig, link_loss
+from disttgl.runtime import keep_freed_memory
 
 log = logging.getLogger(__name__)
 
@@ -164,6 +165,11 @@ def evaluate(model: TGN, memory: MemoryState | None, batches: Iterable[Batch], f
     return acc.compute()
 
 
+def adam(params: Iterable[torch.Tensor], lr: float) -> torch.optim.Adam:
+    """Adam with the fused kernel (CPU and CUDA): one pass per parameter instead of a dozen ops."""
+    return torch.optim.Adam(params, lr=lr, fused=True)
+
+
 def rng_state(rng: np.random.Generator) -> dict[str, Any]:
     state = {"numpy_generator": rng.bit_generator.state, "torch": torch.get_rng_state(),
              "python": random.getstate(), "numpy_global": np.random.get_state()}
@@ -193,6 +199,7 @@ class _Run:
 
     def __init__(self, cfg: TrainConfig, memory_kind: str):
         cfg.check()
+        keep_freed_memory()
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         self.cfg = cfg
@@ -205,7 +212,7 @@ class _Run:
             self.neg_sets = cache.num_neg_sets("train")
         self.model = TGN(model_config(cfg, graph, self.feats, memory_kind)).to(self.device)
         self.memory = MemoryState.zeros(graph.num_nodes, cfg.dim, self.device) if memory_kind == "gru" else None
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr)
+        self.optimizer = adam(self.model.parameters(), cfg.lr)
 
     def loader(self, split: str, neg_sets: np.ndarray | None = None) -> BatchLoader:
         n = self.num_batches[split]

@@ -8,7 +8,7 @@ import torch
 
 from disttgl.batch import Batch
 from disttgl.memory import MemoryState
-from disttgl.model import TGN, Features, ModelConfig, TimeEncode, link_loss, segment_softmax
+from disttgl.model import TGN, Features, ModelConfig, TimeEncode, link_loss
 
 N, E = 12, 40
 
@@ -59,15 +59,6 @@ def test_time_encoding_init_and_shape():
     assert torch.equal(enc.b, torch.zeros(10))
     out = enc(torch.tensor([0.0, 1.0, 100.0]))
     assert out.shape == (3, 10) and torch.allclose(out[0], torch.ones(10))
-
-
-def test_segment_softmax_matches_dense():
-    torch.manual_seed(0)
-    seg = torch.tensor([0, 0, 2, 2, 2, 3])
-    score = torch.randn(6, 2) * 50  # large scores: the max shift must keep it finite
-    got = segment_softmax(score, seg, 5)
-    for s in (0, 2, 3):
-        assert torch.allclose(got[seg == s], torch.softmax(score[seg == s], 0))
 
 
 @pytest.mark.parametrize("edge_dim,static_dim", [(4, 0), (0, 0), (4, 8), (4, 5)])
