@@ -116,28 +116,27 @@ class TemporalAttention(nn.Module):
         slot, mask = dense_slots(nbr_root, num_roots)
         kmax = mask.shape[1]
         rows = num_roots * kmax
-        parts = [gather_rows(torch.cat([h, h.new_zeros(1, d)]),
-                             nbr_idx.new_full((rows,), h.shape[0]).index_copy_(0, slot, nbr_idx))]
-        w_kx, w_vx = [w_k], [w_v]
+        # slot parts x_u = h_u, e_uv, phi(dt) as [R, K, *] (padding: a zero row of h, dt 0), each with its
+        # slices of the key and value weights
+        parts = [(gather_rows(torch.cat([h, h.new_zeros(1, d)]),
+                              nbr_idx.new_full((rows,), h.shape[0]).index_copy_(0, slot, nbr_idx)), w_k, w_v)]
         if self.kv_edge is not None:
-            parts.append(nbr_feat.new_zeros(rows, nbr_feat.shape[1]).index_copy_(0, slot, nbr_feat))
-            w_kx.append(self.kv_edge.weight[:d])
-            w_vx.append(self.kv_edge.weight[d:])
-        parts.append(self.time(nbr_dt.new_zeros(rows).index_copy_(0, slot, nbr_dt)))
-        w_kx.append(self.kv_time.weight[:d])
-        w_vx.append(self.kv_time.weight[d:])
-        x = torch.cat(parts, 1).view(num_roots, kmax, -1)  # [R, K, D]
-        # keys and values are never built per slot: q.k = (W_k^T q).x + q.b_k and
-        # sum att v = W_v (sum att x) + b_v sum att, per head; the projections run per root
-        w_kx = torch.cat(w_kx, 1).view(nh, dh, -1)  # [H, d/H, D]
-        w_vx = torch.cat(w_vx, 1).view(nh, dh, -1)
-        q_x = torch.bmm(q.transpose(0, 1), w_kx).transpose(0, 1)  # [R, H, D]
-        score = slot_scores(x, q_x) + (q * b_k.view(nh, dh)).sum(2).unsqueeze(1)  # [R, K, H]
+            parts.append((nbr_feat.new_zeros(rows, nbr_feat.shape[1]).index_copy_(0, slot, nbr_feat),
+                          *self.kv_edge.weight.split(d)))
+        parts.append((self.time(nbr_dt.new_zeros(rows).index_copy_(0, slot, nbr_dt)), *self.kv_time.weight.split(d)))
+        parts = [(x.view(num_roots, kmax, -1), w_kx.view(nh, dh, -1), w_vx.view(nh, dh, -1)) for x, w_kx, w_vx in parts]
+        # keys and values are never built per slot: q.k = sum over parts (W_k^T q).x + q.b_k, and
+        # sum att v = sum over parts W_v (sum att x) + b_v sum att, per head; projections run per root
+        q_heads = q.transpose(0, 1)  # [H, R, d/H]
+        score = (q * b_k.view(nh, dh)).sum(2).unsqueeze(1)  # [R, 1, H]
+        for x, w_kx, _ in parts:
+            score = score + slot_scores(x, torch.bmm(q_heads, w_kx).transpose(0, 1))  # [R, K, H]
         pad = ~mask.unsqueeze(2)
         score = F.leaky_relu(score, 0.2).masked_fill(pad, torch.finfo(score.dtype).min)
         att = fast_dropout(torch.softmax(score, 1).masked_fill(pad, 0.0), self.p, self.training)
-        agg = torch.bmm(slot_sums(att, x).transpose(0, 1), w_vx.transpose(1, 2)).transpose(0, 1)  # [R, H, d/H]
-        agg = agg + att.sum(1).unsqueeze(2) * b_v.view(nh, dh)
+        agg = att.sum(1).unsqueeze(2) * b_v.view(nh, dh)  # [R, H, d/H]
+        for x, _, w_vx in parts:
+            agg = agg + torch.bmm(slot_sums(att, x).transpose(0, 1), w_vx.transpose(1, 2)).transpose(0, 1)
         out = torch.addmm(out_own, agg.reshape(num_roots, d), self.out.weight.t())
         return self.norm(F.relu(fast_dropout(out, self.p, self.training)))
 

@@ -1,0 +1,74 @@
+"""The hand-written autograd pieces against torch's own formulas: values and gradients."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from disttgl.kernels import cos_encoding, dense_slots, dropout, gather_rows, outer_sum, slot_scores, slot_sums
+
+
+def _double(*shape, seed=0, grad=True):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(*shape, generator=g, dtype=torch.float64).requires_grad_(grad)
+
+
+@pytest.mark.parametrize("shape", [(7,), (4, 3)])
+def test_cos_encoding_matches_autograd(shape):
+    dt = torch.rand(*shape, dtype=torch.float64) * 1e3
+    w, b = _double(5, seed=1), _double(5, seed=2)
+    got = cos_encoding(dt, w, b)
+    assert torch.allclose(got, torch.cos(dt.unsqueeze(-1) * w + b))
+    assert torch.autograd.gradcheck(lambda w, b: cos_encoding(dt, w, b), (w, b))
+
+
+def test_slot_scores_and_sums_match_bmm():
+    x, q, att = _double(5, 4, 6, seed=3), _double(5, 2, 6, seed=4), _double(5, 4, 2, seed=5)
+    assert torch.allclose(slot_scores(x, q), torch.bmm(x, q.transpose(1, 2)))
+    assert torch.allclose(slot_sums(att, x), torch.bmm(att.transpose(1, 2), x))
+    assert torch.autograd.gradcheck(slot_scores, (x, q))
+    assert torch.autograd.gradcheck(slot_sums, (att, x))
+
+
+def test_outer_sum_is_a_small_inner_bmm():
+    a, b = _double(3, 4, 2, grad=False), _double(3, 2, 5, seed=1, grad=False)
+    assert torch.allclose(outer_sum(a, b), torch.bmm(a, b))
+
+
+def test_gather_rows_sums_repeated_rows_in_backward():
+    src = _double(6, 3)
+    index = torch.tensor([4, 0, 4, 4, 2, 0, 5])  # rows 1 and 3 unused, row 4 three times
+    out = gather_rows(src, index)
+    assert torch.equal(out, src.index_select(0, index))
+    assert torch.autograd.gradcheck(lambda s: gather_rows(s, index), (src,))
+    g = torch.randn(7, 3, dtype=torch.float64)
+    (grad,) = torch.autograd.grad(gather_rows(src, index), src, g)
+    assert torch.allclose(grad, torch.zeros(6, 3, dtype=torch.float64).index_add_(0, index, g))
+    assert torch.equal(grad[1], torch.zeros(3)) and torch.equal(grad[3], torch.zeros(3))
+
+
+def test_dense_slots_layout():
+    nbr_root = torch.tensor([0, 0, 0, 2, 3, 3])  # roots 1 and 4 have no neighbour
+    slot, mask = dense_slots(nbr_root, 5)
+    assert mask.shape == (5, 3)
+    assert slot.tolist() == [0, 1, 2, 6, 9, 10]
+    assert mask.sum(1).tolist() == [3, 0, 1, 2, 0]
+    empty_slot, empty_mask = dense_slots(torch.zeros(0, dtype=torch.long), 3)
+    assert empty_slot.numel() == 0 and empty_mask.shape == (3, 1) and not empty_mask.any()
+    with pytest.raises(ValueError, match="grouped by root"):
+        dense_slots(torch.tensor([0, 2, 1]), 3)
+
+
+def test_dropout_rate_scale_determinism_and_gradient():
+    x = torch.ones(400, 250, requires_grad=True)
+    assert dropout(x, 0.2, training=False) is x and dropout(x, 0.0, training=True) is x
+    torch.manual_seed(7)
+    y = dropout(x, 0.2, training=True)
+    kept = y != 0
+    assert abs(1 - kept.float().mean().item() - 0.2) < 0.01  # 100k draws: sd 0.0013
+    assert torch.allclose(y[kept], torch.full_like(y[kept], 1.25))
+    torch.manual_seed(7)
+    assert torch.equal(dropout(x, 0.2, training=True), y)  # torch's seed decides the mask
+    assert not torch.equal(dropout(x, 0.2, training=True), y)  # and it moves on
+    y.sum().backward()
+    assert torch.equal(x.grad, y.detach())  # d/dx (x * mask * 1.25) with x = 1
