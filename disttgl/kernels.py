@@ -16,8 +16,8 @@ import torch.nn.functional as F
 
 
 class _CosEncoding(torch.autograd.Function):
-    """cos(dt w + b): backward is one sin and an in-place multiply, with the w and b gradients
-    as a mat-vec and a column sum instead of two broadcast products and reductions."""
+    """cos(dt w + b): backward is one sin, an in-place multiply and one [2, M] x [M, T] product for
+    the w and b gradients, instead of two broadcast products and two reductions."""
 
     @staticmethod
     def forward(ctx, dt, w, b):  # noqa: ANN001 - autograd's signature
@@ -29,9 +29,9 @@ class _CosEncoding(torch.autograd.Function):
     def backward(ctx, grad):  # noqa: ANN001
         dt, arg = ctx.saved_tensors
         g_arg = torch.sin(arg).mul_(grad).view(-1, arg.shape[-1])  # = -d/d(arg): the sign goes on the vectors
-        g_w = g_arg.t().mv(dt.reshape(-1).to(g_arg.dtype)).neg_() if ctx.needs_input_grad[1] else None
-        g_b = g_arg.sum(0).neg_() if ctx.needs_input_grad[2] else None
-        return None, g_w, g_b
+        dt = dt.reshape(1, -1).to(g_arg.dtype)
+        g_wb = torch.cat([dt, torch.ones_like(dt)]).mm(g_arg).neg_()  # [dt; 1] g_arg: one read of g_arg
+        return None, g_wb[0], g_wb[1]
 
 
 def cos_encoding(dt: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -39,52 +39,70 @@ def cos_encoding(dt: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Te
     return _CosEncoding.apply(dt, w, b)
 
 
-def outer_sum(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """``bmm(a, b)`` for a [R, K, H] and b [R, H, D] with a small H, as H broadcast multiply-adds."""
-    out = a[:, :, 0:1] * b[:, 0:1, :]
-    for h in range(1, a.shape[2]):
-        out.addcmul_(a[:, :, h:h + 1], b[:, h:h + 1, :])
+def outer_sum(*pairs: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """sum over (a [R, K, H], b [R, H, D]) pairs of ``bmm(a, b)`` for a small H, as broadcast
+    multiply-adds into one output (a bmm with inner dimension 2 is several times slower)."""
+    out = None
+    for a, b in pairs:
+        for h in range(a.shape[2]):
+            if out is None:
+                out = a[:, :, h:h + 1] * b[:, h:h + 1, :]
+            else:
+                out.addcmul_(a[:, :, h:h + 1], b[:, h:h + 1, :])
     return out
 
 
-class _SlotScores(torch.autograd.Function):
-    """s[r, k, h] = x[r, k, :] . q[r, h, :] for slots x [R, K, D] and per-root queries q [R, H, D]."""
+class _SlotAttention(torch.autograd.Function):
+    """Attention of every root over its padded neighbour slots, given per-root query projections.
+
+    Inputs: c [R, 1, H] (score offset), pad [R, K, 1] (True on padding), keep [R, K, H] (dropout
+    scale, or None), then pairs x_p [R, K, D_p] (slot part p) and q_p [R, H, D_p] (the query mapped
+    into that part). score = LeakyReLU_0.2(c + sum_p x_p . q_p), att = dropout(softmax over real
+    slots); returns a_p = sum_k att x_p [R, H, D_p] for every part and sum_k att [R, H].
+
+    One autograd node: the slot tensors are read and written the fewest times (each x_p gradient
+    is built in one buffer), which is what a CPU step is bound by.
+    """
 
     @staticmethod
-    def forward(ctx, x, q):  # noqa: ANN001
-        ctx.save_for_backward(x, q)
-        return torch.bmm(x, q.transpose(1, 2))
+    def forward(ctx, c, pad, keep, *parts):  # noqa: ANN001 - autograd's signature
+        xs, qs = parts[0::2], parts[1::2]
+        score = c.expand(-1, xs[0].shape[1], -1).clone()
+        for x, q in zip(xs, qs):
+            score.baddbmm_(x, q.transpose(1, 2))
+        positive = score > 0
+        score = torch.where(positive, score, 0.2 * score).masked_fill_(pad, torch.finfo(score.dtype).min)
+        att = torch.softmax(score, 1).masked_fill_(pad, 0.0)
+        dropped = att if keep is None else att * keep
+        at = dropped.transpose(1, 2)
+        ctx.save_for_backward(att, dropped, positive, keep, *parts)
+        return (*(torch.bmm(at, x) for x in xs), dropped.sum(1))
 
     @staticmethod
-    def backward(ctx, grad):  # noqa: ANN001
-        x, q = ctx.saved_tensors
-        g_x = outer_sum(grad, q) if ctx.needs_input_grad[0] else None
-        g_q = torch.bmm(grad.transpose(1, 2), x) if ctx.needs_input_grad[1] else None
-        return g_x, g_q
+    def backward(ctx, *grads):  # noqa: ANN001
+        att, dropped, positive, keep, *parts = ctx.saved_tensors
+        xs, qs = parts[0::2], parts[1::2]
+        g_parts, g_total = grads[:-1], grads[-1]
+        g_dropped = g_total.unsqueeze(1).expand(-1, xs[0].shape[1], -1).clone()
+        for x, g in zip(xs, g_parts):
+            g_dropped.baddbmm_(x, g.transpose(1, 2))
+        g_att = g_dropped if keep is None else g_dropped * keep
+        g_score = att * (g_att - (g_att * att).sum(1, keepdim=True))  # softmax; zero on padding
+        g_score = torch.where(positive, g_score, 0.2 * g_score)
+        g_c = g_score.sum(1, keepdim=True)
+        g_st = g_score.transpose(1, 2)
+        out: list[torch.Tensor | None] = []
+        for i, (x, q, g) in enumerate(zip(xs, qs, g_parts)):
+            out.append(outer_sum((g_score, q), (dropped, g)) if ctx.needs_input_grad[3 + 2 * i] else None)
+            out.append(torch.bmm(g_st, x) if ctx.needs_input_grad[4 + 2 * i] else None)
+        return (g_c, None, None, *out)
 
 
-class _SlotSums(torch.autograd.Function):
-    """a[r, h, :] = sum_k att[r, k, h] x[r, k, :] for att [R, K, H] and slots x [R, K, D]."""
-
-    @staticmethod
-    def forward(ctx, att, x):  # noqa: ANN001
-        ctx.save_for_backward(att, x)
-        return torch.bmm(att.transpose(1, 2), x)
-
-    @staticmethod
-    def backward(ctx, grad):  # noqa: ANN001
-        att, x = ctx.saved_tensors
-        g_att = torch.bmm(x, grad.transpose(1, 2)) if ctx.needs_input_grad[0] else None
-        g_x = outer_sum(att, grad) if ctx.needs_input_grad[1] else None
-        return g_att, g_x
-
-
-def slot_scores(x: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
-    return _SlotScores.apply(x, q)
-
-
-def slot_sums(att: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    return _SlotSums.apply(att, x)
+def slot_attention(c: torch.Tensor, pad: torch.Tensor, keep: torch.Tensor | None,
+                   parts: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """(a_p for every part, sum of attention weights); see ``_SlotAttention``."""
+    *sums, total = _SlotAttention.apply(c, pad, keep, *(t for pair in parts for t in pair))
+    return sums, total
 
 
 class _GatherRows(torch.autograd.Function):
@@ -133,15 +151,26 @@ def dense_slots(nbr_root: torch.Tensor, num_roots: int) -> tuple[torch.Tensor, t
     return nbr_root * k + pos, mask
 
 
-def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
-    """Inverted dropout. On CPU the mask comes from numpy's PCG64 (16-bit draws, so p is rounded to
-    1/65536), seeded from torch's generator so that seeding and checkpointed RNG state still
-    determine it: torch's per-element Bernoulli costs ~10x more on a [1800, 100] tensor."""
+def dropout_scale(shape: tuple[int, ...], p: float, training: bool, device: torch.device) -> torch.Tensor | None:
+    """Inverted-dropout multipliers (0 or 1/(1-p)) of ``shape``, or None when nothing is dropped.
+
+    On CPU the draws come from numpy's PCG64 (16-bit, so p is rounded to 1/65536), seeded from
+    torch's generator so that seeding and checkpointed RNG state still decide them: torch's
+    per-element Bernoulli costs ~10x more on a [1800, 100] tensor.
+    """
     if not training or p <= 0.0:
-        return x
-    if x.is_cuda or p >= 1.0:
-        return F.dropout(x, p, True)
+        return None
+    if p >= 1.0:
+        return torch.zeros(shape, device=device)
+    if device.type != "cpu":
+        return torch.empty(shape, device=device).bernoulli_(1.0 - p).div_(1.0 - p)
     seed = int(torch.randint(0, 2 ** 62, (1,)))
-    draws = np.random.default_rng(seed).integers(0, 1 << 16, size=tuple(x.shape), dtype=np.uint16)
-    scale = np.multiply(draws >= int(round(p * (1 << 16))), np.float32(1.0 / (1.0 - p)), dtype=np.float32)
-    return x * torch.from_numpy(scale)
+    draws = np.random.default_rng(seed).integers(0, 1 << 16, size=shape, dtype=np.uint16)
+    return torch.from_numpy(np.multiply(draws >= int(round(p * (1 << 16))), np.float32(1.0 / (1.0 - p)),
+                                        dtype=np.float32))
+
+
+def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+    """Inverted dropout with the masks of ``dropout_scale``."""
+    scale = dropout_scale(tuple(x.shape), p, training, x.device)
+    return x if scale is None else x * scale

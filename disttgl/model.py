@@ -20,8 +20,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from disttgl.batch import Batch
-from disttgl.kernels import cos_encoding, dense_slots, gather_rows, slot_scores, slot_sums
-from disttgl.kernels import dropout as fast_dropout
+from disttgl.kernels import cos_encoding, dense_slots, dropout_scale, gather_rows, slot_attention
+from disttgl.kernels import dropout as apply_dropout
 
 
 @dataclass(frozen=True)
@@ -128,17 +128,15 @@ class TemporalAttention(nn.Module):
         # keys and values are never built per slot: q.k = sum over parts (W_k^T q).x + q.b_k, and
         # sum att v = sum over parts W_v (sum att x) + b_v sum att, per head; projections run per root
         q_heads = q.transpose(0, 1)  # [H, R, d/H]
-        score = (q * b_k.view(nh, dh)).sum(2).unsqueeze(1)  # [R, 1, H]
-        for x, w_kx, _ in parts:
-            score = score + slot_scores(x, torch.bmm(q_heads, w_kx).transpose(0, 1))  # [R, K, H]
-        pad = ~mask.unsqueeze(2)
-        score = F.leaky_relu(score, 0.2).masked_fill(pad, torch.finfo(score.dtype).min)
-        att = fast_dropout(torch.softmax(score, 1).masked_fill(pad, 0.0), self.p, self.training)
-        agg = att.sum(1).unsqueeze(2) * b_v.view(nh, dh)  # [R, H, d/H]
-        for x, _, w_vx in parts:
-            agg = agg + torch.bmm(slot_sums(att, x).transpose(0, 1), w_vx.transpose(1, 2)).transpose(0, 1)
+        offset = (q * b_k.view(nh, dh)).sum(2).unsqueeze(1)  # [R, 1, H]
+        keep = dropout_scale((num_roots, kmax, nh), self.p, self.training, h.device)
+        sums, total = slot_attention(offset, ~mask.unsqueeze(2), keep,
+                                     [(x, torch.bmm(q_heads, w_kx).transpose(0, 1)) for x, w_kx, _ in parts])
+        agg = total.unsqueeze(2) * b_v.view(nh, dh)  # [R, H, d/H]
+        for a_x, (_, _, w_vx) in zip(sums, parts):
+            agg = agg + torch.bmm(a_x.transpose(0, 1), w_vx.transpose(1, 2)).transpose(0, 1)
         out = torch.addmm(out_own, agg.reshape(num_roots, d), self.out.weight.t())
-        return self.norm(F.relu(fast_dropout(out, self.p, self.training)))
+        return self.norm(F.relu(apply_dropout(out, self.p, self.training)))
 
 
 class LinkPredictor(nn.Module):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from disttgl.kernels import cos_encoding, dense_slots, dropout, gather_rows, outer_sum, slot_scores, slot_sums
+from disttgl.kernels import cos_encoding, dense_slots, dropout, gather_rows, outer_sum, slot_attention
 
 
 def _double(*shape, seed=0, grad=True):
@@ -22,17 +22,42 @@ def test_cos_encoding_matches_autograd(shape):
     assert torch.autograd.gradcheck(lambda w, b: cos_encoding(dt, w, b), (w, b))
 
 
-def test_slot_scores_and_sums_match_bmm():
-    x, q, att = _double(5, 4, 6, seed=3), _double(5, 2, 6, seed=4), _double(5, 4, 2, seed=5)
-    assert torch.allclose(slot_scores(x, q), torch.bmm(x, q.transpose(1, 2)))
-    assert torch.allclose(slot_sums(att, x), torch.bmm(att.transpose(1, 2), x))
-    assert torch.autograd.gradcheck(slot_scores, (x, q))
-    assert torch.autograd.gradcheck(slot_sums, (att, x))
+def _reference_attention(c, pad, keep, *parts):
+    """The slot attention written with plain autograd ops."""
+    xs, qs = parts[0::2], parts[1::2]
+    score = c + sum(torch.bmm(x, q.transpose(1, 2)) for x, q in zip(xs, qs))
+    score = torch.nn.functional.leaky_relu(score, 0.2).masked_fill(pad, -1e30)
+    att = torch.softmax(score, 1).masked_fill(pad, 0.0)
+    att = att if keep is None else att * keep
+    return (*(torch.bmm(att.transpose(1, 2), x) for x in xs), att.sum(1))
 
 
-def test_outer_sum_is_a_small_inner_bmm():
+@pytest.mark.parametrize("dropped", [False, True])
+def test_slot_attention_matches_plain_autograd(dropped):
+    r, k, h = 5, 4, 2
+    pad = torch.zeros(r, k, 1, dtype=torch.bool)
+    pad[1, 2:] = True
+    pad[3] = True  # a root with no neighbour
+    keep = (torch.rand(r, k, h, dtype=torch.float64) > 0.3) / 0.7 if dropped else None
+    inputs = (_double(r, 1, h, seed=1), _double(r, k, 6, seed=2), _double(r, h, 6, seed=3),
+              _double(r, k, 3, seed=4), _double(r, h, 3, seed=5))
+
+    def fused(c, *parts):
+        sums, total = slot_attention(c, pad, keep, list(zip(parts[0::2], parts[1::2])))
+        return (*sums, total)
+
+    got, want = fused(*inputs), _reference_attention(inputs[0], pad, keep, *inputs[1:])
+    for g, w in zip(got, want):
+        assert torch.allclose(g, w)
+    assert torch.equal(got[0][3], torch.zeros(h, 6)) and torch.equal(got[-1][3], torch.zeros(h))
+    assert torch.autograd.gradcheck(fused, inputs)
+
+
+def test_outer_sum_is_a_sum_of_small_inner_bmms():
     a, b = _double(3, 4, 2, grad=False), _double(3, 2, 5, seed=1, grad=False)
-    assert torch.allclose(outer_sum(a, b), torch.bmm(a, b))
+    c, d = _double(3, 4, 2, seed=2, grad=False), _double(3, 2, 5, seed=3, grad=False)
+    assert torch.allclose(outer_sum((a, b)), torch.bmm(a, b))
+    assert torch.allclose(outer_sum((a, b), (c, d)), torch.bmm(a, b) + torch.bmm(c, d))
 
 
 def test_gather_rows_sums_repeated_rows_in_backward():
