@@ -107,29 +107,18 @@ class TemporalAttention(nn.Module):
                 nbr_idx: torch.Tensor, nbr_feat: torch.Tensor | None, nbr_dt: torch.Tensor) -> torch.Tensor:
         d, nh, dh = self.dim, self.heads, self.dim // self.heads
         num_roots = root_idx.shape[0]
-        w_q, w_k, w_v, w_o = self.node.weight.split(d)
+        w_q, _, _, w_o = self.node.weight.split(d)
         b_q, b_k, b_v, b_o = self.node.bias.split(d)
         q, out_own = torch.addmm(torch.cat([b_q, b_o]), h.index_select(0, root_idx),
                                  torch.cat([w_q, w_o]).t()).split(d, 1)
         q = (q + self.q_time(self.time(h.new_zeros(1)))).view(num_roots, nh, dh)
-        # slots x = [h_u ‖ e_uv ‖ phi(dt)] in a padded [R, K] layout (padding: a zero row of h, dt 0)
         slot, mask = dense_slots(nbr_root, num_roots)
-        kmax = mask.shape[1]
-        rows = num_roots * kmax
-        # slot parts x_u = h_u, e_uv, phi(dt) as [R, K, *] (padding: a zero row of h, dt 0), each with its
-        # slices of the key and value weights
-        parts = [(gather_rows(torch.cat([h, h.new_zeros(1, d)]),
-                              nbr_idx.new_full((rows,), h.shape[0]).index_copy_(0, slot, nbr_idx)), w_k, w_v)]
-        if self.kv_edge is not None:
-            parts.append((nbr_feat.new_zeros(rows, nbr_feat.shape[1]).index_copy_(0, slot, nbr_feat),
-                          *self.kv_edge.weight.split(d)))
-        parts.append((self.time(nbr_dt.new_zeros(rows).index_copy_(0, slot, nbr_dt)), *self.kv_time.weight.split(d)))
-        parts = [(x.view(num_roots, kmax, -1), w_kx.view(nh, dh, -1), w_vx.view(nh, dh, -1)) for x, w_kx, w_vx in parts]
+        parts = self._slot_parts(h, slot, mask.shape, nbr_idx, nbr_feat, nbr_dt)
         # keys and values are never built per slot: q.k = sum over parts (W_k^T q).x + q.b_k, and
         # sum att v = sum over parts W_v (sum att x) + b_v sum att, per head; projections run per root
         q_heads = q.transpose(0, 1)  # [H, R, d/H]
         offset = (q * b_k.view(nh, dh)).sum(2).unsqueeze(1)  # [R, 1, H]
-        keep = dropout_scale((num_roots, kmax, nh), self.p, self.training, h.device)
+        keep = dropout_scale((*mask.shape, nh), self.p, self.training, h.device)
         sums, total = slot_attention(offset, ~mask.unsqueeze(2), keep,
                                      [(x, torch.bmm(q_heads, w_kx).transpose(0, 1)) for x, w_kx, _ in parts])
         agg = total.unsqueeze(2) * b_v.view(nh, dh)  # [R, H, d/H]
@@ -137,6 +126,24 @@ class TemporalAttention(nn.Module):
             agg = agg + torch.bmm(a_x.transpose(0, 1), w_vx.transpose(1, 2)).transpose(0, 1)
         out = torch.addmm(out_own, agg.reshape(num_roots, d), self.out.weight.t())
         return self.norm(F.relu(apply_dropout(out, self.p, self.training)))
+
+    def _slot_parts(self, h: torch.Tensor, slot: torch.Tensor, shape: torch.Size, nbr_idx: torch.Tensor,
+                    nbr_feat: torch.Tensor | None, nbr_dt: torch.Tensor) -> list[tuple[torch.Tensor, ...]]:
+        """(x [R, K, D_p], W_k part [H, d/H, D_p], W_v part) for the slot parts h_u, e_uv, phi(dt).
+
+        Padding slots get a zero row of h, zero edge features and dt = 0 (their weight is zero).
+        """
+        d, nh, rows = self.dim, self.heads, shape[0] * shape[1]
+        _, w_k, w_v, _ = self.node.weight.split(d)
+        pad_idx = nbr_idx.new_full((rows,), h.shape[0]).index_copy_(0, slot, nbr_idx)
+        parts = [(gather_rows(torch.cat([h, h.new_zeros(1, d)]), pad_idx), w_k, w_v)]
+        if self.kv_edge is not None:
+            feat = nbr_feat.new_zeros(rows, nbr_feat.shape[1]).index_copy_(0, slot, nbr_feat)
+            parts.append((feat, *self.kv_edge.weight.split(d)))
+        phi = self.time(nbr_dt.new_zeros(rows).index_copy_(0, slot, nbr_dt))
+        parts.append((phi, *self.kv_time.weight.split(d)))
+        return [(x.view(*shape, -1), w_kx.view(nh, d // nh, -1), w_vx.view(nh, d // nh, -1))
+                for x, w_kx, w_vx in parts]
 
 
 class LinkPredictor(nn.Module):
