@@ -202,3 +202,15 @@ def test_attention_gradients_match_finite_differences():
 
     params = [p.detach().clone().requires_grad_(True) for p in a.parameters()]
     assert torch.autograd.gradcheck(attend, (h, *params), atol=1e-6)
+
+
+def test_attention_without_gradients_in_root_chunks_is_exact(monkeypatch):
+    m = model().eval()
+    batch, feats = small_batch(), features()
+    h = torch.randn(len(batch.nodes), 8)
+    args = (h, batch.root_idx, batch.nbr_root, batch.nbr_idx, feats.edge_feat[batch.nbr_eid], batch.nbr_dt)
+    with torch.no_grad():
+        whole = m.attn(*args)
+        monkeypatch.setattr(m.attn, "eval_chunk", 4)  # 6 roots: chunks [0, 4) and [4, 6)
+        chunked = m.attn(*args)
+    assert torch.allclose(whole, chunked, atol=1e-6)
