@@ -22,6 +22,19 @@ def test_cos_encoding_matches_autograd(shape):
     assert torch.autograd.gradcheck(lambda w, b: cos_encoding(dt, w, b), (w, b))
 
 
+def test_cos_encoding_of_large_arguments_is_as_exact_as_float32_allows():
+    """Reduced to [0, 2 pi) before cos, the error stays that of rounding w dt to float32."""
+    dt = torch.linspace(0, 3e6, 20001)
+    w, b = 10.0 ** -torch.linspace(0, 9, 100), torch.full((100,), 0.5)
+    exact = torch.cos(dt.double().unsqueeze(1) * w.double() + b.double())
+    arg32 = torch.addcmul(b, dt.unsqueeze(1), w)  # the float32 argument's own rounding error
+    bound = (arg32.double() - (dt.double().unsqueeze(1) * w.double() + b.double())).abs() + 4 * arg32.abs() * 2 ** -24
+    err = (cos_encoding(dt, w, b).double() - exact).abs()
+    assert bool((err <= bound + 1e-6).all())
+    small = arg32.abs() < 100
+    assert err[small].max() < 1e-5
+
+
 def _reference_attention(c, pad, keep, *parts):
     """The slot attention written with plain autograd ops."""
     xs, qs = parts[0::2], parts[1::2]
