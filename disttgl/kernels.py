@@ -89,7 +89,7 @@ class _SlotAttention(torch.autograd.Function):
     def backward(ctx, *grads):  # noqa: ANN001
         att, dropped, positive, keep, *parts = ctx.saved_tensors
         xs, qs = parts[0::2], parts[1::2]
-        g_parts, g_total = grads[:-1], grads[-1]
+        g_parts, g_total = [g.contiguous() for g in grads[:-1]], grads[-1]  # bmm is slow on strided operands
         g_dropped = g_total.unsqueeze(1).expand(-1, xs[0].shape[1], -1).clone()
         for x, g in zip(xs, g_parts):
             g_dropped.baddbmm_(x, g.transpose(1, 2))

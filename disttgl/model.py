@@ -139,7 +139,7 @@ class TemporalAttention(nn.Module):
         offset = (q * b_k.view(nh, dh)).sum(2).unsqueeze(1)  # [R, 1, H]
         keep = dropout_scale((*mask.shape, nh), self.p, self.training, h.device)
         sums, total = slot_attention(offset, ~mask.unsqueeze(2), keep,
-                                     [(x, torch.bmm(q_heads, w_kx).transpose(0, 1)) for x, w_kx, _ in parts])
+                                     [(x, torch.bmm(q_heads, w_kx).transpose(0, 1).contiguous()) for x, w_kx, _ in parts])
         agg = total.unsqueeze(2) * b_v.view(nh, dh)  # [R, H, d/H]
         for a_x, (_, _, w_vx) in zip(sums, parts):
             agg = agg + torch.bmm(a_x.transpose(0, 1), w_vx.transpose(1, 2)).transpose(0, 1)
