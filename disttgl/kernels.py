@@ -13,7 +13,6 @@ import warnings
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 
 class _CosEncoding(torch.autograd.Function):

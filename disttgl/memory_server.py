@@ -29,7 +29,6 @@ from collections import deque
 from dataclasses import asdict, dataclass
 from multiprocessing import connection, resource_tracker, shared_memory
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 

@@ -23,7 +23,6 @@ because one pass of the whole machine trains ``j·k`` epochs' worth of batches.
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass
 
 import numpy as np

@@ -13,7 +13,6 @@ import torch
 from disttgl.cli import main
 from disttgl.convert import ConvertOptions, convert
 from disttgl.graph import build_tcsr, graph_info, load_graph
-from disttgl.readers import CsvColumns
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 

@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -16,10 +15,9 @@ import torch
 from disttgl.batches import BatchParams, build_cache, open_cache
 from disttgl.cli import main
 from disttgl.memory import MemoryState
-from disttgl.metrics import reciprocal_ranks
 from disttgl.synth import SynthConfig, generate
 from disttgl.graph import write_graph
-from disttgl.training import (Features, TrainConfig, evaluate, load_features, pretrain, train,
+from disttgl.training import (Features, TrainConfig, load_features, pretrain, train,
                               train_epoch)
 from disttgl.model import TGN, ModelConfig
 
