@@ -7,11 +7,12 @@ graph store and batch cache in a temporary folder when they are not given. Repor
    read, forward, backward + Adam, memory write) and the time per step split into
    load / forward / backward / memory write; peak RSS.
 2. The same steps with a straightforward attention (one Linear over the concatenated
-   [h_u ‖ e ‖ phi(dt)] per neighbour slot, advanced indexing) measured in the same run: the baseline
-   the split-linear/index_select design is compared against.
+   [h_u ‖ e ‖ phi(dt)] per neighbour slot, scatter softmax, advanced indexing) measured in the same
+   run: the baseline the per-root projections and hand-written backward passes of ``disttgl.model``
+   are compared against. Rounds alternate the two and the best round of each counts.
 3. Eval events/s (49 negatives per positive, no gradient).
 
-    python benchmarks/train.py [--threads 2] [--batches 60] [--device cpu] [--json out.json]
+    python benchmarks/train.py [--threads 2] [--batches 60] [--rounds 3] [--device cpu] [--json out.json]
 """
 
 from __future__ import annotations
