@@ -69,11 +69,11 @@ class GRUMemory(nn.Module):
         super().__init__()
         self.time = TimeEncode(time_dim)
         self.gru = nn.GRUCell(2 * dim + edge_dim + time_dim, dim)
-        self.data_dim = 2 * dim + edge_dim
 
     def forward(self, memory: torch.Tensor, mail: torch.Tensor, mail_feat: torch.Tensor,
                 dt: torch.Tensor) -> torch.Tensor:
-        w_data, w_time = self.gru.weight_ih.split([self.data_dim, self.gru.input_size - self.data_dim], 1)
+        time_dim = self.time.w.shape[0]
+        w_data, w_time = self.gru.weight_ih.split([self.gru.input_size - time_dim, time_dim], 1)
         x = torch.cat([mail, mail_feat], 1) if mail_feat.shape[1] else mail
         gi = torch.addmm(torch.addmm(self.gru.bias_ih, x, w_data.t()), self.time(dt), w_time.t())
         gh = torch.addmm(self.gru.bias_hh, memory, self.gru.weight_hh.t())
@@ -138,8 +138,9 @@ class TemporalAttention(nn.Module):
         q_heads = q.transpose(0, 1)  # [H, R, d/H]
         offset = (q * b_k.view(nh, dh)).sum(2).unsqueeze(1)  # [R, 1, H]
         keep = dropout_scale((*mask.shape, nh), self.p, self.training, h.device)
+        q_parts = [torch.bmm(q_heads, w_kx).transpose(0, 1).contiguous() for _, w_kx, _ in parts]  # [R, H, D_p]
         sums, total = slot_attention(offset, ~mask.unsqueeze(2), keep,
-                                     [(x, torch.bmm(q_heads, w_kx).transpose(0, 1).contiguous()) for x, w_kx, _ in parts])
+                                     [(x, qp) for (x, _, _), qp in zip(parts, q_parts)])
         agg = total.unsqueeze(2) * b_v.view(nh, dh)  # [R, H, d/H]
         for a_x, (_, _, w_vx) in zip(sums, parts):
             agg = agg + torch.bmm(a_x.transpose(0, 1), w_vx.transpose(1, 2)).transpose(0, 1)

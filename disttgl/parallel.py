@@ -437,7 +437,8 @@ def _run(cfg: TrainConfig, env: Env, layout: Layout, timeout: float, device: tor
     best: dict[str, Any] = {"best_epoch": 0, "val_mrr": -math.inf}
     done = 0
     # as the single-process path does: a checkpoint of other settings (or layout) is not continued
-    ckpt = resumable_checkpoint(ckpt_path, cfg, lambda c: [] if c.get("parallelism") == str(layout) else ["parallelism"],
+    ckpt = resumable_checkpoint(ckpt_path, cfg,
+                                lambda c: [] if c.get("parallelism") == str(layout) else ["parallelism"],
                                 quiet=env.rank != 0)
     if ckpt is not None:
         tr.model.load_state_dict(ckpt["model"])
@@ -533,7 +534,8 @@ def _evaluate(tr: _Trainer, table: np.ndarray, p: int, stats: Any, rates: list, 
     val = evaluate_grouped(tr.model, state, loader("val"), tr.feats, lay.i)
     events = sum(r[0] for r in rates)
     wall = max(r[1] for r in rates)
-    row = {"epoch": p + 1, "epochs_trained": (p + 1) * lay.j * lay.k, "train_loss": float(np.mean([r[2] for r in rates])),
+    row = {"epoch": p + 1, "epochs_trained": (p + 1) * lay.j * lay.k,
+           "train_loss": float(np.mean([r[2] for r in rates])),
            "train_events_per_s": events / wall if wall > 0 else 0.0,
            "rank_events_per_s": [r[0] / r[1] if r[1] > 0 else 0.0 for r in rates],
            "val_ap": val["ap"], "val_mrr": val["mrr"], "val_ap_1neg": val["ap_1neg"],

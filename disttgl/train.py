@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 from disttgl.training import TrainConfig
 
@@ -47,8 +48,6 @@ def config_from_args(args: argparse.Namespace, **extra: object) -> TrainConfig:
 
 
 def run(args: argparse.Namespace) -> int:
-    import os
-
     if args.parallelism.replace(" ", "") not in ("1x1x1", "1") or int(os.environ.get("WORLD_SIZE", "1")) > 1:
         from disttgl.parallel import run as run_parallel  # i x j x k trainers, memory servers
 
