@@ -9,6 +9,7 @@ gradcheck).
 
 from __future__ import annotations
 
+import ctypes
 import math
 import warnings
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ import numpy as np
 import torch
 
 from disttgl.graph import stable_argsort_ids
+from disttgl.native import NativeKernels, SlotInputs, ptr
 
 
 class _CosEncoding(torch.autograd.Function):
@@ -163,10 +165,8 @@ def _node_part_grad(layout: SlotLayout, coef: torch.Tensor, values: torch.Tensor
     if coef.is_cuda:  # a scatter-add of the per-slot gradient rows
         g_x = torch.bmm(coef, values).view(r * k, -1)
         return g_x.new_zeros(num_src, g_x.shape[1]).index_add_(0, layout.gather_index, g_x)
-    # a 16-bit radix pass: ~8x faster than torch's stable argsort of 16k int64 keys
-    order = torch.from_numpy(stable_argsort_ids(layout.nbr_idx.numpy(), max(num_src - 1, 0)))
-    crow = torch.zeros(num_src + 1, dtype=torch.long, device=coef.device)
-    torch.cumsum(torch.bincount(layout.nbr_idx, minlength=num_src) * two_h, 0, out=crow[1:])
+    order, crow = _slots_by_node(layout, num_src)
+    crow = crow * two_h
     col = (layout.nbr_root.index_select(0, order) * two_h).unsqueeze(1) + torch.arange(two_h, device=coef.device)
     val = coef.view(r * k, two_h).index_select(0, layout.slot.index_select(0, order))
     with warnings.catch_warnings():  # "sparse CSR support is in beta": CSR @ dense is long stable
@@ -174,6 +174,15 @@ def _node_part_grad(layout: SlotLayout, coef: torch.Tensor, values: torch.Tensor
         a = torch.sparse_csr_tensor(crow, col.view(-1), val.view(-1), size=(num_src, r * two_h),
                                     check_invariants=False)
     return a @ values.view(r * two_h, -1)
+
+
+def _slots_by_node(layout: SlotLayout, num_src: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The real slots ordered by the row they read (stable) and the CSR row pointer [num_src + 1]."""
+    # a 16-bit radix pass: ~8x faster than torch's stable argsort of 16k int64 keys
+    order = torch.from_numpy(stable_argsort_ids(layout.nbr_idx.numpy(), max(num_src - 1, 0)))
+    crow = torch.zeros(num_src + 1, dtype=torch.long)
+    torch.cumsum(torch.bincount(layout.nbr_idx, minlength=num_src), 0, out=crow[1:])
+    return order, crow
 
 
 def _time_part_grad(coef: torch.Tensor, values: torch.Tensor, dt: torch.Tensor,
@@ -188,15 +197,117 @@ def _time_part_grad(coef: torch.Tensor, values: torch.Tensor, dt: torch.Tensor,
     return g_w, g_b
 
 
+class _FusedSlotAttention(torch.autograd.Function):
+    """``_SlotAttention`` by the C kernels of ``disttgl.native``: one pass per root over its slots,
+    which stay in cache, instead of a dozen passes over [R, K, D] tensors; the time part is
+    recomputed in the backward pass instead of stored. Float32 on CPU, at most one data part, which
+    gets no gradient. The node part's gradient is the same sparse product as in ``_SlotAttention``.
+    """
+
+    @staticmethod
+    def forward(ctx, native, layout, c, keep, src, q_src, dt, w, b, q_time, *data):  # noqa: ANN001
+        r, k = layout.shape
+        h = c.shape[-1]
+        xe, q_e = data if data else (None, None)
+        inputs = _slot_inputs(layout, c, keep, src, q_src, dt, w, b, q_time, xe, q_e)
+        a_s, a_t = q_src.new_empty(q_src.shape), q_time.new_empty(q_time.shape)
+        a_e = None if q_e is None else q_e.new_empty(q_e.shape)
+        total, att = c.new_empty(r, h), c.new_empty(r, k, h)
+        pos = torch.empty(r, k, h, dtype=torch.uint8)
+        ranges = native.split(r)
+        work = c.new_empty(len(ranges), k * q_time.shape[2])
+        native.run(ranges, lambda i, r0, r1: native.lib.slot_attention_forward(
+            ctypes.byref(inputs.struct), r0, r1, ptr(a_s), ptr(a_t), ptr(a_e), ptr(total), ptr(att), ptr(pos),
+            ptr(work[i])))
+        ctx.native, ctx.layout, ctx.inputs, ctx.num_src = native, layout, inputs, src.shape[0]
+        ctx.save_for_backward(att, pos)
+        return (a_s, a_t, *(() if a_e is None else (a_e,)), total)
+
+    @staticmethod
+    def backward(ctx, *grads):  # noqa: ANN001
+        att, pos = ctx.saved_tensors
+        native, layout, inputs, need = ctx.native, ctx.layout, ctx.inputs, ctx.needs_input_grad
+        r, k = layout.shape
+        t = inputs.tensors
+        h, d_t = att.shape[2], t["q_t"].shape[2]
+        shapes = [t["q_s"].shape, t["q_t"].shape, *(() if t["q_e"] is None else (t["q_e"].shape,)), (r, h)]
+        g_a = [att.new_zeros(shape) if g is None else g.contiguous() for g, shape in zip(grads, shapes)]
+        g_a_s, g_a_t, g_total = g_a[0], g_a[1], g_a[-1]
+        g_a_e = g_a[2] if t["q_e"] is not None else None
+        g_c = att.new_empty(r, h)
+        g_q_s, g_q_t = torch.empty_like(t["q_s"]), torch.empty_like(t["q_t"])
+        g_q_e = None if t["q_e"] is None else torch.empty_like(t["q_e"])
+        coef = att.new_empty(r, k, 2 * h)
+        ranges = native.split(r)
+        time_grad = need[7] or need[8]
+        g_wb = att.new_zeros(len(ranges), 2, d_t) if time_grad else None
+        work = att.new_empty(len(ranges), (2 * k + 1) * d_t)
+        native.run(ranges, lambda i, r0, r1: native.lib.slot_attention_backward(
+            ctypes.byref(inputs.struct), r0, r1, ptr(att), ptr(pos), ptr(g_a_s), ptr(g_a_t), ptr(g_a_e),
+            ptr(g_total), ptr(g_c), ptr(g_q_s), ptr(g_q_t), ptr(g_q_e), ptr(coef),
+            ptr(g_wb[i, 0]) if time_grad else None, ptr(g_wb[i, 1]) if time_grad else None, ptr(work[i])))
+        g_src = _fused_node_part_grad(native, layout, coef, t["q_s"], g_a_s, ctx.num_src) if need[4] else None
+        g_w = g_b = None
+        if time_grad:
+            g_w, g_b = g_wb.sum(0).neg_()
+        g_data = () if g_q_e is None else (None, g_q_e)
+        return (None, None, g_c.view(r, 1, h), None, g_src, g_q_s, None, g_w, g_b, g_q_t, *g_data)
+
+
+def _fused_node_part_grad(native: NativeKernels, layout: SlotLayout, coef: torch.Tensor, q_s: torch.Tensor,
+                          g_a_s: torch.Tensor, num_src: int) -> torch.Tensor:
+    """``_node_part_grad`` by the C kernel: rows split over threads, the slots of a row in CSR order."""
+    order, crow = _slots_by_node(layout, num_src)
+    g_src = q_s.new_empty(num_src, q_s.shape[2])
+    r, _ = layout.shape
+    native.run(native.split(num_src), lambda i, u0, u1: native.lib.slot_attention_node_grad(
+        u0, u1, q_s.shape[1], q_s.shape[2], ptr(crow), ptr(order), ptr(layout.slot), ptr(layout.nbr_root),
+        ptr(coef), ptr(q_s), ptr(g_a_s), ptr(g_src)))
+    return g_src
+
+
+@dataclass
+class _SlotInputs:
+    """The C struct of the kernels' inputs and the tensors it points into (kept alive with it)."""
+
+    struct: object
+    tensors: dict[str, torch.Tensor | None]
+
+
+def _slot_inputs(layout: SlotLayout, c: torch.Tensor, keep: torch.Tensor | None, src: torch.Tensor,
+                 q_src: torch.Tensor, dt: torch.Tensor, w: torch.Tensor, b: torch.Tensor, q_time: torch.Tensor,
+                 xe: torch.Tensor | None, q_e: torch.Tensor | None) -> _SlotInputs:
+    r, k = layout.shape
+    t = {"gather": layout.gather_index, "mask": layout.mask.view(torch.uint8), "c": c.reshape(r, -1),
+         "keep": keep, "src": src, "q_s": q_src, "dt": dt, "w2": w.detach() * _INV_2PI,
+         "b2": b.detach() * _INV_2PI, "q_t": q_time, "xe": xe, "q_e": q_e}
+    t = {name: None if v is None else v.detach().contiguous() for name, v in t.items()}
+    struct = SlotInputs(K=k, H=c.shape[-1], Ds=src.shape[1], Dt=w.shape[0], De=0 if xe is None else xe.shape[2],
+                        **{name: ptr(v) for name, v in t.items()})
+    return _SlotInputs(struct, t)
+
+
+def _can_fuse(native: NativeKernels | None, tensors: list[torch.Tensor],
+              data: tuple[tuple[torch.Tensor, torch.Tensor], ...]) -> bool:
+    return (native is not None and len(data) <= 1 and not any(x.requires_grad for x, _ in data)
+            and all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors))
+
+
 def slot_attention(layout: SlotLayout, c: torch.Tensor, keep: torch.Tensor | None,
                    node: tuple[torch.Tensor, torch.Tensor], time: tuple[torch.Tensor, ...],
-                   data: tuple[tuple[torch.Tensor, torch.Tensor], ...] = ()) -> tuple[list[torch.Tensor], torch.Tensor]:
+                   data: tuple[tuple[torch.Tensor, torch.Tensor], ...] = (), *,
+                   native: NativeKernels | None = None) -> tuple[list[torch.Tensor], torch.Tensor]:
     """(a_p for the node part, the time part and every data part; sum of attention weights).
 
     node = (src [S, D], q [R, H, D]); time = (dt [R * K] padded, w [D_t], b [D_t], q [R, H, D_t]);
-    data = ((x [R, K, D_e], q [R, H, D_e]), ...). See ``_SlotAttention``.
+    data = ((x [R, K, D_e], q [R, H, D_e]), ...). See ``_SlotAttention``. With ``native`` kernels
+    (``disttgl.native.kernels()``) CPU float32 inputs take the fused path, ``_FusedSlotAttention``.
     """
-    *sums, total = _SlotAttention.apply(layout, c, keep, *node, *time, *(t for pair in data for t in pair))
+    flat = (*node, *time, *(t for pair in data for t in pair))
+    if _can_fuse(native, [c, *flat], data):
+        *sums, total = _FusedSlotAttention.apply(native, layout, c, keep, *flat)
+    else:
+        *sums, total = _SlotAttention.apply(layout, c, keep, *flat)
     return sums, total
 
 

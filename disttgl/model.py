@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from disttgl import native
 from disttgl.batch import Batch
 from disttgl.kernels import cos_encoding, dropout_scale, slot_attention, slot_layout
 from disttgl.kernels import dropout as apply_dropout
@@ -110,6 +111,7 @@ class TemporalAttention(nn.Module):
     # evaluation batch (30,600 roots) are 120 MiB each, and pieces under the allocator's 32 MiB
     # mmap threshold are reused instead of page-faulted in afresh
     eval_chunk = 4096
+    fused = True  # CPU float32: the C kernels of disttgl.native when they build (False: torch ops only)
 
     def forward(self, h: torch.Tensor, root_idx: torch.Tensor, nbr_root: torch.Tensor,
                 nbr_idx: torch.Tensor, nbr_feat: torch.Tensor | None, nbr_dt: torch.Tensor) -> torch.Tensor:
@@ -149,7 +151,8 @@ class TemporalAttention(nn.Module):
         data = () if self.kv_edge is None else \
             ((layout.padded(nbr_feat).view(*layout.shape, -1), q_parts[2]),)  # padding: zero features
         sums, total = slot_attention(layout, offset, keep, (h, q_parts[0]),
-                                     (layout.padded(nbr_dt), self.time.w, self.time.b, q_parts[1]), data)
+                                     (layout.padded(nbr_dt), self.time.w, self.time.b, q_parts[1]), data,
+                                     native=native.kernels() if self.fused else None)
         agg = total.unsqueeze(2) * b_v.view(nh, dh)  # [R, H, d/H]
         for a_x, (_, w_vx) in zip(sums, w_kv):
             agg = agg + torch.bmm(a_x.transpose(0, 1), w_vx.transpose(1, 2)).transpose(0, 1)

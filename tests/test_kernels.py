@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from disttgl.kernels import cos_encoding, dense_slots, dropout, slot_attention, slot_layout
+from disttgl import native
+from disttgl.kernels import cos_encoding, dense_slots, dropout, dropout_scale, slot_attention, slot_layout
 
 
 def _double(*shape, seed=0, grad=True):
@@ -117,3 +118,96 @@ def test_dropout_rate_scale_determinism_and_gradient():
     assert not torch.equal(dropout(x, 0.2, training=True), y)  # and it moves on
     y.sum().backward()
     assert torch.equal(x.grad, y.detach())  # d/dx (x * mask * 1.25) with x = 1
+
+
+# ----------------------------------------------------------------- fused C kernels (disttgl.native)
+
+@pytest.fixture(scope="module")
+def kernels():
+    k = native.kernels()
+    if k is None:
+        pytest.skip("the fused kernels did not build here (no C compiler); the torch path is tested above")
+    return k
+
+
+def _float_inputs(r, s, h, d_s, d_t, with_data, seed, dt_scale=3.0):
+    """Random slot-attention inputs: ~1/4 of the roots without a neighbour, repeated neighbours."""
+    g = torch.Generator().manual_seed(seed)
+    counts = torch.randint(0, 7, (r,), generator=g) * (torch.rand(r, generator=g) > 0.25)
+    nbr_root = torch.repeat_interleave(torch.arange(r), counts)
+    layout = slot_layout(nbr_root, torch.randint(0, s, (len(nbr_root),), generator=g), r)
+    k = layout.shape[1]
+    leaf = lambda *shape: torch.randn(*shape, generator=g).requires_grad_()  # noqa: E731
+    w = (10.0 ** -torch.linspace(0, 9, d_t)).requires_grad_()
+    inputs = [leaf(r, 1, h), leaf(s, d_s), leaf(r, h, d_s), w, leaf(d_t), leaf(r, h, d_t)]
+    data = ((torch.randn(r, k, 5, generator=g), leaf(r, h, 5)),) if with_data else ()
+    dt = layout.padded(torch.rand(len(nbr_root), generator=g) * dt_scale)
+    return layout, dt, inputs, data
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+@pytest.mark.parametrize("dropped", [False, True])
+@pytest.mark.parametrize("with_data", [False, True])
+def test_fused_slot_attention_matches_the_torch_path(kernels, threads, dropped, with_data):
+    layout, dt, inputs, data = _float_inputs(400, 90, 2, 16, 12, with_data, seed=threads)
+    keep = dropout_scale((*layout.shape, 2), 0.3, dropped, torch.device("cpu"))
+    leaves = inputs + [q for _, q in data]
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)  # 3 threads: three root ranges, and three node ranges for g_src
+    try:
+        results = []
+        for use in (None, kernels):
+            c, src, q_src, w, b, q_time = inputs
+            sums, total = slot_attention(layout, c, keep, (src, q_src), (dt, w, b, q_time), data, native=use)
+            out = (*sums, total)
+            g_out = [torch.randn(t.shape, generator=torch.Generator().manual_seed(i)) for i, t in enumerate(out)]
+            results.append((out, torch.autograd.grad(out, leaves, g_out)))
+    finally:
+        torch.set_num_threads(before)
+    (want, want_grads), (got, got_grads) = results
+    for g, w in zip((*got, *got_grads), (*want, *want_grads)):
+        assert g.shape == w.shape and torch.allclose(g, w, rtol=1e-4, atol=1e-4), (g - w).abs().max()
+    empty = ~layout.mask.any(1)
+    assert bool(empty.any()) and torch.equal(got[-1][empty], torch.zeros_like(got[-1][empty]))
+
+
+def test_fused_time_encoding_of_large_arguments_is_as_exact_as_float32_allows(kernels):
+    """One slot per root and no dropout: the time part's sum is the encoding itself."""
+    d_t, r = 100, 4000
+    dt = torch.linspace(0, 3e6, r)
+    w, b = 10.0 ** -torch.linspace(0, 9, d_t), torch.full((d_t,), 0.5)
+    layout = slot_layout(torch.arange(r), torch.zeros(r, dtype=torch.long), r)
+    sums, _ = slot_attention(layout, torch.zeros(r, 1, 1), None, (torch.zeros(1, 3), torch.zeros(r, 1, 3)),
+                             (dt, w, b, torch.zeros(r, 1, d_t)), native=kernels)
+    exact = torch.cos(dt.double().unsqueeze(1) * w.double() + b.double())
+    turns = dt.unsqueeze(1) * (w / (2 * torch.pi)) + b / (2 * torch.pi)  # the kernel's float32 argument
+    bound = 2 * torch.pi * (turns.double() - (dt.double().unsqueeze(1) * w.double() + b.double()) / (2 * torch.pi)).abs()
+    err = (sums[1][:, 0].double() - exact).abs()
+    assert bool((err <= bound + 4 * 2 * torch.pi * turns.abs().double() * 2 ** -24 + 1e-6).all())
+    assert err[turns.abs() < 1].max() < 1e-6  # where the argument itself is exact to ~1e-7
+
+
+def test_native_build_is_cached_and_atomic(tmp_path, monkeypatch):
+    lib = native.build(out_dir=tmp_path)
+    assert lib.exists() and native.build(out_dir=tmp_path) == lib and list(tmp_path.iterdir()) == [lib]
+    bad = tmp_path / "bad.c"
+    bad.write_text("this is not C\n")
+    with pytest.raises(RuntimeError, match="bad.c"):
+        native.build(bad, out_dir=tmp_path / "out")
+    assert list((tmp_path / "out").iterdir()) == []  # no half-written library
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-cc"))
+    with pytest.raises(RuntimeError):
+        native.build(out_dir=tmp_path / "cc")
+
+
+def test_without_native_kernels_the_model_falls_back(monkeypatch, caplog):
+    native.kernels.cache_clear()
+    try:
+        monkeypatch.setenv("CC", "/nonexistent/cc")
+        monkeypatch.setenv("DISTTGL_CACHE_DIR", "/nonexistent/cache")
+        assert native.kernels() is None and "torch path" in caplog.text
+        native.kernels.cache_clear()
+        monkeypatch.setenv(native.DISABLE_ENV, "0")
+        assert native.kernels() is None
+    finally:
+        native.kernels.cache_clear()
