@@ -214,11 +214,10 @@ class _FusedSlotAttention(torch.autograd.Function):
         a_e = None if q_e is None else q_e.new_empty(q_e.shape)
         total, att = c.new_empty(r, h), c.new_empty(r, k, h)
         pos = torch.empty(r, k, h, dtype=torch.uint8)
-        ranges = native.split(r)
-        work = c.new_empty(len(ranges), k * q_time.shape[2])
-        native.run(ranges, lambda i, r0, r1: native.lib.slot_attention_forward(
-            ctypes.byref(inputs.struct), r0, r1, ptr(a_s), ptr(a_t), ptr(a_e), ptr(total), ptr(att), ptr(pos),
-            ptr(work[i])))
+        threads = native.threads(r)
+        work = c.new_empty(threads, k * q_time.shape[2])
+        native.lib.slot_attention_forward(ctypes.byref(inputs.struct), r, threads, ptr(a_s), ptr(a_t), ptr(a_e),
+                                          ptr(total), ptr(att), ptr(pos), ptr(work))
         ctx.native, ctx.layout, ctx.inputs, ctx.num_src = native, layout, inputs, src.shape[0]
         ctx.save_for_backward(att, pos)
         return (a_s, a_t, *(() if a_e is None else (a_e,)), total)
@@ -238,14 +237,13 @@ class _FusedSlotAttention(torch.autograd.Function):
         g_q_s, g_q_t = torch.empty_like(t["q_s"]), torch.empty_like(t["q_t"])
         g_q_e = None if t["q_e"] is None else torch.empty_like(t["q_e"])
         coef = att.new_empty(r, k, 2 * h)
-        ranges = native.split(r)
+        threads = native.threads(r)
         time_grad = need[7] or need[8]
-        g_wb = att.new_zeros(len(ranges), 2, d_t) if time_grad else None
-        work = att.new_empty(len(ranges), (2 * k + 1) * d_t)
-        native.run(ranges, lambda i, r0, r1: native.lib.slot_attention_backward(
-            ctypes.byref(inputs.struct), r0, r1, ptr(att), ptr(pos), ptr(g_a_s), ptr(g_a_t), ptr(g_a_e),
-            ptr(g_total), ptr(g_c), ptr(g_q_s), ptr(g_q_t), ptr(g_q_e), ptr(coef),
-            ptr(g_wb[i, 0]) if time_grad else None, ptr(g_wb[i, 1]) if time_grad else None, ptr(work[i])))
+        g_wb = att.new_zeros(threads, 2, d_t) if time_grad else None
+        work = att.new_empty(threads, (2 * k + 1) * d_t)
+        native.lib.slot_attention_backward(
+            ctypes.byref(inputs.struct), r, threads, ptr(att), ptr(pos), ptr(g_a_s), ptr(g_a_t), ptr(g_a_e),
+            ptr(g_total), ptr(g_c), ptr(g_q_s), ptr(g_q_t), ptr(g_q_e), ptr(coef), ptr(g_wb), ptr(work))
         g_src = _fused_node_part_grad(native, layout, coef, t["q_s"], g_a_s, ctx.num_src) if need[4] else None
         g_w = g_b = None
         if time_grad:
@@ -256,13 +254,12 @@ class _FusedSlotAttention(torch.autograd.Function):
 
 def _fused_node_part_grad(native: NativeKernels, layout: SlotLayout, coef: torch.Tensor, q_s: torch.Tensor,
                           g_a_s: torch.Tensor, num_src: int) -> torch.Tensor:
-    """``_node_part_grad`` by the C kernel: rows split over threads, the slots of a row in CSR order."""
+    """``_node_part_grad`` by the C kernel: rows split over threads, the slots of each row in CSR order."""
     order, crow = _slots_by_node(layout, num_src)
     g_src = q_s.new_empty(num_src, q_s.shape[2])
-    r, _ = layout.shape
-    native.run(native.split(num_src), lambda i, u0, u1: native.lib.slot_attention_node_grad(
-        u0, u1, q_s.shape[1], q_s.shape[2], ptr(crow), ptr(order), ptr(layout.slot), ptr(layout.nbr_root),
-        ptr(coef), ptr(q_s), ptr(g_a_s), ptr(g_src)))
+    native.lib.slot_attention_node_grad(num_src, native.threads(num_src), q_s.shape[1], q_s.shape[2], ptr(crow),
+                                        ptr(order), ptr(layout.slot), ptr(layout.nbr_root), ptr(coef), ptr(q_s),
+                                        ptr(g_a_s), ptr(g_src))
     return g_src
 
 

@@ -4,7 +4,7 @@ The C file is small and needs no torch headers, so the system C compiler builds 
 second (no ninja, no build step at install). The shared library is cached under
 ``$DISTTGL_CACHE_DIR`` (default ``$XDG_CACHE_HOME/disttgl`` or ``~/.cache/disttgl``), named by a hash of
 the source, the compiler and its flags, so an edited kernel or another CPU type gets its own build.
-It runs on several threads by splitting the roots: ctypes releases the GIL during the call.
+The kernels run in torch's own OpenMP thread pool: they are linked to the runtime torch loaded.
 
 Without a C compiler (or with ``DISTTGL_NATIVE=0``) ``kernels()`` returns None and the model uses the
 pure-torch path, which computes the same function; a warning says why once.
@@ -17,12 +17,11 @@ import functools
 import hashlib
 import logging
 import os
+import re
 import shutil
 import subprocess
 import tempfile
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -49,39 +48,36 @@ def ptr(t: torch.Tensor | None) -> int | None:
 
 
 class NativeKernels:
-    """The loaded library and a thread pool that runs a kernel over disjoint root ranges."""
+    """The loaded library; ``threads`` is torch's thread count when called (the same OpenMP pool)."""
 
     def __init__(self, lib: ctypes.CDLL):
         self.lib = lib
-        vp, i64 = ctypes.c_void_p, ctypes.c_int64
-        lib.slot_attention_forward.argtypes = [ctypes.POINTER(SlotInputs), i64, i64] + [vp] * 7
-        lib.slot_attention_backward.argtypes = [ctypes.POINTER(SlotInputs), i64, i64] + [vp] * 14
-        lib.slot_attention_node_grad.argtypes = [i64] * 4 + [vp] * 8
+        vp, i64, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
+        lib.slot_attention_forward.argtypes = [ctypes.POINTER(SlotInputs), i64, i32] + [vp] * 7
+        lib.slot_attention_backward.argtypes = [ctypes.POINTER(SlotInputs), i64, i32] + [vp] * 13
+        lib.slot_attention_node_grad.argtypes = [i64, i32, i64, i64] + [vp] * 8
         for fn in (lib.slot_attention_forward, lib.slot_attention_backward, lib.slot_attention_node_grad):
             fn.restype = None
-        self._pool: ThreadPoolExecutor | None = None
-        self._pool_size, self._pool_pid = 0, 0
 
-    def split(self, num_rows: int) -> list[tuple[int, int]]:
-        """Row ranges, one per torch thread (at least ~64 rows each: a call costs a few µs)."""
-        parts = max(1, min(torch.get_num_threads(), num_rows // 64))
-        bounds = [num_rows * i // parts for i in range(parts + 1)]
-        return list(zip(bounds, bounds[1:]))
+    @staticmethod
+    def threads(rows: int) -> int:
+        """Threads for ``rows`` rows: torch's count, but at least ~64 rows each."""
+        return max(1, min(torch.get_num_threads(), rows // 64))
 
-    def run(self, ranges: list[tuple[int, int]], call: Callable[[int, int, int], None]) -> None:
-        """call(part, r0, r1) for every range: the first on this thread, the others on the pool."""
-        # a forked child inherits the pool object but not its threads: it makes its own
-        if len(ranges) > 1 and (self._pool_size < len(ranges) - 1 or self._pool_pid != os.getpid()):
-            self._pool = ThreadPoolExecutor(len(ranges) - 1, thread_name_prefix="disttgl-native")
-            self._pool_size, self._pool_pid = len(ranges) - 1, os.getpid()
-        futures = [self._pool.submit(call, i, r0, r1) for i, (r0, r1) in enumerate(ranges) if i]
-        call(0, *ranges[0])
-        for f in futures:
-            f.result()
+
+def openmp_runtime() -> str | None:
+    """Path of the OpenMP runtime this process runs (torch's), from the loaded objects."""
+    try:
+        with open("/proc/self/maps") as maps:
+            paths = {line.split()[-1] for line in maps if "/" in line}
+    except OSError:  # not Linux: no mapping list; the kernels run single-threaded
+        return None
+    found = sorted(p for p in paths if re.search(r"/lib(gomp|iomp5|omp)[^/]*\.so", p))
+    return found[0] if found else None
 
 
 def compiler_flags() -> list[str]:
-    flags = ["-O3", "-fPIC", "-shared", "-fopenmp-simd", "-fno-math-errno", "-fno-trapping-math", "-std=c11"]
+    flags = ["-O3", "-fPIC", "-fopenmp-simd", "-fno-math-errno", "-fno-trapping-math", "-std=c11"]
     if torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512"):
         flags += ["-mavx2", "-mfma"]
     return flags
@@ -98,24 +94,24 @@ def build(source: Path = SOURCE, out_dir: Path | None = None) -> Path:
     cc = shutil.which(os.environ.get("CC") or "cc") or (None if os.environ.get("CC") else shutil.which("gcc"))
     if not cc:
         raise RuntimeError(f"no C compiler found ({os.environ.get('CC') or 'cc, gcc'}; set CC)")
-    flags = compiler_flags()
+    flags, runtime = compiler_flags(), openmp_runtime()
     version = subprocess.run([cc, "--version"], capture_output=True, text=True).stdout.splitlines()[:1]
-    key = hashlib.sha256("\0".join([source.read_text(), cc, *version, *flags]).encode()).hexdigest()[:16]
+    key = hashlib.sha256("\0".join([source.read_text(), cc, *version, *flags, runtime or ""]).encode()).hexdigest()[:16]
     out_dir = out_dir or cache_dir()
     lib = out_dir / f"slot_attention-{key}.so"
     if lib.exists():
         return lib
     out_dir.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".so", dir=out_dir)
-    os.close(fd)
-    try:
-        proc = subprocess.run([cc, *flags, str(source), "-o", tmp, "-lm"], capture_output=True, text=True)
-        if proc.returncode:
-            raise RuntimeError(f"{cc} failed on {source}: {proc.stderr.strip()[-2000:]}")
-        os.replace(tmp, lib)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    # compiled with OpenMP but linked to torch's runtime itself (by path), not to the compiler's: the
+    # loader then reuses the copy torch loaded, and the kernels share torch's threads
+    compile_ = [cc, *flags, *(["-fopenmp"] if runtime else []), "-c", str(source)]
+    link = ["-shared", *([runtime] if runtime else []), "-lm"]
+    with tempfile.TemporaryDirectory(dir=out_dir) as tmp:
+        for cmd in (compile_ + ["-o", f"{tmp}/k.o"], [cc, f"{tmp}/k.o", *link, "-o", f"{tmp}/k.so"]):
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            if proc.returncode:
+                raise RuntimeError(f"{cc} failed on {source}: {proc.stderr.strip()[-2000:]}")
+        os.replace(f"{tmp}/k.so", lib)  # atomic: a killed build leaves no library under the final name
     return lib
 
 

@@ -8,12 +8,21 @@
  * The slot tensors are never stored: a root's K x D slots stay in L1 while they are used, and the
  * time part is recomputed in the backward pass together with its sine.
  *
- * Each call handles roots [r0, r1); the caller runs disjoint ranges on several threads.
- * Built by disttgl/native.py with -O3 and -fopenmp-simd (the simd pragmas only; no OpenMP runtime).
+ * The exported functions split the roots (rows) into one contiguous range per thread. disttgl/native.py
+ * links them against the OpenMP runtime torch already runs on, so they use torch's own thread pool
+ * (no second pool competing for the cores); without one they run on the calling thread.
  */
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#define THREAD_ID omp_get_thread_num()
+#define THREAD_COUNT omp_get_num_threads()
+#else
+#define THREAD_ID 0
+#define THREAD_COUNT 1
+#endif
 
 #define HALF_PI 1.57079632679489662f
 
@@ -94,8 +103,8 @@ typedef struct {
 
 /* Forward of roots [r0, r1): a_s, a_t, a_e [R, H, D], total [R, H]; att [R, K, H] and the sign
  * bits pos [R, K, H] for the backward pass. work: K * Dt floats. */
-void slot_attention_forward(const SlotInputs *in, int64_t r0, int64_t r1, float *a_s, float *a_t, float *a_e,
-                            float *total, float *att, uint8_t *pos, float *work) {
+static void forward_range(const SlotInputs *in, int64_t r0, int64_t r1, float *a_s, float *a_t, float *a_e,
+                          float *total, float *att, uint8_t *pos, float *work) {
     const int64_t K = in->K, H = in->H, Ds = in->Ds, Dt = in->Dt, De = in->De;
     float *xt = work;
     for (int64_t r = r0; r < r1; r++) {
@@ -159,10 +168,10 @@ void slot_attention_forward(const SlotInputs *in, int64_t r0, int64_t r1, float 
  * for the node part's sparse product, and when g_w is not NULL the sums over this range of
  * g_x_t sin(arg) dt and g_x_t sin(arg) into g_w, g_b [Dt] (added to; the caller negates).
  * work: (2 K + 1) Dt floats. */
-void slot_attention_backward(const SlotInputs *in, int64_t r0, int64_t r1, const float *att, const uint8_t *pos,
-                             const float *g_a_s, const float *g_a_t, const float *g_a_e, const float *g_total,
-                             float *g_c, float *g_q_s, float *g_q_t, float *g_q_e, float *coef, float *g_w,
-                             float *g_b, float *work) {
+static void backward_range(const SlotInputs *in, int64_t r0, int64_t r1, const float *att, const uint8_t *pos,
+                           const float *g_a_s, const float *g_a_t, const float *g_a_e, const float *g_total,
+                           float *g_c, float *g_q_s, float *g_q_t, float *g_q_e, float *coef, float *g_w,
+                           float *g_b, float *work) {
     const int64_t K = in->K, H = in->H, Ds = in->Ds, Dt = in->Dt, De = in->De;
     float *xt = work, *sn = work + K * Dt, *gx = work + 2 * K * Dt;
     float inner[H];
@@ -244,9 +253,9 @@ void slot_attention_backward(const SlotInputs *in, int64_t r0, int64_t r1, const
 /* Node part's gradient, rows [u0, u1) of g_src [S, Ds]: g_src[u] = sum over the slots m that read u
  * (order[crow[u]:crow[u + 1]], indices of real slots) of sum_h coef[m, h] q_s[root, h] +
  * coef[m, H + h] g_a_s[root, h]. Each row is written by one call, so ranges run in parallel. */
-void slot_attention_node_grad(int64_t u0, int64_t u1, int64_t H, int64_t Ds, const int64_t *crow,
-                              const int64_t *order, const int64_t *slot, const int64_t *root, const float *coef,
-                              const float *q_s, const float *g_a_s, float *g_src) {
+static void node_grad_range(int64_t u0, int64_t u1, int64_t H, int64_t Ds, const int64_t *crow,
+                            const int64_t *order, const int64_t *slot, const int64_t *root, const float *coef,
+                            const float *q_s, const float *g_a_s, float *g_src) {
     for (int64_t u = u0; u < u1; u++) {
         float *g = g_src + u * Ds;
         memset(g, 0, Ds * sizeof(float));
@@ -259,4 +268,34 @@ void slot_attention_node_grad(int64_t u0, int64_t u1, int64_t H, int64_t Ds, con
             }
         }
     }
+}
+
+/* The entry points: ``threads`` ranges of rows, each with its own slice of work (and, backward, of
+ * g_wb [threads, 2, Dt]: per-thread sums of g_w and g_b, zeroed by the caller). */
+#define FOR_RANGES(rows, threads, body)                                \
+    _Pragma("omp parallel num_threads(threads)") {                     \
+        const int64_t t = THREAD_ID, n = THREAD_COUNT;                 \
+        const int64_t lo = (rows) * t / n, hi = (rows) * (t + 1) / n;  \
+        body;                                                          \
+    }
+
+void slot_attention_forward(const SlotInputs *in, int64_t R, int threads, float *a_s, float *a_t, float *a_e,
+                            float *total, float *att, uint8_t *pos, float *work) {
+    FOR_RANGES(R, threads, forward_range(in, lo, hi, a_s, a_t, a_e, total, att, pos, work + t * in->K * in->Dt))
+}
+
+void slot_attention_backward(const SlotInputs *in, int64_t R, int threads, const float *att, const uint8_t *pos,
+                             const float *g_a_s, const float *g_a_t, const float *g_a_e, const float *g_total,
+                             float *g_c, float *g_q_s, float *g_q_t, float *g_q_e, float *coef, float *g_wb,
+                             float *work) {
+    const int64_t Dt = in->Dt;
+    FOR_RANGES(R, threads, backward_range(in, lo, hi, att, pos, g_a_s, g_a_t, g_a_e, g_total, g_c, g_q_s, g_q_t,
+                                          g_q_e, coef, g_wb ? g_wb + t * 2 * Dt : NULL,
+                                          g_wb ? g_wb + t * 2 * Dt + Dt : NULL, work + t * (2 * in->K + 1) * Dt))
+}
+
+void slot_attention_node_grad(int64_t S, int threads, int64_t H, int64_t Ds, const int64_t *crow,
+                              const int64_t *order, const int64_t *slot, const int64_t *root, const float *coef,
+                              const float *q_s, const float *g_a_s, float *g_src) {
+    FOR_RANGES(S, threads, node_grad_range(lo, hi, H, Ds, crow, order, slot, root, coef, q_s, g_a_s, g_src))
 }
