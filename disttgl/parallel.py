@@ -49,9 +49,9 @@ from disttgl.memory_server import MemoryClient, MemoryServerError, ServerPlan, s
 from disttgl.model import TGN
 from disttgl.runtime import keep_freed_memory
 from disttgl.schedule import Layout, Step, choose_parallelism, memory_batches, passes, step
-from disttgl.training import (TrainConfig, adam, epoch_lr, evaluate, load_features, model_config,
-                              resumable_checkpoint, run_summary, save_checkpoint, seed_everything, set_lr,
-                              train_epoch, write_jsonl, write_summary)
+from disttgl.training import (TrainConfig, adam, evaluate, load_features, model_config,
+                              resumable_checkpoint, run_summary, save_checkpoint, seed_everything, train_epoch,
+                              write_jsonl, write_summary)
 
 log = logging.getLogger(__name__)
 
@@ -476,7 +476,6 @@ def _run(cfg: TrainConfig, env: Env, layout: Layout, timeout: float, device: tor
 
         for p in range(done, tr.passes):
             t0 = time.perf_counter()
-            set_lr(tr.optimizer, epoch_lr(cfg.lr * layout.world, p + 1, tr.passes, cfg.lr_schedule))
             with tqdm(total=None, unit="ev", unit_scale=True, desc=f"train {layout} pass {p + 1}",
                       disable=not cfg.progress or env.rank != 0, mininterval=2.0) as bar:
                 stats = train_epoch(tr.model, memory, tr.pass_batches(p, holds, memory), tr.optimizer,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from disttgl.training import LR_SCHEDULES, TrainConfig
+from disttgl.training import TrainConfig
 
 DEFAULTS = TrainConfig(graph="", cache="", out="")  # the CLI's defaults are the config's
 
@@ -19,8 +19,6 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=d.device, help="cpu, cuda or cuda:N")
     parser.add_argument("--seed", type=int, default=d.seed)
     parser.add_argument("--lr", type=float, default=d.lr)
-    parser.add_argument("--lr-schedule", choices=LR_SCHEDULES, default=d.lr_schedule,
-                        help="constant, or cosine: decay from --lr towards 0 over the epochs")
     parser.add_argument("--dim", type=int, default=d.dim, help="memory/embedding size")
     parser.add_argument("--time-dim", type=int, default=d.time_dim)
     parser.add_argument("--heads", type=int, default=d.heads)
@@ -48,7 +46,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def config_from_args(args: argparse.Namespace, **extra: object) -> TrainConfig:
     return TrainConfig(graph=args.graph, cache=args.cache, out=args.out, epochs=args.epochs, device=args.device,
-                       seed=args.seed, lr=args.lr, lr_schedule=args.lr_schedule, dim=args.dim, time_dim=args.time_dim, heads=args.heads,
+                       seed=args.seed, lr=args.lr, dim=args.dim, time_dim=args.time_dim, heads=args.heads,
                        dropout=args.dropout, loss=args.loss, threads=args.threads, prefetch=args.prefetch,
                        progress=not args.no_progress, **extra)
 

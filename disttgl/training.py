@@ -14,7 +14,7 @@ import logging
 import math
 import random
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
@@ -38,24 +38,6 @@ log = logging.getLogger(__name__)
 STATIC_KIND = "disttgl-static-memory"
 
 
-LR_SCHEDULES = ("constant", "cosine")
-
-
-def epoch_lr(base: float, epoch: int, epochs: int, schedule: str) -> float:
-    """Learning rate of 1-based ``epoch`` out of ``epochs``: ``cosine`` follows half a cosine from
-    ``base`` at the first epoch towards 0 after the last (the last epoch still learns a little)."""
-    if schedule == "constant":
-        return base
-    if schedule == "cosine":
-        return base * 0.5 * (1.0 + math.cos(math.pi * (epoch - 1) / epochs))
-    raise ValueError(f"unknown lr schedule {schedule!r}")
-
-
-def set_lr(optimizer: Any, lr: float) -> None:
-    for group in optimizer.param_groups:
-        group["lr"] = lr
-
-
 @dataclass
 class TrainConfig:
     graph: str
@@ -67,7 +49,6 @@ class TrainConfig:
     device: str = "cpu"
     seed: int = 0
     lr: float = 1e-4
-    lr_schedule: str = "constant"  # or "cosine": decay from lr towards 0 over the epochs
     dim: int = 100
     time_dim: int = 100
     heads: int = 2
@@ -83,8 +64,6 @@ class TrainConfig:
     def check(self) -> None:
         if self.loss not in ("ce", "bce"):
             raise DataError(None, f"--loss must be ce or bce, got {self.loss!r}")
-        if self.lr_schedule not in LR_SCHEDULES:
-            raise DataError(None, f"--lr-schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}")
         if self.epochs < 1:
             raise DataError(None, f"--epochs must be >= 1, got {self.epochs}")
         for name in ("dropout", "static_dropout"):
@@ -250,7 +229,6 @@ class _Run:
 
     def epoch(self, epoch: int, desc: str) -> EpochStats:
         sets = self.rng.integers(0, self.neg_sets, size=self.num_batches["train"])
-        set_lr(self.optimizer, epoch_lr(self.cfg.lr, epoch, self.cfg.epochs, self.cfg.lr_schedule))
         if self.memory is not None:
             self.memory.reset()
         with tqdm(total=self.meta.split_events.get("train") or None, unit="ev", unit_scale=True,
@@ -352,8 +330,7 @@ _RESUMABLE = {"epochs", "resume", "progress", "threads", "prefetch", "device", "
 def _config_changes(saved: dict[str, Any], cfg: TrainConfig) -> list[str]:
     now = asdict(cfg)
     ignored = _RESUMABLE | ({"static_dropout"} if cfg.static is None else set())  # no table: no effect
-    defaults = {f.name: f.default for f in fields(TrainConfig)}  # a checkpoint older than a setting
-    return [k for k in now if k not in ignored and saved.get(k, defaults[k]) != now[k]]
+    return [k for k in now if k not in ignored and saved.get(k) != now[k]]
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:

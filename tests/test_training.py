@@ -19,8 +19,8 @@ from disttgl.cli import main
 from disttgl.memory import MemoryState
 from disttgl.synth import SynthConfig, generate
 from disttgl.graph import build_tcsr, load_graph, write_graph
-from disttgl.training import (Features, TrainConfig, _config_changes, epoch_lr, load_features,
-                              nodes_with_training_events, pretrain, train, train_epoch)
+from disttgl.training import (Features, TrainConfig, _config_changes, load_features, nodes_with_training_events,
+                              pretrain, train, train_epoch)
 from disttgl.model import TGN, ModelConfig
 
 REPO = Path(__file__).parents[1]
@@ -53,29 +53,6 @@ def test_two_epochs_beat_a_random_scorer(data, tmp_path):
     for key in ("best_epoch", "test_ap", "test_mrr", "test_ap_1neg", "train_events_per_s", "total_seconds", "config"):
         assert key in s
     assert json.loads((tmp_path / "run" / "summary.json").read_text()) == s
-
-
-def test_epoch_lr():
-    assert [epoch_lr(0.1, e, 4, "constant") for e in (1, 4)] == [0.1, 0.1]
-    cosine = [epoch_lr(0.1, e, 4, "cosine") for e in range(1, 5)]
-    assert cosine[0] == 0.1 and cosine[2] == pytest.approx(0.05) and 0 < cosine[3] < 0.015
-    assert all(a > b for a, b in zip(cosine, cosine[1:]))
-    with pytest.raises(ValueError, match="unknown lr schedule"):
-        epoch_lr(0.1, 1, 4, "step")
-
-
-def test_cosine_schedule_sets_each_epochs_lr(data, tmp_path, monkeypatch):
-    import disttgl.training as training
-    seen = []
-    real = training.train_epoch
-
-    def spy(model, memory, batches, optimizer, *args, **kw):
-        seen.append(optimizer.param_groups[0]["lr"])
-        return real(model, memory, batches, optimizer, *args, **kw)
-
-    monkeypatch.setattr(training, "train_epoch", spy)
-    train(cfg(data, tmp_path / "run", epochs=3, lr=1e-2, lr_schedule="cosine"))
-    assert seen == pytest.approx([1e-2, 7.5e-3, 2.5e-3])
 
 
 def test_prediction_never_sees_its_own_batch(data):
@@ -231,10 +208,6 @@ def test_static_dropout_matters_for_resume_only_with_static_memory():
     assert _config_changes(saved, TrainConfig(graph="g", cache="c", out="o", static_dropout=0.8)) == []
     with_table = TrainConfig(graph="g", cache="c", out="o", static="s.h5", static_dropout=0.8)
     assert _config_changes({**saved, "static": "s.h5"}, with_table) == ["static_dropout"]
-    older = {k: v for k, v in saved.items() if k != "lr_schedule"}  # saved before the setting existed
-    assert _config_changes(older, TrainConfig(graph="g", cache="c", out="o", static_dropout=0.5)) == []
-    assert _config_changes(older, TrainConfig(graph="g", cache="c", out="o", static_dropout=0.5,
-                                              lr_schedule="cosine")) == ["lr_schedule"]
 
 
 def test_nodes_with_training_events():
@@ -250,9 +223,6 @@ def test_cli_errors_name_the_file(data, tmp_path, capsys):
     rc = main(["train", str(data[0]), str(data[1]), "--out", str(tmp_path / "r"), "--static-dropout", "1.5",
                "--no-progress"])
     assert rc == 2 and "--static-dropout" in capsys.readouterr().err
-    with pytest.raises(SystemExit) as exit_:
-        main(["train", str(data[0]), str(data[1]), "--out", str(tmp_path / "r"), "--lr-schedule", "step"])
-    assert exit_.value.code == 2 and "--lr-schedule" in capsys.readouterr().err
     rc = main(["train", str(data[0]), str(tmp_path / "nocache.h5"), "--out", str(tmp_path / "r"), "--no-progress"])
     assert rc == 2 and "nocache.h5" in capsys.readouterr().err
     rc = main(["train", str(data[0]), str(data[1]), "--out", str(tmp_path / "r"), "--parallelism", "2x1x1",

@@ -63,7 +63,6 @@ def _edit(config: dict, path: str, value) -> None:
     ("batches.batch_size", 0, "['batches']['batch_size']", "less than the minimum"),
     ("model.loss", "hinge", "['model']['loss']", "is not one of"),
     ("model.static_dropout", 1.0, "['model']['static_dropout']", "greater than or equal to the maximum"),
-    ("model.lr_schedule", "step", "['model']['lr_schedule']", "is not one of"),
     ("bogus", 1, "bogus", "Additional properties are not allowed"),
     ("parallel.configs", ["2x2"], "['parallel']['configs']", "is not valid under any of the given schemas"),
     ("datasets", ["synthetic", "nosuch"], "datasets[1]", "unknown dataset 'nosuch'"),

@@ -97,6 +97,5 @@ rule train_parallel:
         " {input.graph} {input.cache} --out {params.out} {params.static}"
         " --parallelism {wildcards.par} --epochs {params.t[epochs]} --timeout {params.p[timeout]}"
         " --dim {params.m[dim]} --heads {params.m[heads]} --dropout {params.m[dropout]}"
-        " --lr {params.m[lr]} --lr-schedule {params.m[lr_schedule]} --loss {params.m[loss]}"
-        " --device {params.t[device]} --seed {params.t[seed]}"
+        " --lr {params.m[lr]} --loss {params.m[loss]} --device {params.t[device]} --seed {params.t[seed]}"
         " --threads {params.p[threads_per_rank]} --no-progress --resume > {log} 2>&1"

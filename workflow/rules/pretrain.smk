@@ -21,5 +21,5 @@ rule pretrain:
         "disttgl pretrain {input.graph} {input.cache} --out {output}"
         " --epochs {params.p[epochs]} --patience {params.p[patience]}"
         " --dim {params.m[dim]} --heads {params.m[heads]} --dropout {params.m[dropout]}"
-        " --lr {params.m[lr]} --lr-schedule {params.m[lr_schedule]} --loss {params.m[loss]}"
+        " --lr {params.m[lr]} --loss {params.m[loss]}"
         " --device {params.t[device]} --seed {params.t[seed]} --threads {threads} > {log} 2>&1"

@@ -42,5 +42,5 @@ rule train:
         "disttgl train {input.graph} {input.cache} --out {params.out} {params.static}"
         " --epochs {params.epochs}"
         " --dim {params.m[dim]} --heads {params.m[heads]} --dropout {params.m[dropout]}"
-        " --lr {params.m[lr]} --lr-schedule {params.m[lr_schedule]} --loss {params.m[loss]}"
+        " --lr {params.m[lr]} --loss {params.m[loss]}"
         " --device {params.t[device]} --seed {params.t[seed]} --threads {threads} --resume > {log} 2>&1"
