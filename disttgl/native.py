@@ -120,8 +120,19 @@ def kernels() -> NativeKernels | None:
     """The native kernels, or None (disabled, or no compiler: the torch path runs instead)."""
     if os.environ.get(DISABLE_ENV, "1") == "0":
         return None
-    try:
-        return NativeKernels(ctypes.CDLL(str(build())))
-    except (OSError, RuntimeError) as exc:
-        log.warning("fused CPU attention kernels unavailable, using the slower torch path: %s", exc)
-        return None
+    problem: Exception | None = None
+    # a read-only or full cache folder (some cluster homes) falls back to a private temporary one
+    for where in (cache_dir(), Path(tempfile.gettempdir()) / f"disttgl-{os.getuid()}"):
+        try:
+            lib = build(out_dir=where)
+            kernels = NativeKernels(ctypes.CDLL(str(lib)))
+        except OSError as exc:
+            problem = exc
+            continue
+        except RuntimeError as exc:
+            problem = exc
+            break
+        log.info("fused CPU attention kernels: %s", lib)
+        return kernels
+    log.warning("fused CPU attention kernels unavailable, using the slower torch path: %s", problem)
+    return None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -187,7 +189,7 @@ def test_fused_time_encoding_of_large_arguments_is_as_exact_as_float32_allows(ke
     assert err[turns.abs() < 1].max() < 1e-6  # where the argument itself is exact to ~1e-7
 
 
-def test_native_build_is_cached_and_atomic(tmp_path, monkeypatch):
+def test_native_build_is_cached_and_atomic(kernels, tmp_path, monkeypatch):
     lib = native.build(out_dir=tmp_path)
     assert lib.exists() and native.build(out_dir=tmp_path) == lib and list(tmp_path.iterdir()) == [lib]
     bad = tmp_path / "bad.c"
@@ -198,6 +200,17 @@ def test_native_build_is_cached_and_atomic(tmp_path, monkeypatch):
     monkeypatch.setenv("CC", str(tmp_path / "no-such-cc"))
     with pytest.raises(RuntimeError):
         native.build(out_dir=tmp_path / "cc")
+
+
+def test_native_kernels_build_elsewhere_when_the_cache_is_read_only(kernels, tmp_path, monkeypatch):
+    native.kernels.cache_clear()
+    try:
+        monkeypatch.setenv("DISTTGL_CACHE_DIR", "/proc/disttgl-cache")  # mkdir fails there, even for root
+        monkeypatch.setattr(native.tempfile, "gettempdir", lambda: str(tmp_path))
+        assert native.kernels() is not None
+        assert [p.name.startswith("slot_attention-") for p in (tmp_path / f"disttgl-{os.getuid()}").iterdir()] == [True]
+    finally:
+        native.kernels.cache_clear()
 
 
 def test_without_native_kernels_the_model_falls_back(monkeypatch, caplog):
