@@ -56,13 +56,24 @@ class NativeKernels:
         lib.slot_attention_forward.argtypes = [ctypes.POINTER(SlotInputs), i64, i32] + [vp] * 7
         lib.slot_attention_backward.argtypes = [ctypes.POINTER(SlotInputs), i64, i32] + [vp] * 13
         lib.slot_attention_node_grad.argtypes = [i64, i32, i64, i64] + [vp] * 8
-        for fn in (lib.slot_attention_forward, lib.slot_attention_backward, lib.slot_attention_node_grad):
+        lib.link_scores.argtypes = [i64, i32, i64, i64, vp, vp, vp, ctypes.c_float, vp]
+        for fn in (lib.slot_attention_forward, lib.slot_attention_backward, lib.slot_attention_node_grad,
+                   lib.link_scores):
             fn.restype = None
 
     @staticmethod
     def threads(rows: int) -> int:
         """Threads for ``rows`` rows: torch's count, but at least ~64 rows each."""
         return max(1, min(torch.get_num_threads(), rows // 64))
+
+
+    def link_scores(self, s: torch.Tensor, d: torch.Tensor, w: torch.Tensor, bias: float) -> torch.Tensor:
+        """[B, Q] scores w . relu(s[b] + d[b, q]) + bias of s [B, D], d [B, Q, D] (no gradient)."""
+        s, d, w = s.detach().contiguous(), d.detach().contiguous(), w.detach().contiguous()
+        b, q, dim = d.shape
+        out = s.new_empty(b, q)
+        self.lib.link_scores(b, self.threads(b * q // 8), q, dim, ptr(s), ptr(d), ptr(w), bias, ptr(out))
+        return out
 
 
 def openmp_runtime() -> str | None:

@@ -299,3 +299,28 @@ void slot_attention_node_grad(int64_t S, int threads, int64_t H, int64_t Ds, con
                               const float *q_s, const float *g_a_s, float *g_src) {
     FOR_RANGES(S, threads, node_grad_range(lo, hi, H, Ds, crow, order, slot, root, coef, q_s, g_a_s, g_src))
 }
+
+/* Link scores without gradients (evaluation): out[b, q] = b_out + sum_i w[i] max(s[b, i] + d[b, q, i], 0)
+ * for s [B, D] and d [B, Q, D], in one pass: the [B, Q, D] hidden layer (49 negatives per positive
+ * in evaluation) is never written out. */
+static void link_scores_range(int64_t b0, int64_t b1, int64_t Q, int64_t D, const float *s, const float *d,
+                              const float *w, float b_out, float *out) {
+    for (int64_t b = b0; b < b1; b++) {
+        const float *sb = s + b * D;
+        for (int64_t q = 0; q < Q; q++) {
+            const float *dq = d + (b * Q + q) * D;
+            float acc = 0.0f;
+#pragma omp simd reduction(+ : acc)
+            for (int64_t i = 0; i < D; i++) {
+                float x = sb[i] + dq[i];
+                acc += w[i] * (x > 0.0f ? x : 0.0f);
+            }
+            out[b * Q + q] = acc + b_out;
+        }
+    }
+}
+
+void link_scores(int64_t B, int threads, int64_t Q, int64_t D, const float *s, const float *d, const float *w,
+                 float b_out, float *out) {
+    FOR_RANGES(B, threads, link_scores_range(lo, hi, Q, D, s, d, w, b_out, out))
+}

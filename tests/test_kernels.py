@@ -224,3 +224,20 @@ def test_without_native_kernels_the_model_falls_back(monkeypatch, caplog):
         assert native.kernels() is None
     finally:
         native.kernels.cache_clear()
+
+
+def test_fused_link_scores_match_the_predictor(kernels):
+    from disttgl.model import LinkPredictor
+
+    torch.manual_seed(0)
+    predictor = LinkPredictor(16)
+    z = torch.randn(7 * (2 + 9), 16)  # 7 events: src, dst, 9 negatives each
+    with torch.no_grad():
+        fused = predictor(z, 7)
+        predictor.fused = False
+        plain = predictor(z, 7)
+    for got, want in zip(fused, plain):
+        assert got.shape == want.shape and torch.allclose(got, want, atol=1e-5)
+    predictor.fused = True
+    pos, neg = predictor(z, 7)  # with gradients: the torch ops, whatever the flag
+    assert pos.grad_fn is not None and neg.grad_fn is not None
