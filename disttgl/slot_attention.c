@@ -101,12 +101,32 @@ typedef struct {
     const float *q_e;       /* [R, H, De] or NULL */
 } SlotInputs;
 
+/* out_p[r, h] = sum over root r's real slots k of wt[k * stride] x_p[k] for the node, time and data
+ * parts (out [R, H, D_p]; xt: the root's time part) */
+static void slot_sums(const SlotInputs *in, int64_t r, int64_t h, const float *xt, const float *wt, int64_t stride,
+                      float *out_s, float *out_t, float *out_e) {
+    const int64_t K = in->K, H = in->H, Ds = in->Ds, Dt = in->Dt, De = in->De;
+    const uint8_t *mask = in->mask + r * K;
+    float *os = out_s + (r * H + h) * Ds, *ot = out_t + (r * H + h) * Dt;
+    float *oe = in->xe ? out_e + (r * H + h) * De : NULL;
+    memset(os, 0, Ds * sizeof(float));
+    memset(ot, 0, Dt * sizeof(float));
+    if (oe) memset(oe, 0, De * sizeof(float));
+    for (int64_t k = 0; k < K; k++) {
+        if (!mask[k]) continue;
+        const float w = wt[k * stride];
+        axpy(w, in->src + in->gather[r * K + k] * Ds, os, Ds);
+        axpy(w, xt + k * Dt, ot, Dt);
+        if (oe) axpy(w, in->xe + (r * K + k) * De, oe, De);
+    }
+}
+
 /* Forward of roots [r0, r1): a_s, a_t, a_e [R, H, D], total [R, H]; att [R, K, H] and the sign
  * bits pos [R, K, H] for the backward pass. work: K * Dt floats. */
 static void forward_range(const SlotInputs *in, int64_t r0, int64_t r1, float *a_s, float *a_t, float *a_e,
                           float *total, float *att, uint8_t *pos, float *work) {
     const int64_t K = in->K, H = in->H, Ds = in->Ds, Dt = in->Dt, De = in->De;
-    float *xt = work;
+    float *xt = work, dropped[K];
     for (int64_t r = r0; r < r1; r++) {
         const uint8_t *mask = in->mask + r * K;
         const int64_t *gather = in->gather + r * K;
@@ -138,27 +158,20 @@ static void forward_range(const SlotInputs *in, int64_t r0, int64_t r1, float *a
                 att_r[k * H + h] = e;
                 sum += e;
             }
-            float *as = a_s + (r * H + h) * Ds, *at = a_t + (r * H + h) * Dt;
-            float *ae = in->xe ? a_e + (r * H + h) * De : NULL;
-            memset(as, 0, Ds * sizeof(float));
-            memset(at, 0, Dt * sizeof(float));
-            if (ae) memset(ae, 0, De * sizeof(float));
             float tot = 0.0f;
             for (int64_t k = 0; k < K; k++) {
                 if (!mask[k]) {
-                    att_r[k * H + h] = 0.0f;
+                    att_r[k * H + h] = dropped[k] = 0.0f;
                     pos_r[k * H + h] = 0;
                     continue;
                 }
                 float a = att_r[k * H + h] / sum;
                 att_r[k * H + h] = a;
-                float d = in->keep ? a * in->keep[(r * K + k) * H + h] : a;
-                tot += d;
-                axpy(d, in->src + gather[k] * Ds, as, Ds);
-                axpy(d, xt + k * Dt, at, Dt);
-                if (ae) axpy(d, in->xe + (r * K + k) * De, ae, De);
+                dropped[k] = in->keep ? a * in->keep[(r * K + k) * H + h] : a;
+                tot += dropped[k];
             }
             total[r * H + h] = tot;
+            slot_sums(in, r, h, xt, dropped, 1, a_s, a_t, a_e);
         }
     }
 }
@@ -202,11 +215,6 @@ static void backward_range(const SlotInputs *in, int64_t r0, int64_t r1, const f
             }
         }
         for (int64_t h = 0; h < H; h++) {
-            float *gqs = g_q_s + (r * H + h) * Ds, *gqt = g_q_t + (r * H + h) * Dt;
-            float *gqe = in->xe ? g_q_e + (r * H + h) * De : NULL;
-            memset(gqs, 0, Ds * sizeof(float));
-            memset(gqt, 0, Dt * sizeof(float));
-            if (gqe) memset(gqe, 0, De * sizeof(float));
             float gc = 0.0f;
             for (int64_t k = 0; k < K; k++) {
                 if (!mask[k]) continue;
@@ -215,11 +223,9 @@ static void backward_range(const SlotInputs *in, int64_t r0, int64_t r1, const f
                 if (!pos_r[k * H + h]) g *= 0.2f;
                 cf[h] = g;
                 gc += g;
-                axpy(g, in->src + gather[k] * Ds, gqs, Ds);
-                axpy(g, xt + k * Dt, gqt, Dt);
-                if (gqe) axpy(g, in->xe + (r * K + k) * De, gqe, De);
             }
             g_c[r * H + h] = gc;
+            slot_sums(in, r, h, xt, coef_r + h, 2 * H, g_q_s, g_q_t, g_q_e);  /* zero on padding */
         }
         if (!g_w) continue;
         /* time part: g_x_t[k] = sum_h g_score[k, h] q_t[h] + dropped[k, h] g_a_t[h]; its products
