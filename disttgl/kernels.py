@@ -4,7 +4,9 @@ A training step is bound by passes over the [R, K, *] neighbour-slot tensors (R 
 slots each) and by cos/sin of the time encoding. Autograd's default chains make several passes
 where one will do, and ``bmm`` is slow when its inner dimension is small (the number of heads).
 The tests check each function against the plain autograd formula (values, and gradients by
-gradcheck).
+gradcheck). On CPU the attention core runs in the C kernels of ``disttgl.native`` when they build
+(``_FusedSlotAttention``, tested against ``_SlotAttention``); the torch version is the fallback
+and the only one on CUDA.
 """
 
 from __future__ import annotations
@@ -201,7 +203,8 @@ class _FusedSlotAttention(torch.autograd.Function):
     """``_SlotAttention`` by the C kernels of ``disttgl.native``: one pass per root over its slots,
     which stay in cache, instead of a dozen passes over [R, K, D] tensors; the time part is
     recomputed in the backward pass instead of stored. Float32 on CPU, at most one data part, which
-    gets no gradient. The node part's gradient is the same sparse product as in ``_SlotAttention``.
+    gets no gradient. The node part's gradient is the sum of ``_SlotAttention`` (A V, A sparse), taken
+    row by row of h over the slots grouped by node, so threads never write the same row.
     """
 
     @staticmethod
