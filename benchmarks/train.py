@@ -178,7 +178,8 @@ def main() -> None:
         "speedup_vs_naive": None if base is None else ours["events_per_s"] / base["events_per_s"],
         "eval_events_per_s": ev_s, "peak_rss_mib": peak_rss,
     }
-    print(f"train: {ours['events_per_s']:,.0f} events/s on {args.threads} threads ({device}{', fused kernels' if fused else ''}); "
+    kind = f"{device}, fused kernels" if fused else str(device)
+    print(f"train: {ours['events_per_s']:,.0f} events/s on {args.threads} threads ({kind}); "
           f"ms/step {ours['ms_per_step_total']:.1f} = " +
           " + ".join(f"{k} {v:.1f}" for k, v in ours["ms_per_step"].items()))
     if unfused:

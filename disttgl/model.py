@@ -9,7 +9,9 @@ Speed (CPU training is bound by passes over the per-neighbour-slot tensors):
   once per root and per slot only one dot product and one weighted sum remain (``disttgl.kernels``);
 - the slots sit in a padded [R, K] layout, so the softmax is dense instead of scatter ops;
 - the backward pass never builds per-slot gradients of h_u and phi(dt): they go straight into the
-  gradients of h (a sparse product) and of the time encoding's w and b (``_SlotAttention``);
+  gradients of h and of the time encoding's w and b (``_SlotAttention``);
+- on CPU that per-slot core runs in C kernels, one pass per root with its slots in cache
+  (``disttgl.native``), and so do evaluation's link scores over 49 negatives;
 - the GRU's input projection is split so that the mail (data) needs no input gradient.
 """
 
@@ -163,11 +165,11 @@ class TemporalAttention(nn.Module):
 class LinkPredictor(nn.Module):
     """score(u, v) = out(ReLU(W_s z_u + W_d z_v))."""
 
+    fused = True  # without gradients on CPU: the C kernel of disttgl.native when it builds
+
     def __init__(self, dim: int):
         super().__init__()
         self.src, self.dst, self.out = nn.Linear(dim, dim), nn.Linear(dim, dim), nn.Linear(dim, 1)
-
-    fused = True  # without gradients on CPU: the C kernel of disttgl.native when it builds
 
     def forward(self, z: torch.Tensor, num_events: int) -> tuple[torch.Tensor, torch.Tensor]:
         """z: [R, d] root embeddings [src | dst | neg]; returns pos [B] and neg [B, Q] scores."""
