@@ -242,15 +242,17 @@ class _FusedSlotAttention(torch.autograd.Function):
         coef = att.new_empty(r, k, 2 * h)
         threads = native.threads(r)
         time_grad = need[7] or need[8]
-        g_wb = att.new_zeros(threads, 2, d_t) if time_grad else None
+        g_wb = att.new_empty(2, d_t) if time_grad else None
+        blocks = att.new_zeros(-(-r // native.WB_BLOCK), 2, d_t) if time_grad else None
         work = att.new_empty(threads, (2 * k + 1) * d_t)
         native.lib.slot_attention_backward(
-            ctypes.byref(inputs.struct), r, threads, ptr(att), ptr(pos), ptr(g_a_s), ptr(g_a_t), ptr(g_a_e),
-            ptr(g_total), ptr(g_c), ptr(g_q_s), ptr(g_q_t), ptr(g_q_e), ptr(coef), ptr(g_wb), ptr(work))
+            ctypes.byref(inputs.struct), r, threads, native.WB_BLOCK, ptr(att), ptr(pos), ptr(g_a_s), ptr(g_a_t), ptr(g_a_e),
+            ptr(g_total), ptr(g_c), ptr(g_q_s), ptr(g_q_t), ptr(g_q_e), ptr(coef), ptr(blocks), ptr(g_wb),
+            ptr(work))
         g_src = _fused_node_part_grad(native, layout, coef, t["q_s"], g_a_s, ctx.num_src) if need[4] else None
         g_w = g_b = None
         if time_grad:
-            g_w, g_b = g_wb.sum(0).neg_()
+            g_w, g_b = g_wb.neg_()
         g_data = () if g_q_e is None else (None, g_q_e)
         return (None, None, g_c.view(r, 1, h), None, g_src, g_q_s, None, g_w, g_b, g_q_t, *g_data)
 

@@ -54,12 +54,14 @@ class NativeKernels:
         self.lib = lib
         vp, i64, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
         lib.slot_attention_forward.argtypes = [ctypes.POINTER(SlotInputs), i64, i32] + [vp] * 7
-        lib.slot_attention_backward.argtypes = [ctypes.POINTER(SlotInputs), i64, i32] + [vp] * 13
+        lib.slot_attention_backward.argtypes = [ctypes.POINTER(SlotInputs), i64, i32, i64] + [vp] * 14
         lib.slot_attention_node_grad.argtypes = [i64, i32, i64, i64] + [vp] * 8
         lib.link_scores.argtypes = [i64, i32, i64, i64, vp, vp, vp, ctypes.c_float, vp]
         for fn in (lib.slot_attention_forward, lib.slot_attention_backward, lib.slot_attention_node_grad,
                    lib.link_scores):
             fn.restype = None
+
+    WB_BLOCK = 32  # roots per partial sum of the time encoding's gradients (fixed: see the C file)
 
     @staticmethod
     def threads(rows: int) -> int:

@@ -276,8 +276,8 @@ static void node_grad_range(int64_t u0, int64_t u1, int64_t H, int64_t Ds, const
     }
 }
 
-/* The entry points: ``threads`` ranges of rows, each with its own slice of work (and, backward, of
- * g_wb [threads, 2, Dt]: per-thread sums of g_w and g_b, zeroed by the caller). */
+/* The entry points: ``threads`` ranges of rows, each with its own slice of work. Every output row
+ * is computed by one thread in a fixed order, so results do not depend on the thread count. */
 #define FOR_RANGES(rows, threads, body)                                \
     _Pragma("omp parallel num_threads(threads)") {                     \
         const int64_t t = THREAD_ID, n = THREAD_COUNT;                 \
@@ -290,14 +290,26 @@ void slot_attention_forward(const SlotInputs *in, int64_t R, int threads, float 
     FOR_RANGES(R, threads, forward_range(in, lo, hi, a_s, a_t, a_e, total, att, pos, work + t * in->K * in->Dt))
 }
 
-void slot_attention_backward(const SlotInputs *in, int64_t R, int threads, const float *att, const uint8_t *pos,
-                             const float *g_a_s, const float *g_a_t, const float *g_a_e, const float *g_total,
-                             float *g_c, float *g_q_s, float *g_q_t, float *g_q_e, float *coef, float *g_wb,
-                             float *work) {
-    const int64_t Dt = in->Dt;
-    FOR_RANGES(R, threads, backward_range(in, lo, hi, att, pos, g_a_s, g_a_t, g_a_e, g_total, g_c, g_q_s, g_q_t,
-                                          g_q_e, coef, g_wb ? g_wb + t * 2 * Dt : NULL,
-                                          g_wb ? g_wb + t * 2 * Dt + Dt : NULL, work + t * (2 * in->K + 1) * Dt))
+/* g_w and g_b are summed per block of ``block`` roots (blocks: [ceil(R / block), 2, Dt], zeroed by
+ * the caller), then over the blocks in order into g_wb [2, Dt]: the same sums in the same order
+ * whatever the number of threads, so results do not depend on it. */
+void slot_attention_backward(const SlotInputs *in, int64_t R, int threads, int64_t block, const float *att,
+                             const uint8_t *pos, const float *g_a_s, const float *g_a_t, const float *g_a_e,
+                             const float *g_total, float *g_c, float *g_q_s, float *g_q_t, float *g_q_e, float *coef,
+                             float *blocks, float *g_wb, float *work) {
+    const int64_t Dt = in->Dt, nb = (R + block - 1) / block;
+    FOR_RANGES(nb, threads, {
+        for (int64_t blk = lo; blk < hi; blk++) {
+            float *acc = g_wb ? blocks + blk * 2 * Dt : NULL;
+            int64_t end = (blk + 1) * block < R ? (blk + 1) * block : R;
+            backward_range(in, blk * block, end, att, pos, g_a_s, g_a_t, g_a_e, g_total, g_c, g_q_s, g_q_t,
+                           g_q_e, coef, acc, acc ? acc + Dt : NULL, work + t * (2 * in->K + 1) * Dt);
+        }
+    })
+    if (!g_wb) return;
+    memset(g_wb, 0, 2 * Dt * sizeof(float));
+    for (int64_t blk = 0; blk < nb; blk++)
+        for (int64_t i = 0; i < 2 * Dt; i++) g_wb[i] += blocks[blk * 2 * Dt + i];
 }
 
 void slot_attention_node_grad(int64_t S, int threads, int64_t H, int64_t Ds, const int64_t *crow,

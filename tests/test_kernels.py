@@ -241,3 +241,23 @@ def test_fused_link_scores_match_the_predictor(kernels):
     predictor.fused = True
     pos, neg = predictor(z, 7)  # with gradients: the torch ops, whatever the flag
     assert pos.grad_fn is not None and neg.grad_fn is not None
+
+
+def test_fused_results_do_not_depend_on_the_thread_count(kernels):
+    """Every output row is summed by one thread in a fixed order (a distributed run's ranks may run
+    other thread counts than a single process, and their gradients are compared)."""
+    layout, dt, inputs, data = _float_inputs(700, 120, 2, 16, 12, True, seed=5, dt_scale=1e5)
+    keep = dropout_scale((*layout.shape, 2), 0.3, True, torch.device("cpu"))
+    leaves = inputs + [q for _, q in data]
+    results, before = [], torch.get_num_threads()
+    try:
+        for threads in (1, 2, 3):
+            torch.set_num_threads(threads)
+            c, src, q_src, w, b, q_time = inputs
+            sums, total = slot_attention(layout, c, keep, (src, q_src), (dt, w, b, q_time), data, native=kernels)
+            out = (*sums, total)
+            results.append((*out, *torch.autograd.grad(out, leaves, [torch.ones_like(t) for t in out])))
+    finally:
+        torch.set_num_threads(before)
+    for other in results[1:]:
+        assert all(torch.equal(a, b) for a, b in zip(results[0], other))
