@@ -68,7 +68,6 @@ class NativeKernels:
         """Threads for ``rows`` rows: torch's count, but at least ~64 rows each."""
         return max(1, min(torch.get_num_threads(), rows // 64))
 
-
     def link_scores(self, s: torch.Tensor, d: torch.Tensor, w: torch.Tensor, bias: float) -> torch.Tensor:
         """[B, Q] scores w . relu(s[b] + d[b, q]) + bias of s [B, D], d [B, Q, D] (no gradient)."""
         s, d, w = s.detach().contiguous(), d.detach().contiguous(), w.detach().contiguous()
