@@ -4,8 +4,9 @@ serialises the copy's reads and writes in schedule order (DESIGN §4).
 For every stream step ``u`` of its copy (see :mod:`disttgl.schedule`) the server: zeroes the memory
 when the copy wraps to batch 0, serves ``read(u)`` to the ``i`` trainers holding step ``u`` (all
 before any of their writes, so the ``i`` sub-batches see the same state), then applies their
-``write(u)``; at the end of every pass it answers the copy leader's ``flush`` (the leader then copies
-the memory for evaluation and checkpoints). The order is computed from the pure schedule on both
+``write(u)``; at the end of every pass it answers the copy leader's ``flush`` (the leader copies the
+memory for evaluation and checkpoints, and the server waits for its ``copied`` before the next step
+may reset or write the table). The order is computed from the pure schedule on both
 sides, so no message carries sequencing state.
 
 Transport: a Unix socket per trainer (``multiprocessing.connection``) for small control tuples; the
@@ -193,7 +194,7 @@ class _Server:
             for r in stream_ranks(p, u):
                 self.remaining[r] += 2
             if is_pass_end(p, u):
-                self.remaining[p.leader] += 1
+                self.remaining[p.leader] += 2  # flush, then copied
         for u in range(p.start, p.end):
             ranks = stream_ranks(p, u)
             if stream_batch(p, u) == 0 and ranks:
@@ -210,6 +211,9 @@ class _Server:
             if is_pass_end(p, u):
                 self.expect(p.leader, "flush", u)
                 self.conns[p.leader].send(("ok", u))
+                # the leader reads the shared table now: the next step's wrap reset or writes must
+                # wait until it says it holds its copy, or evaluation sees a zeroed memory
+                self.expect(p.leader, "copied", u)
         # done: wait for the trainers to hang up (an error message from one still counts)
         deadline = time.monotonic() + p.timeout
         while self.conns and time.monotonic() < deadline:
@@ -350,10 +354,13 @@ class MemoryClient:
         self._send(("write", u, n))
 
     def flush(self, u: int) -> np.ndarray:
-        """Wait until step ``u``'s writes are applied; the copy's [N, 3d] table then (a copy)."""
+        """Wait until step ``u``'s writes are applied; the copy's [N, 3d] table then (a copy, taken
+        while the server holds every later step back)."""
         self._send(("flush", u))
         self._recv(f"flush after step {u}")
-        return self.table.copy()
+        table = self.table.copy()
+        self._send(("copied", u))
+        return table
 
     def _fits(self, n: int) -> None:
         if n > self.capacity:

@@ -97,6 +97,36 @@ def test_i_way_reads_all_come_before_the_writes():
     assert reads[(1, 2)][0] == 11 and reads[(1, 2)][1] == 12
 
 
+class _SlowTable:
+    """The shared table as a client sees it, with a copy that takes a while (a large N)."""
+
+    def __init__(self, table):
+        self.table = table
+
+    def copy(self):
+        time.sleep(0.3)
+        return self.table.copy()
+
+
+def test_the_flushed_copy_is_taken_before_the_next_pass_resets_the_table():
+    # k = 1: the step after a pass end is batch 0 again, where the server zeroes the copy's memory;
+    # the leader's copy (for evaluation and the memory file) must still hold the pass's writes
+    p = plan(T=3, end=6)
+    tables = []
+
+    def body(rank, c):
+        c.table = _SlowTable(c.table)
+        for t, s in scheduled(p, rank):
+            c.read(s.stream, np.arange(N))
+            c.write(s.stream, np.arange(N), np.full((N, 3 * DIM), s.stream + 1, np.float32))
+            if (t + 1) % p.T == 0:
+                tables.append(c.flush(t))
+
+    code, errors = run_trainers(p, body)
+    assert not errors and code == 0
+    assert [float(t.min()) for t in tables] == [3.0, 6.0] and [float(t.max()) for t in tables] == [3.0, 6.0]
+
+
 def test_stream_ranks_skip_a_short_last_memory_batch():
     p = ServerPlan(T=3, i=2, j=1, k=1, copy=0, num_batches=5, num_nodes=N, dim=DIM, start=0, end=3, capacity=N)
     assert [stream_ranks(p, u) for u in range(3)] == [[0, 1], [0, 1], [0]]
