@@ -43,7 +43,6 @@ import h5py
 import numpy as np
 import torch
 
-from disttgl import FORMAT_VERSION
 from disttgl.atomic import atomic_path
 from disttgl.batch import Batch
 from disttgl.bookkeeping import MemoryState, plan
@@ -63,6 +62,10 @@ _PARTS = {  # dataset -> (pointer dataset, columns or 0 for 1-D, dtype or None f
 _PTRS = ("event_ptr", "pos_node_ptr", "pos_nbr_ptr", "neg_root_ptr", "neg_node_ptr", "neg_nbr_ptr")
 _POS = ("events", "t", "pos_root", "pos_node", "pos_nbr")
 _NEG = ("neg_root", "neg_node", "neg_nbr")
+
+# 2: validation and test batches are never grouped by i (one evaluation protocol for every layout);
+# a version-1 cache built with i > 1 holds grouped val/test bookkeeping and must be rebuilt.
+CACHE_FORMAT_VERSION = 2
 
 
 def _crc(parts: Iterable[np.ndarray]) -> int:
@@ -100,7 +103,7 @@ class CacheMeta(BatchParams):
     num_events: int = 0
     split_events: dict[str, int] = field(default_factory=dict)  # positives per split
     split_batches: dict[str, int] = field(default_factory=dict)  # batches per split
-    format_version: int = FORMAT_VERSION
+    format_version: int = CACHE_FORMAT_VERSION
 
 
 # ----------------------------------------------------------------------------------- building
@@ -269,7 +272,7 @@ def build_cache(graph_path: str | os.PathLike, out: str | os.PathLike, params: B
         f.create_dataset("event_t", data=event_t).attrs["crc32"] = _crc([event_t])
         f.attrs["kind"] = CACHE_KIND
         f.attrs["meta"] = json.dumps(asdict(meta), sort_keys=True)
-        f.attrs["format_version"] = FORMAT_VERSION
+        f.attrs["format_version"] = CACHE_FORMAT_VERSION
         f.attrs["complete"] = True  # written last: a file without it was never finished
     return meta
 
@@ -322,9 +325,9 @@ class BatchCache:
         if a.get("kind") != CACHE_KIND:
             raise DataError(self.path, "not a disttgl batch cache")
         version = int(a.get("format_version", -1))
-        if version != FORMAT_VERSION:
+        if version != CACHE_FORMAT_VERSION:
             raise DataError(self.path, f"batch cache format version {version}, this disttgl reads "
-                                       f"{FORMAT_VERSION}; rebuild it with `disttgl batches`")
+                                       f"{CACHE_FORMAT_VERSION}; rebuild it with `disttgl batches`")
         if not a.get("complete", False):
             raise DataError(self.path, "batch cache is incomplete (its build was interrupted); rebuild it")
         try:

@@ -3,7 +3,7 @@
 Every node has a memory time ``mem_t``, and a pending mail (``mail_t``, ``mail_eid``); a node with no
 mail yet has ``mail_t = mem_t = 0`` and ``mail_eid = E`` (the zero row of ``edge_feat``).
 
-With mini-batch parallelism ``i``, ``i`` consecutive batches of a split form one memory batch: all
+With mini-batch parallelism ``i``, ``i`` consecutive training batches form one memory batch: all
 of them read the state as it stands before the group, and the group writes once. Each positive
 root is written at its LAST occurrence in the group in interleaved order (src0, dst0, src1, dst1,
 ... over the group's batches in order), so no node is written twice and the ``i`` writers never
@@ -102,14 +102,17 @@ class PlannedBatch:
 
 def plan(src: np.ndarray, dst: np.ndarray, t: np.ndarray, split: np.ndarray, batch_size: int,
          parallelism: int, num_nodes: int) -> Iterator[tuple[list[PlannedBatch], MemoryState]]:
-    """Walk train, val, test in memory batches; yield each group's batches with the state BEFORE it.
+    """Walk train (in memory batches of ``parallelism``), then val and test (one batch at a time);
+    yield each group's batches with the state BEFORE it.
 
     The yielded state is updated in place once the consumer asks for the next group, so read what
     you need (``state.lookup``) before advancing.
     """
     state = MemoryState.initial(num_nodes, len(src))
     for s, batches in enumerate(split_batches(split, batch_size)):
-        for grp in groups(len(batches), parallelism):
+        # only training runs in memory batches of i: validation and test follow one protocol for
+        # every layout (batches of B, memory carried val -> test), as in the single-process rows
+        for grp in groups(len(batches), parallelism if s == 0 else 1):
             eids = [batches[b] for b in grp]
             srcs, dsts = [src[e] for e in eids], [dst[e] for e in eids]
             masks = write_masks(srcs, dsts)

@@ -261,40 +261,6 @@ class ServedMemory:
         self.client.write(self.step.stream, nodes.cpu().numpy(), torch.cat([mem, mail], 1).cpu().numpy())
 
 
-class GroupedMemory:
-    """A :class:`MemoryState` whose writes land every ``i`` batches: the i batches of one memory
-    batch all read the state before the group, as the bookkeeping in the cache assumes."""
-
-    def __init__(self, state: MemoryState, i: int):
-        self.state, self.i = state, i
-        self.pending: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
-
-    def reset(self) -> None:
-        self.pending.clear()
-        self.state.reset()
-
-    def gather(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.state.gather(batch)
-
-    def write(self, batch: Batch, new_memory: torch.Tensor) -> None:
-        self.pending.append(write_rows(batch, new_memory))
-        if len(self.pending) == self.i:
-            self.flush()
-
-    def flush(self) -> None:
-        for nodes, mem, mail in self.pending:
-            self.state.memory[nodes] = mem.to(self.state.memory.dtype)
-            self.state.mail[nodes] = mail.to(self.state.mail.dtype)
-        self.pending.clear()
-
-
-def evaluate_grouped(model: TGN, state: MemoryState, loader: BatchLoader, feats: Any, i: int) -> dict[str, float]:
-    mem = GroupedMemory(state, i)
-    out = evaluate(model, mem, loader, feats)
-    mem.flush()
-    return out
-
-
 def table_state(table: np.ndarray, dim: int, device: torch.device) -> MemoryState:
     t = torch.from_numpy(np.ascontiguousarray(table))
     return MemoryState(t[:, :dim].contiguous().to(device), t[:, dim:].contiguous().to(device))
@@ -523,7 +489,8 @@ def _run(cfg: TrainConfig, env: Env, layout: Layout, timeout: float, device: tor
 
 def _evaluate(tr: _Trainer, table: np.ndarray, p: int, stats: Any, rates: list, best: dict[str, Any],
               train_s: float) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Rank 0: val (and test when val improves) with copy 0's memory carried on from training."""
+    """Rank 0: val (and test when val improves) with copy 0's memory carried on from training, in
+    batches of B as the single-process path does (the cache never groups val/test by i)."""
     lay, cfg = tr.lay, tr.cfg
     state = table_state(table, cfg.dim, tr.device)
 
@@ -531,7 +498,7 @@ def _evaluate(tr: _Trainer, table: np.ndarray, p: int, stats: Any, rates: list, 
         return BatchLoader(cfg.cache, split, [(b, 0) for b in range(tr.nb[split])], prefetch=cfg.prefetch,
                            device=tr.device)
 
-    val = evaluate_grouped(tr.model, state, loader("val"), tr.feats, lay.i)
+    val = evaluate(tr.model, state, loader("val"), tr.feats)
     events = sum(r[0] for r in rates)
     wall = max(r[1] for r in rates)
     row = {"epoch": p + 1, "epochs_trained": (p + 1) * lay.j * lay.k,
@@ -541,7 +508,7 @@ def _evaluate(tr: _Trainer, table: np.ndarray, p: int, stats: Any, rates: list, 
            "val_ap": val["ap"], "val_mrr": val["mrr"], "val_ap_1neg": val["ap_1neg"],
            "time_split": {k: v / max(stats.seconds, 1e-9) for k, v in stats.timing.items()}}
     if val["mrr"] > best["val_mrr"]:
-        test = evaluate_grouped(tr.model, state, loader("test"), tr.feats, lay.i)
+        test = evaluate(tr.model, state, loader("test"), tr.feats)
         best = {"best_epoch": p + 1, "val_mrr": val["mrr"], "val_ap": val["ap"], "test_ap": test["ap"],
                 "test_mrr": test["mrr"], "test_ap_1neg": test["ap_1neg"]}
     return row, best

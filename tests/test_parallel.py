@@ -15,13 +15,13 @@ import numpy as np
 import pytest
 import torch
 
-from disttgl.batches import open_cache
+from disttgl.batches import BatchLoader, open_cache
 from disttgl.errors import DataError
 from disttgl.memory import MemoryState
 from disttgl.model import TGN
-from disttgl.parallel import Env, allreduce_grads, resolve_layout
+from disttgl.parallel import Env, allreduce_grads, resolve_layout, table_state
 from disttgl.schedule import Layout
-from disttgl.training import TrainConfig, load_features, model_config
+from disttgl.training import TrainConfig, evaluate, load_features, model_config
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL = ["--dim", "16", "--time-dim", "16", "--heads", "2", "--no-progress", "--timeout", "60"]
@@ -94,13 +94,41 @@ def test_i2_memory_equals_one_trainer_with_a_double_memory_batch(data):
     assert not close(got, sweep(model, feats, n, data / "c1.h5", list(range(nb)), group=1))
 
 
-def test_j2_leaves_the_memory_trajectory_of_j1(data):
-    fixed_weights_run(data, "j2", "c1.h5", "1x2x1", epochs=2)  # one pass
-    got = np.load(data / "j2" / "memory-copy0-pass1.npy")
+def test_i2_validation_is_the_single_process_evaluation_of_the_same_weights_and_memory(data):
+    """One evaluation protocol for every layout: batches of B (not memory batches of i·B), memory
+    carried on from training. The i = 2 cache's val batches are the i = 1 cache's, and rank 0's
+    validation of the run equals ``evaluate`` of the saved weights from the saved memory."""
+    fixed_weights_run(data, "i2eval", "c2.h5", "2x1x1", epochs=1)
+    model, feats, n = load_model(data, "i2eval")
+    state = table_state(np.load(data / "i2eval" / "memory-copy0-pass1.npy"), 16, torch.device("cpu"))
+    with open_cache(data / "c1.h5") as c1, open_cache(data / "c2.h5") as c2:
+        nb = c1.num_batches("val")
+        assert c2.num_batches("val") == nb > 1
+        for b in range(nb):
+            x, y = c1.batch("val", b, 0), c2.batch("val", b, 0)
+            for name in ("eid", "neg", "nodes", "nbr_eid", "write_mask"):  # all but the bookkeeping times
+                assert torch.equal(getattr(x, name), getattr(y, name)), (b, name)
+    torch.set_num_threads(1)
+    want = evaluate(model, state, BatchLoader(data / "c2.h5", "val", [(b, 0) for b in range(nb)]), feats)
+    row = json.loads((data / "i2eval" / "metrics.jsonl").read_text().splitlines()[0])
+    assert row["val_mrr"] == pytest.approx(want["mrr"], abs=1e-6)
+    assert row["val_ap"] == pytest.approx(want["ap"], abs=1e-6)
+
+
+def test_j2_leaves_the_memory_trajectory_of_j1_and_validates_on_it_every_pass(data):
+    # two passes: after pass 1 the server wraps to batch 0 and zeroes the copy's memory, which must
+    # not reach the leader's copy for validation and the memory file (it did: pass 1 was all zeros)
+    fixed_weights_run(data, "j2", "c1.h5", "1x2x1", epochs=4)
     model, feats, n = load_model(data, "j2")
-    assert close(got, sweep(model, feats, n, data / "c1.h5", list(range(21)), group=1))
+    want = sweep(model, feats, n, data / "c1.h5", list(range(21)), group=1)
+    for p in (1, 2):
+        got = np.load(data / "j2" / f"memory-copy0-pass{p}.npy")
+        assert np.abs(got).sum() > 0 and close(got, want), (p, np.abs(got - want).max())
+    rows = [json.loads(x) for x in (data / "j2" / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 2  # identical weights and memory: identical validation in every pass
+    assert rows[0]["val_mrr"] == rows[1]["val_mrr"] and rows[0]["val_ap"] == rows[1]["val_ap"]
     summary = json.loads((data / "j2" / "summary.json").read_text())
-    assert summary["parallelism"] == "1x2x1" and summary["world_size"] == 2 and summary["epochs_trained"] == 2
+    assert summary["parallelism"] == "1x2x1" and summary["world_size"] == 2 and summary["epochs_trained"] == 4
     assert len(summary["rank_events_per_s"]) == 2 and all(r > 0 for r in summary["rank_events_per_s"])
 
 
