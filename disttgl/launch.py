@@ -14,6 +14,7 @@ import subprocess
 import sys
 
 from disttgl.errors import DataError
+from disttgl.lifetime import child_exits_with_parent
 
 
 def torchrun_args(nodes: int, nproc: int, *, head: str | None = None, port: int = 29500, run_id: str = "disttgl",
@@ -71,7 +72,8 @@ def run(args: argparse.Namespace) -> int:
     print(shlex.join(cmd), file=sys.stderr if not args.dry_run else sys.stdout, flush=True)
     if args.dry_run:
         return 0
-    return subprocess.run(cmd).returncode
+    # torchrun dies with us (and its ranks with it: disttgl.parallel), never orphaned by a kill
+    return subprocess.run(cmd, preexec_fn=child_exits_with_parent).returncode
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ import json
 import logging
 import os
 import secrets
+import signal
 import subprocess
 import sys
 import time
@@ -33,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
+from disttgl.lifetime import exit_with_parent
 from disttgl.schedule import Layout, step
 
 log = logging.getLogger(__name__)
@@ -383,7 +385,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     authkey = bytes.fromhex(sys.stdin.readline().strip())
     plan = ServerPlan(**json.loads(args.plan))
+    # die with the rank that started us, through serve()'s cleanup (the shared memory is unlinked)
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    exit_with_parent()
     return serve(plan, args.address, authkey)
+
+
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 if __name__ == "__main__":

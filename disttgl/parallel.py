@@ -22,6 +22,7 @@ exit non-zero naming the dead rank (found from PIDs on this machine, heartbeats 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import math
@@ -44,9 +45,11 @@ from disttgl.atomic import atomic_path
 from disttgl.batch import Batch
 from disttgl.batches import BatchLoader, open_cache
 from disttgl.errors import DataError
+from disttgl.lifetime import exit_with_parent
 from disttgl.memory import MemoryState, write_rows
 from disttgl.memory_server import MemoryClient, MemoryServerError, ServerPlan, start_server
 from disttgl.model import TGN
+from disttgl.run_lock import run_dir_lock
 from disttgl.runtime import keep_freed_memory
 from disttgl.schedule import Layout, Step, choose_parallelism, memory_batches, passes, step
 from disttgl.training import (TrainConfig, adam, evaluate, load_features, model_config,
@@ -348,6 +351,7 @@ class _Trainer:
 def train_parallel(cfg: TrainConfig, *, timeout: float = 300.0) -> dict[str, Any] | None:
     """Run this rank's part of an i x j x k training; rank 0 returns the summary, others None."""
     env = Env.from_environ()
+    exit_with_parent()  # torchrun runs each rank in its own session: when it is killed, so are we
     keep_freed_memory()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -365,6 +369,15 @@ def train_parallel(cfg: TrainConfig, *, timeout: float = 300.0) -> dict[str, Any
         backend = "nccl" if env.local_world <= torch.cuda.device_count() else "gloo"
     else:
         device, backend = torch.device("cpu"), "gloo"
+    # rank 0 owns the run directory's files: no second run may write there meanwhile (the others
+    # wait for it in the rendezvous below, so its wait is bounded by the same timeout)
+    lock = run_dir_lock(cfg.out, wait=0.8 * timeout) if env.rank == 0 else contextlib.nullcontext()
+    with lock:
+        return _train_parallel(cfg, env, layout, device, backend, timeout)
+
+
+def _train_parallel(cfg: TrainConfig, env: Env, layout: Layout, device: torch.device, backend: str,
+                    timeout: float) -> dict[str, Any] | None:
     # A store namespace per restart round: keys a failed round left behind (gloo's peer addresses)
     # must not reach the next one, or it connects to dead ranks.
     agent_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE", "").lower() == "true"

@@ -279,3 +279,34 @@ def test_launch_command_one_node_and_slurm():
     assert "--rdzv-endpoint=node7:29500" in two and "--nnodes=2" in two and "--rdzv-id=disttgl-42" in two
     with pytest.raises(DataError, match="SLURM allocation"):
         command(2, 4, ["g.h5"], env={})
+
+
+def test_ranks_and_memory_servers_exit_when_torchrun_is_killed(data):
+    """torchrun starts each rank in its own session; SIGKILL of torchrun must not leave them (or the
+    memory server) training into a run directory that a rerun uses."""
+    import psutil
+
+    from disttgl.run_lock import run_dir_lock
+
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+           "-m", "disttgl.train", "g.h5", "c1.h5", "--out", "orphans", "--parallelism", "1x2x1",
+           "--epochs", "200", "--threads", "1", *MODEL]
+    proc = subprocess.Popen(cmd, cwd=data, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 90
+        kids: list = []
+        while time.monotonic() < deadline:  # two ranks and copy 0's memory server
+            kids = psutil.Process(proc.pid).children(recursive=True)
+            if sum("disttgl.memory_server" in " ".join(k.cmdline()) for k in kids) == 1 and len(kids) >= 3:
+                break
+            time.sleep(0.5)
+        else:
+            pytest.fail(f"the run never started its ranks and memory server: {[k.cmdline() for k in kids]}")
+        proc.kill()
+        proc.wait()
+        gone, alive = psutil.wait_procs(kids, timeout=30)
+        assert not alive, [k.cmdline()[:4] for k in alive]
+        with run_dir_lock(data / "orphans", wait=0):  # and nobody holds the run directory
+            pass
+    finally:
+        proc.kill()

@@ -1,0 +1,91 @@
+"""Processes that must not outlive their parent, and one writer per run directory."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import psutil
+import pytest
+
+from disttgl.errors import DataError
+from disttgl.run_lock import run_dir_lock
+
+CHILD = """
+import time
+from disttgl import lifetime
+if {fallback}:
+    lifetime._prctl_pdeathsig = lambda sig: False  # the watching thread, as where prctl is missing
+lifetime.exit_with_parent(poll=0.1)
+print("ready", flush=True)
+time.sleep(60)
+"""
+
+PARENT = """
+import subprocess, sys, time
+child = subprocess.Popen([sys.executable, "-c", {child!r}], stdout=subprocess.PIPE, text=True,
+                         start_new_session=True)  # as torchrun starts its ranks
+assert child.stdout.readline().strip() == "ready"
+print(child.pid, flush=True)
+time.sleep(60)
+"""
+
+
+@pytest.mark.parametrize("fallback", [False, True], ids=["prctl", "watch-thread"])
+def test_a_child_exits_when_its_parent_is_killed(fallback):
+    code = PARENT.format(child=CHILD.format(fallback=fallback))
+    parent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    child = psutil.Process(int(parent.stdout.readline()))
+    assert child.is_running()
+    parent.kill()
+    parent.wait()
+    gone, alive = psutil.wait_procs([child], timeout=10)
+    assert not alive, "the child outlived its killed parent"
+
+
+HOLDER = textwrap.dedent("""
+    import sys, time
+    from disttgl.run_lock import run_dir_lock
+    with run_dir_lock(sys.argv[1], wait=0):
+        print("locked", flush=True)
+        time.sleep(float(sys.argv[2]))
+""")
+
+
+def _holder(d, seconds: float) -> subprocess.Popen:
+    p = subprocess.Popen([sys.executable, "-c", HOLDER, str(d), str(seconds)], stdout=subprocess.PIPE, text=True)
+    assert p.stdout.readline().strip() == "locked"
+    return p
+
+
+def test_a_second_writer_is_refused_naming_the_holder(tmp_path):
+    p = _holder(tmp_path / "run", 30)
+    try:
+        with pytest.raises(DataError, match=rf"in use by pid {p.pid} on "):
+            with run_dir_lock(tmp_path / "run", wait=0.5):
+                pass
+    finally:
+        p.kill()
+        p.wait()
+
+
+def test_a_second_writer_waits_for_the_first_then_runs(tmp_path):
+    p = _holder(tmp_path / "run", 1.5)
+    start = time.monotonic()
+    with run_dir_lock(tmp_path / "run", wait=None):
+        waited = time.monotonic() - start
+        assert p.poll() is not None  # the first writer had finished
+    assert waited > 0.5
+    p.wait()
+
+
+def test_a_killed_holder_leaves_no_stale_lock(tmp_path):
+    p = _holder(tmp_path / "run", 30)
+    os.kill(p.pid, signal.SIGKILL)
+    p.wait()
+    with run_dir_lock(tmp_path / "run", wait=0) as path:
+        assert f"pid {os.getpid()}" in path.read_text()
