@@ -5,6 +5,9 @@ negative set drawn by a seeded RNG; predict first, then write the batch's memory
 validate with memory carried on from training; when validation MRR improves, test right away with
 memory carried on from validation. The run directory holds ``metrics.jsonl`` (one line per
 epoch), ``checkpoint.pt`` (written after every epoch, atomically) and ``summary.json``.
+
+A non-finite training loss or evaluation score stops the run with a :class:`NonFiniteError` naming
+the step and what holds non-finite values, rather than training on or reporting NaN as a metric.
 """
 
 from __future__ import annotations
@@ -93,6 +96,52 @@ class EpochStats:
 
 # ------------------------------------------------------------------------------ building blocks
 
+class NonFiniteError(DataError):
+    """A NaN or inf training loss or evaluation score: the step and the likely source are named."""
+
+
+def non_finite_error(what: str, *, split: str | None, epoch: int | None, batch: int, model: torch.nn.Module,
+                     feats: Features, mem: torch.Tensor | None = None,
+                     mail: torch.Tensor | None = None) -> NonFiniteError:
+    """The error for a non-finite ``what`` at ``batch``, listing every input that is non-finite.
+
+    Raised before the optimizer step and the memory write, so what is listed was non-finite when
+    the value was computed (inputs first: they are the likelier source).
+    """
+    found = []
+
+    def rows(name: str, t: torch.Tensor | None) -> None:
+        if t is not None and t.numel():
+            bad = int((~torch.isfinite(t)).reshape(len(t), -1).any(1).sum())
+            if bad:
+                found.append(f"{name} ({bad} of {len(t)} rows)")
+
+    rows("the static memory table (--static)", feats.static)
+    rows("edge features", feats.edge_feat)
+    rows("node features", feats.node_feat)
+    rows("this batch's memory rows", mem)
+    rows("this batch's mailbox rows", mail)
+    tensors = [*model.named_parameters(), *model.named_buffers()]
+    params = [n for n, t in tensors if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if params:
+        found.append(f"model parameters ({len(params)} of {len(tensors)}: {', '.join(params[:4])}"
+                     f"{', ...' if len(params) > 4 else ''}; a corrupted checkpoint?)")
+    where = ", ".join([*([f"epoch {epoch}"] if epoch is not None else []), f"batch {batch}",
+                       *([f"{split} split"] if split else [])])
+    source = ("non-finite values in " + "; ".join(found) if found else
+              "no input, memory row or parameter is non-finite: training diverged (try a lower --lr)")
+    return NonFiniteError(None, f"non-finite {what} at {where}: {source}; stopping")
+
+
+def improves(score: float, best: float | None) -> bool:
+    """Whether a validation score is a new best. ``score > best`` alone keeps no NaN epoch but is
+    beaten by nothing once a NaN best is stored (a corrupted checkpoint); a non-finite score never
+    improves and any finite one beats a non-finite best."""
+    if not math.isfinite(score):
+        return False
+    return best is None or not math.isfinite(best) or score > best
+
+
 def load_features(graph_path: str, device: torch.device, static: str | None = None) -> tuple[Features, Any]:
     graph = load_graph(graph_path)
     feats = Features(
@@ -112,8 +161,10 @@ def model_config(cfg: TrainConfig, graph: Any, feats: Features, memory: str = "g
 
 def train_epoch(model: TGN, memory: MemoryState | None, batches: Iterable[Batch],
                 optimizer: torch.optim.Optimizer, feats: Features, *, loss: str = "ce",
-                progress: tqdm | None = None, sync: bool = False) -> EpochStats:
-    """One pass over ``batches``: predict, step, then write memory (GRU model only)."""
+                progress: tqdm | None = None, sync: bool = False, epoch: int | None = None) -> EpochStats:
+    """One pass over ``batches``: predict, step, then write memory (GRU model only).
+
+    A non-finite loss raises :class:`NonFiniteError` (``epoch`` only names the step in it)."""
     model.train()
     stats = EpochStats()
     total_loss, steps = 0.0, 0
@@ -129,6 +180,12 @@ def train_epoch(model: TGN, memory: MemoryState | None, batches: Iterable[Batch]
         mem, mail = memory.gather(batch) if memory is not None else (None, None)
         pos, neg, new_mem = model(batch, feats, mem, mail)
         step_loss = link_loss(pos, neg, loss)
+        # checked before the step: a NaN would spread to every parameter and memory row. The float()
+        # is the one sync per step that used to come after the step.
+        value = float(step_loss.detach())
+        if not math.isfinite(value):
+            raise non_finite_error(f"training loss ({value})", split="train", epoch=epoch, batch=steps,
+                                   model=model, feats=feats, mem=mem, mail=mail)
         if cuda:
             torch.cuda.synchronize()
         t2 = clock()
@@ -140,7 +197,7 @@ def train_epoch(model: TGN, memory: MemoryState | None, batches: Iterable[Batch]
         t3 = clock()
         if memory is not None:
             memory.write(batch, new_mem)
-        total_loss += float(step_loss.detach())
+        total_loss += value
         t4 = clock()
         for k, dt in zip(stats.timing, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
             stats.timing[k] += dt
@@ -157,13 +214,19 @@ def train_epoch(model: TGN, memory: MemoryState | None, batches: Iterable[Batch]
 
 
 @torch.inference_mode()
-def evaluate(model: TGN, memory: MemoryState | None, batches: Iterable[Batch], feats: Features) -> dict[str, float]:
-    """Metrics over ``batches`` (ap, mrr, ap_1neg); memory is updated as in training."""
+def evaluate(model: TGN, memory: MemoryState | None, batches: Iterable[Batch], feats: Features, *,
+             split: str | None = None, epoch: int | None = None) -> dict[str, float]:
+    """Metrics over ``batches`` (ap, mrr, ap_1neg); memory is updated as in training.
+
+    Non-finite scores raise :class:`NonFiniteError` (``split`` and ``epoch`` only name the step)."""
     model.eval()
     acc = RankingMetrics()
-    for batch in batches:
+    for b, batch in enumerate(batches):
         mem, mail = memory.gather(batch) if memory is not None else (None, None)
         pos, neg, new_mem = model(batch, feats, mem, mail)
+        if not bool(torch.isfinite(pos).all() & torch.isfinite(neg).all()):  # one sync per batch
+            raise non_finite_error("scores", split=split or "evaluation", epoch=epoch, batch=b, model=model,
+                                   feats=feats, mem=mem, mail=mail)
         if memory is not None:
             memory.write(batch, new_mem)
         acc.update(pos, neg)
@@ -234,11 +297,11 @@ class _Run:
         with tqdm(total=self.meta.split_events.get("train") or None, unit="ev", unit_scale=True,
                   desc=f"{desc} epoch {epoch}", disable=not self.cfg.progress, mininterval=2.0) as bar:
             stats = train_epoch(self.model, self.memory, self.loader("train", sets), self.optimizer,
-                                self.feats, loss=self.cfg.loss, progress=bar)
+                                self.feats, loss=self.cfg.loss, progress=bar, epoch=epoch)
         return stats
 
-    def eval(self, split: str) -> dict[str, float]:
-        return evaluate(self.model, self.memory, self.loader(split), self.feats)
+    def eval(self, split: str, epoch: int | None = None) -> dict[str, float]:
+        return evaluate(self.model, self.memory, self.loader(split), self.feats, split=split, epoch=epoch)
 
 
 # ------------------------------------------------------------------------------------- training
@@ -266,12 +329,12 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     for epoch in range(start, cfg.epochs + 1):
         t0 = time.perf_counter()
         stats = run.epoch(epoch, "train")
-        val = run.eval("val")
+        val = run.eval("val", epoch)
         row = {"epoch": epoch, "train_loss": stats.loss, "train_events_per_s": stats.events_per_s,
                "val_ap": val["ap"], "val_mrr": val["mrr"], "val_ap_1neg": val["ap_1neg"],
                "time_split": {k: v / max(stats.seconds, 1e-9) for k, v in stats.timing.items()}}
-        if val["mrr"] > best["val_mrr"]:
-            test = run.eval("test")  # memory runs on from validation into test
+        if improves(val["mrr"], best.get("val_mrr")):
+            test = run.eval("test", epoch)  # memory runs on from validation into test
             best = {"best_epoch": epoch, "val_mrr": val["mrr"], "val_ap": val["ap"],
                     "test_ap": test["ap"], "test_mrr": test["mrr"], "test_ap_1neg": test["ap_1neg"]}
         row["seconds"] = time.perf_counter() - t0
@@ -359,10 +422,10 @@ def pretrain(cfg: TrainConfig) -> dict[str, Any]:
     history = []
     for epoch in range(1, cfg.epochs + 1):
         stats = run.epoch(epoch, "pretrain")
-        val = run.eval("val")
+        val = run.eval("val", epoch)
         history.append({"epoch": epoch, "train_loss": stats.loss, "val_mrr": val["mrr"], "val_ap": val["ap"]})
         log.info("pretrain epoch %d: loss %.4f, val AP %.4f MRR %.4f", epoch, stats.loss, val["ap"], val["mrr"])
-        if val["mrr"] > best_mrr:
+        if improves(val["mrr"], best_mrr):
             best_mrr, best_epoch, stale = val["mrr"], epoch, 0
             best_table = run.model.table.weight.detach().cpu().clone()
         else:

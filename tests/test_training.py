@@ -19,8 +19,10 @@ from disttgl.cli import main
 from disttgl.memory import MemoryState
 from disttgl.synth import SynthConfig, generate
 from disttgl.graph import build_tcsr, load_graph, write_graph
-from disttgl.training import (Features, TrainConfig, _config_changes, load_features, nodes_with_training_events,
-                              pretrain, train, train_epoch)
+from disttgl.errors import DataError
+from disttgl.training import (Features, NonFiniteError, TrainConfig, _config_changes, evaluate, improves,
+                              load_features, nodes_with_training_events, pretrain,
+                              save_static, train, train_epoch)
 from disttgl.model import TGN, ModelConfig
 
 REPO = Path(__file__).parents[1]
@@ -228,3 +230,82 @@ def test_cli_errors_name_the_file(data, tmp_path, capsys):
     rc = main(["train", str(data[0]), str(data[1]), "--out", str(tmp_path / "r"), "--parallelism", "2x1x1",
                "--no-progress"])
     assert rc == 2 and "parallelism" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ non-finite values stop the run
+
+def train_args(data, out, *extra):
+    return ["train", str(data[0]), str(data[1]), "--out", str(out), "--dim", "32", "--time-dim", "32",
+            "--lr", "3e-3", "--threads", "1", "--prefetch", "2", "--no-progress", *extra]
+
+
+def good_table(data, path, **kw):
+    table = np.random.default_rng(0).normal(size=(200, 32)).astype(np.float32)
+    save_static(path, table, graph_path=str(data[0]), **kw)
+    return table
+
+
+def test_nan_static_row_stops_the_cli_with_no_summary(data, tmp_path, capsys):
+    # one NaN row used to give test AP and MRR 1.0000 and exit 0
+    table = good_table(data, tmp_path / "good.h5")
+    table[7] = np.nan
+    save_static(tmp_path / "bad.h5", table, graph_path=str(data[0]))
+    out = tmp_path / "run"
+    rc = main(train_args(data, out, "--epochs", "1", "--static", str(tmp_path / "bad.h5")))
+    err = capsys.readouterr().err
+    assert rc == 2 and "static memory table" in err and "non-finite" in err and "1 of 200 rows" in err, err
+    assert not (out / "summary.json").exists()
+
+
+def test_non_finite_loss_names_the_step_and_the_source(data):
+    # bypasses load_static's own check: a NaN static row reaching training
+    feats, graph = load_features(str(data[0]), torch.device("cpu"))
+    with open_cache(data[1]) as cache:
+        batches = [cache.batch("train", b, 0) for b in range(3)]
+    static = torch.randn(graph.num_nodes, 16)
+    static[batches[1].nodes[0]] = float("nan")  # first seen by batch 1
+    feats = Features(edge_feat=feats.edge_feat, static=static)
+    torch.manual_seed(0)
+    model = TGN(ModelConfig(dim=16, time_dim=16, edge_dim=graph.edge_dim, static_dim=16, static_dropout=0.0))
+    mem = MemoryState.zeros(graph.num_nodes, 16)
+    opt = torch.optim.Adam(model.parameters())
+    with pytest.raises(NonFiniteError, match=r"training loss \(nan\) at epoch 3, batch 1, train split: "
+                                             r"non-finite values in the static memory table \(--static\) "
+                                             r"\(1 of 200 rows\)") as exc:
+        train_epoch(model, mem, batches, opt, feats, epoch=3)
+    assert "model parameters" not in str(exc.value)  # stopped before the step spread it
+    assert all(torch.isfinite(p).all() for p in model.parameters()) and torch.isfinite(mem.memory).all()
+
+
+def test_non_finite_scores_in_evaluation_name_the_split(data):
+    feats, graph = load_features(str(data[0]), torch.device("cpu"))
+    model = TGN(ModelConfig(dim=16, time_dim=16, edge_dim=graph.edge_dim))
+    with torch.no_grad():
+        model.predict.out.bias.fill_(float("nan"))
+    with open_cache(data[1]) as cache:
+        batches = [cache.batch("val", b, 0) for b in range(2)]
+    with pytest.raises(NonFiniteError, match=r"scores at epoch 2, batch 0, val split: .*model parameters "
+                                             r"\(1 of \d+: predict.out.bias"):
+        evaluate(model, MemoryState.zeros(graph.num_nodes, 16), batches, feats, split="val", epoch=2)
+
+
+def test_resume_from_a_checkpoint_with_nan_parameters_stops(data, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(train_args(data, out, "--epochs", "1")) == 0
+    (out / "summary.json").unlink()
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=False)
+    ckpt["model"]["predict.out.bias"].fill_(float("nan"))
+    torch.save(ckpt, out / "checkpoint.pt")
+    capsys.readouterr()
+    assert main(train_args(data, out, "--epochs", "2", "--resume")) == 2
+    err = capsys.readouterr().err
+    assert "epoch 2, batch 0, train split" in err and "predict.out.bias" in err, err
+    assert not (out / "summary.json").exists()
+
+
+def test_a_nan_epoch_is_never_the_best():
+    nan, inf = float("nan"), float("inf")
+    assert not improves(nan, -inf) and not improves(nan, 0.1) and not improves(inf, 0.1)
+    assert improves(0.3, nan) and improves(0.3, -inf) and improves(0.3, None)
+    assert improves(0.5, 0.4) and not improves(0.4, 0.4) and not improves(0.3, 0.4)
+
