@@ -8,6 +8,8 @@ epoch), ``checkpoint.pt`` (written after every epoch, atomically) and ``summary.
 
 A non-finite training loss or evaluation score stops the run with a :class:`NonFiniteError` naming
 the step and what holds non-finite values, rather than training on or reporting NaN as a metric.
+Checkpoints hold only tensors and plain values and are loaded with ``weights_only=True``, so a
+planted ``checkpoint.pt`` cannot run code on ``--resume``.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import pickle
 import random
 import time
 from dataclasses import asdict, dataclass, field
@@ -239,8 +242,13 @@ def adam(params: Iterable[torch.Tensor], lr: float) -> torch.optim.Adam:
 
 
 def rng_state(rng: np.random.Generator) -> dict[str, Any]:
+    """Every RNG's state as tensors and plain values, which ``torch.load(weights_only=True)`` reads."""
+    version, internal, gauss = random.getstate()
+    name, keys, pos, has_gauss, cached = np.random.get_state()
     state = {"numpy_generator": rng.bit_generator.state, "torch": torch.get_rng_state(),
-             "python": random.getstate(), "numpy_global": np.random.get_state()}
+             "python": [version, list(internal), gauss],
+             "numpy_global": {"name": str(name), "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                              "has_gauss": int(has_gauss), "cached_gaussian": float(cached)}}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -249,8 +257,11 @@ def rng_state(rng: np.random.Generator) -> dict[str, Any]:
 def set_rng_state(rng: np.random.Generator, state: dict[str, Any]) -> None:
     rng.bit_generator.state = state["numpy_generator"]
     torch.set_rng_state(state["torch"])
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy_global"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    g = state["numpy_global"]
+    np.random.set_state((g["name"], g["keys"].numpy().astype(np.uint32), g["pos"], g["has_gauss"],
+                         g["cached_gaussian"]))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
@@ -317,11 +328,15 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     start = 1
     ckpt = resumable_checkpoint(ckpt_path, cfg)
     if ckpt is not None:
-        run.model.load_state_dict(ckpt["model"])
-        run.optimizer.load_state_dict(ckpt["optimizer"])
-        run.memory.load_state_dict(ckpt["memory"])
-        set_rng_state(run.rng, ckpt["rng"])
-        history, best, start = ckpt["history"], ckpt["best"], ckpt["epoch"] + 1
+        try:
+            run.model.load_state_dict(ckpt["model"])
+            run.optimizer.load_state_dict(ckpt["optimizer"])
+            run.memory.load_state_dict(ckpt["memory"])
+            set_rng_state(run.rng, ckpt["rng"])
+            history, best, start = list(ckpt["history"]), dict(ckpt["best"]), int(ckpt["epoch"]) + 1
+        except (KeyError, RuntimeError, TypeError, ValueError) as exc:
+            raise DataError(ckpt_path, f"checkpoint does not fit this run ({type(exc).__name__}: {exc}); "
+                                       "delete it or run without --resume") from None
         log.info("resuming %s after epoch %d", out, ckpt["epoch"])
     elif cfg.resume:
         log.info("no checkpoint in %s; starting from scratch", out)
@@ -377,7 +392,8 @@ def resumable_checkpoint(path: Path, cfg: TrainConfig,
     ckpt = load_checkpoint(path) if cfg.resume and path.exists() else None
     if ckpt is None:
         return None
-    changed = _config_changes(ckpt.get("config", {}), cfg) + (extra_changes(ckpt) if extra_changes else [])
+    saved = ckpt.get("config")
+    changed = _config_changes(saved if isinstance(saved, dict) else {}, cfg) + (extra_changes(ckpt) if extra_changes else [])
     if changed:
         if not quiet:
             log.warning("checkpoint in %s was made with different settings (%s): starting from scratch",
@@ -402,10 +418,23 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
+    """The checkpoint's dict, read with ``weights_only=True``: tensors and plain values only, so a
+    planted file cannot run code (the workflow always passes --resume)."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        # torch's message says how to load it unsafely; name only what was refused
+        why = next((ln.strip() for ln in str(exc).splitlines() if "unsupported" in ln.lower()),
+                   str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        raise DataError(path, f"refused checkpoint: it holds more than tensors and plain values ({why}), and "
+                              "loading it could run code. A checkpoint of an older disttgl looks like this too: "
+                              "delete it or run without --resume") from None
     except Exception as exc:  # noqa: BLE001 - any unreadable file is the same user error
-        raise DataError(path, f"unreadable checkpoint ({exc}); delete it or run without --resume") from None
+        raise DataError(path, f"unreadable checkpoint ({type(exc).__name__}: {exc}); delete it or run "
+                              "without --resume") from None
+    if not isinstance(ckpt, dict) or "epoch" not in ckpt:
+        raise DataError(path, "not a disttgl checkpoint (no epoch); delete it or run without --resume")
+    return ckpt
 
 
 def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:

@@ -22,7 +22,7 @@ from disttgl.graph import build_tcsr, load_graph, write_graph
 from disttgl.errors import DataError
 from disttgl.training import (Features, NonFiniteError, TrainConfig, _config_changes, evaluate, improves,
                               load_features, nodes_with_training_events, pretrain,
-                              save_static, train, train_epoch)
+                              resumable_checkpoint, save_static, train, train_epoch)
 from disttgl.model import TGN, ModelConfig
 
 REPO = Path(__file__).parents[1]
@@ -153,7 +153,7 @@ def test_resume_after_sigkill_equals_uninterrupted_run(data, tmp_path):
                           env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=300)
     assert proc.returncode == -9, proc.stderr
     assert not (out / "summary.json").exists()
-    assert torch.load(out / "checkpoint.pt", weights_only=False)["epoch"] == 1
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["epoch"] == 1  # plain values only
     assert main([*args, "--resume"]) == 0
     resumed = json.loads((out / "summary.json").read_text())
     for key in ("best_epoch", "test_ap", "test_mrr", "test_ap_1neg", "val_mrr", "epochs"):
@@ -174,7 +174,7 @@ def test_pretrain_then_train_with_static_memory(data, tmp_path):
     s = train(cfg(data, tmp_path / "run", epochs=1, static=str(static)))
     assert s["test_mrr"] > 0.3
     # the static table is frozen: the checkpoint holds no copy of it as a parameter
-    ckpt = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)
+    ckpt = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
     assert not any(v.shape == (200, 32) for v in ckpt["model"].values())
 
 
@@ -293,7 +293,7 @@ def test_resume_from_a_checkpoint_with_nan_parameters_stops(data, tmp_path, caps
     out = tmp_path / "run"
     assert main(train_args(data, out, "--epochs", "1")) == 0
     (out / "summary.json").unlink()
-    ckpt = torch.load(out / "checkpoint.pt", weights_only=False)
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
     ckpt["model"]["predict.out.bias"].fill_(float("nan"))
     torch.save(ckpt, out / "checkpoint.pt")
     capsys.readouterr()
@@ -308,4 +308,33 @@ def test_a_nan_epoch_is_never_the_best():
     assert not improves(nan, -inf) and not improves(nan, 0.1) and not improves(inf, 0.1)
     assert improves(0.3, nan) and improves(0.3, -inf) and improves(0.3, None)
     assert improves(0.5, 0.4) and not improves(0.4, 0.4) and not improves(0.3, 0.4)
+
+
+# ------------------------------------------------------------------------ checkpoints load safely
+
+class Planted:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_planted_checkpoint_runs_no_code(data, tmp_path, capsys):
+    out, marker = tmp_path / "run", tmp_path / "pwned"
+    out.mkdir()
+    torch.save({"epoch": 1, "config": {}, "x": Planted(marker)}, out / "checkpoint.pt")
+    rc = main(train_args(data, out, "--epochs", "1", "--resume"))
+    err = capsys.readouterr().err
+    assert not marker.exists()
+    assert rc == 2 and str(out / "checkpoint.pt") in err and "refused" in err and "without --resume" in err, err
+
+
+def test_checkpoint_of_an_older_disttgl_gets_advice(tmp_path):
+    # numpy's global RNG state was stored as is: an ndarray, which weights_only loading refuses
+    path = tmp_path / "checkpoint.pt"
+    torch.save({"epoch": 1, "rng": {"numpy_global": np.random.get_state()}}, path)
+    with pytest.raises(DataError, match="delete it or run without --resume") as exc:
+        resumable_checkpoint(path, TrainConfig(graph="g", cache="c", out=str(tmp_path), resume=True))
+    assert exc.value.path == str(path)
 
