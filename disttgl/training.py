@@ -14,6 +14,7 @@ planted ``checkpoint.pt`` cannot run code on ``--resume``.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -150,7 +151,8 @@ def load_features(graph_path: str, device: torch.device, static: str | None = No
     feats = Features(
         edge_feat=torch.from_numpy(graph.edge_feat).float().to(device),
         node_feat=None if graph.node_feat is None else torch.from_numpy(graph.node_feat).float().to(device),
-        static=None if static is None else load_static(static, graph.num_nodes).to(device))
+        static=None if static is None else load_static(static, graph.num_nodes,
+                                                       graph_sha256=str(graph.attrs.get("sha256", ""))).to(device))
     return feats, graph
 
 
@@ -486,11 +488,19 @@ def nodes_with_training_events(graph: Any) -> np.ndarray:
     return mask
 
 
+def table_sha256(table: np.ndarray) -> str:
+    """SHA-256 of the table's float32 bytes (C order): what ``load_static`` checks the data against."""
+    return hashlib.sha256(np.ascontiguousarray(table, dtype=np.float32).tobytes()).hexdigest()
+
+
 def save_static(path: str | Path, table: np.ndarray, *, graph_path: str | None = None,
                 attrs: dict[str, Any] | None = None) -> None:
+    """Write the table with the graph's ``sha256`` and the table's own checksum (``table_sha256``)."""
+    table = np.ascontiguousarray(table, dtype=np.float32)
     with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
-        f.create_dataset("static_memory", data=np.asarray(table, dtype=np.float32))
+        f.create_dataset("static_memory", data=table)
         f.attrs["kind"] = STATIC_KIND
+        f.attrs["table_sha256"] = table_sha256(table)
         f.attrs["num_nodes"] = int(table.shape[0])
         f.attrs["dim"] = int(table.shape[1])
         if graph_path is not None:
@@ -499,17 +509,36 @@ def save_static(path: str | Path, table: np.ndarray, *, graph_path: str | None =
             f.attrs[k] = v
 
 
-def load_static(path: str | Path, num_nodes: int) -> torch.Tensor:
-    """The frozen static memory [N, d]; checks it belongs to a graph with ``num_nodes`` nodes."""
+def load_static(path: str | Path, num_nodes: int, *, graph_sha256: str | None = None) -> torch.Tensor:
+    """The frozen static memory [N, d], checked: ``num_nodes`` rows, pretrained on the graph whose
+    store records ``graph_sha256`` (None skips only that check), bytes matching the checksum saved
+    with them, and every value finite. A node count alone let a table of another graph, or one with
+    flipped bytes, through."""
+    pretrain_again = "re-run `disttgl pretrain` for this graph"
     if not Path(path).exists():
         raise DataError(path, "static memory file does not exist (run `disttgl pretrain` first)")
     try:
         with h5py.File(path, "r") as f:
             if f.attrs.get("kind") != STATIC_KIND or "static_memory" not in f:
                 raise DataError(path, "not a disttgl static memory file")
-            table = f["static_memory"][()]
+            attrs = {k: str(f.attrs.get(k, "")) for k in ("graph_sha256", "table_sha256")}
+            shape = f["static_memory"].shape
+            if len(shape) != 2 or shape[0] != num_nodes:
+                raise DataError(path, f"static memory has shape {shape}, the graph has {num_nodes} nodes")
+            if graph_sha256 is not None and attrs["graph_sha256"] != graph_sha256:
+                raise DataError(path, f"static memory was pretrained on the graph with sha256 "
+                                      f"{attrs['graph_sha256'] or '(none recorded)'}, not this one "
+                                      f"({graph_sha256 or '(none recorded)'}); {pretrain_again}")
+            if not attrs["table_sha256"]:
+                raise DataError(path, f"static memory file has no checksum (written by an older disttgl); "
+                                      f"{pretrain_again}")
+            table = np.ascontiguousarray(f["static_memory"][()], dtype=np.float32)
     except OSError as exc:
         raise DataError(path, f"unreadable static memory file ({exc})") from None
-    if table.ndim != 2 or table.shape[0] != num_nodes:
-        raise DataError(path, f"static memory has shape {table.shape}, the graph has {num_nodes} nodes")
-    return torch.from_numpy(table).float()
+    if table_sha256(table) != attrs["table_sha256"]:
+        raise DataError(path, f"static memory does not match its checksum: the file is corrupted; {pretrain_again}")
+    bad = int((~np.isfinite(table)).any(1).sum())
+    if bad:
+        raise DataError(path, f"static memory has non-finite values (NaN or inf) in {bad} of {num_nodes} rows; "
+                              f"{pretrain_again}")
+    return torch.from_numpy(table)

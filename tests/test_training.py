@@ -21,7 +21,7 @@ from disttgl.synth import SynthConfig, generate
 from disttgl.graph import build_tcsr, load_graph, write_graph
 from disttgl.errors import DataError
 from disttgl.training import (Features, NonFiniteError, TrainConfig, _config_changes, evaluate, improves,
-                              load_features, nodes_with_training_events, pretrain,
+                              load_features, load_static, nodes_with_training_events, pretrain,
                               resumable_checkpoint, save_static, train, train_epoch)
 from disttgl.model import TGN, ModelConfig
 
@@ -253,7 +253,7 @@ def test_nan_static_row_stops_the_cli_with_no_summary(data, tmp_path, capsys):
     out = tmp_path / "run"
     rc = main(train_args(data, out, "--epochs", "1", "--static", str(tmp_path / "bad.h5")))
     err = capsys.readouterr().err
-    assert rc == 2 and "static memory table" in err and "non-finite" in err and "1 of 200 rows" in err, err
+    assert rc == 2 and "bad.h5" in err and "non-finite" in err and "1 of 200 rows" in err, err
     assert not (out / "summary.json").exists()
 
 
@@ -338,3 +338,47 @@ def test_checkpoint_of_an_older_disttgl_gets_advice(tmp_path):
         resumable_checkpoint(path, TrainConfig(graph="g", cache="c", out=str(tmp_path), resume=True))
     assert exc.value.path == str(path)
 
+
+# ------------------------------------------------------------------ static memory is checked whole
+
+def test_static_memory_of_another_graph_is_refused(data, tmp_path):
+    other = tmp_path / "other.h5"  # same node count, another graph
+    write_graph(generate(SynthConfig(events=8000, nodes=200, edge_dim=4, seed=1)), other)
+    good_table(data, tmp_path / "static.h5")
+    assert load_features(str(data[0]), torch.device("cpu"), str(tmp_path / "static.h5"))[0].static.shape == (200, 32)
+    with pytest.raises(DataError, match="pretrained on the graph with sha256 .*not this one") as exc:
+        load_features(str(other), torch.device("cpu"), str(tmp_path / "static.h5"))
+    assert exc.value.path == str(tmp_path / "static.h5")
+
+
+def test_static_memory_with_a_flipped_byte_is_refused(data, tmp_path):
+    import h5py
+
+    path = tmp_path / "static.h5"
+    good_table(data, path)
+    with h5py.File(path) as f:
+        offset = f["static_memory"].id.get_offset()  # contiguous: the table's bytes start here
+    with open(path, "r+b") as fh:
+        fh.seek(offset + 4 * 33)  # row 1, column 1: the mantissa's low byte, still a finite number
+        b = fh.read(1)
+        fh.seek(offset + 4 * 33)
+        fh.write(bytes([b[0] ^ 0x01]))
+    with h5py.File(path) as f:
+        assert np.isfinite(f["static_memory"][()]).all()
+    with pytest.raises(DataError, match="does not match its checksum"):
+        load_static(path, 200)
+
+
+def test_static_memory_with_nan_rows_or_without_checksum_is_refused(data, tmp_path):
+    import h5py
+
+    table = good_table(data, tmp_path / "good.h5")
+    table[[3, 5]] = np.nan
+    table[9, 0] = np.inf
+    save_static(tmp_path / "nan.h5", table, graph_path=str(data[0]))
+    with pytest.raises(DataError, match="non-finite values .* in 3 of 200 rows"):
+        load_static(tmp_path / "nan.h5", 200)
+    with h5py.File(tmp_path / "good.h5", "r+") as f:  # as an older disttgl wrote it
+        del f.attrs["table_sha256"]
+    with pytest.raises(DataError, match="no checksum .*re-run `disttgl pretrain`"):
+        load_static(tmp_path / "good.h5", 200)
