@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from disttgl import machine_load
 from disttgl.atomic import atomic_path
 from disttgl.batch import Batch
 from disttgl.batches import BatchLoader, open_cache
@@ -345,6 +346,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
 
     for epoch in range(start, cfg.epochs + 1):
         t0 = time.perf_counter()
+        load = machine_load.Interval().start()  # what else ran on our cores meanwhile (see machine_load)
         stats = run.epoch(epoch, "train")
         val = run.eval("val", epoch)
         row = {"epoch": epoch, "train_loss": stats.loss, "train_events_per_s": stats.events_per_s,
@@ -355,6 +357,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             best = {"best_epoch": epoch, "val_mrr": val["mrr"], "val_ap": val["ap"],
                     "test_ap": test["ap"], "test_mrr": test["mrr"], "test_ap_1neg": test["ap_1neg"]}
         row["seconds"] = time.perf_counter() - t0
+        row.update({k: v for k, v in load.stop().items() if k in machine_load.ROW_FIELDS})
         history.append(row)
         log.info("epoch %d: loss %.4f, %.0f train events/s, val AP %.4f MRR %.4f (best epoch %d)",
                  epoch, stats.loss, stats.events_per_s, val["ap"], val["mrr"], best["best_epoch"])
@@ -370,13 +373,17 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
 
 
 def run_summary(history: list[dict[str, Any]], best: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
-    """``summary.json`` fields shared by the single-process and distributed trainers."""
+    """``summary.json`` fields shared by the single-process and distributed trainers.
+
+    ``machine``: :func:`disttgl.machine_load.summarize` of the rows' load fields, so a speed measured
+    while other processes used our cores is flagged (``contended``)."""
     rates = [r["train_events_per_s"] for r in history]
     return {"best_epoch": best["best_epoch"], "test_ap": best.get("test_ap"), "test_mrr": best.get("test_mrr"),
             "test_ap_1neg": best.get("test_ap_1neg"), "val_mrr": best.get("val_mrr"),
             "val_ap": best.get("val_ap"), "epochs": len(history),
             "train_events_per_s": float(np.mean(rates)) if rates else 0.0,
-            "total_seconds": float(sum(r["seconds"] for r in history)), "config": config}
+            "total_seconds": float(sum(r["seconds"] for r in history)),
+            "machine": machine_load.summarize(history), "config": config}
 
 
 def write_summary(out: Path, summary: dict[str, Any], unit: str) -> None:

@@ -54,6 +54,12 @@ def test_two_epochs_beat_a_random_scorer(data, tmp_path):
         assert key in rows[0]
     for key in ("best_epoch", "test_ap", "test_mrr", "test_ap_1neg", "train_events_per_s", "total_seconds", "config"):
         assert key in s
+    # the machine load each epoch saw, so a speed measured under contention can be flagged
+    for r in rows:
+        assert r["threads"] == 1 and r["cpu_count"] >= 1 and r["own_cores_busy"] > 0
+        assert r["load_avg"] is None or r["load_avg"] >= 0
+    m = s["machine"]
+    assert m["threads"] == 1 and m["cpu_count"] >= 1 and isinstance(m["contended"], bool)
     assert json.loads((tmp_path / "run" / "summary.json").read_text()) == s
 
 
