@@ -4,6 +4,12 @@ Names as in the run outputs: ``mrr`` = mean reciprocal rank of the positive amon
 candidates with ties counted in the positive's favour (DistTGL); ``ap`` = average precision over all
 1 + Q candidates of the split pooled; ``ap_1neg`` = the same with only the first negative of each
 positive (TGN/TGL report AP with one negative).
+
+Non-finite scores (NaN, inf) are never turned into a metric: ``average_precision``,
+``ranking_metrics`` and ``RankingMetrics.compute()`` raise :class:`NonFiniteScores`. Comparisons with
+NaN are false, so without the check a NaN positive ties every negative (rank 1) and all-NaN scores
+give AP = MRR = 1.0. ``reciprocal_ranks`` on its own counts a comparison involving NaN against the
+positive (a NaN never wins).
 """
 
 from __future__ import annotations
@@ -12,9 +18,17 @@ import numpy as np
 import torch
 
 
+class NonFiniteScores(ValueError):
+    """Scores with NaN or inf: a metric computed from them would be meaningless (often a perfect 1.0)."""
+
+
 def reciprocal_ranks(pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
-    """[B] 1 / rank of each positive; only negatives scoring strictly higher push it down."""
-    rank = 1 + (neg > pos.unsqueeze(1)).sum(1)
+    """[B] 1 / rank of each positive; only negatives scoring strictly higher push it down.
+
+    ``~(neg <= pos)`` rather than ``neg > pos``: a negative the positive is not provably at least
+    as good as (either score NaN) pushes it down, so NaN scores rank a positive last, never first.
+    """
+    rank = 1 + (~(neg <= pos.unsqueeze(1))).sum(1)
     return 1.0 / rank.double()
 
 
@@ -22,6 +36,7 @@ def average_precision(scores: np.ndarray, labels: np.ndarray) -> float:
     """Average precision as sklearn defines it: sum_n (R_n - R_{n-1}) P_n, tied scores one threshold."""
     scores = np.asarray(scores, dtype=np.float64).ravel()
     labels = np.asarray(labels).ravel().astype(bool)
+    _check_finite(scores)
     if labels.sum() == 0:
         return float("nan")
     order = np.argsort(-scores, kind="stable")
@@ -54,10 +69,20 @@ class RankingMetrics:
 
 
 def ranking_metrics(pos: torch.Tensor, neg: torch.Tensor) -> dict[str, float]:
+    """AP, MRR and AP(1 neg); raises :class:`NonFiniteScores` if any score is NaN or inf."""
     p, n = pos.double().numpy(), neg.double().numpy()
+    _check_finite(p, n)
     ones, zeros = np.ones(len(p)), np.zeros(n.size)
     return {
         "ap": average_precision(np.r_[p, n.ravel()], np.r_[ones, zeros]),
         "mrr": float(reciprocal_ranks(pos, neg).mean()),
         "ap_1neg": average_precision(np.r_[p, n[:, 0]], np.r_[ones, np.zeros(len(p))]),
     }
+
+
+def _check_finite(*scores: np.ndarray) -> None:
+    bad = [int(np.size(s) - np.isfinite(s).sum()) for s in scores]
+    if any(bad):
+        what = ["positive", "negative"] if len(bad) == 2 else ["score"]
+        raise NonFiniteScores("non-finite scores (" + ", ".join(f"{b} {w}" for b, w in zip(bad, what) if b)
+                              + "): no metric is computed from them")

@@ -3,6 +3,9 @@
 The TGN with its GRU memory replaced by a learnable per-node table (no mailbox) is trained on the
 same task and batches; the table of the best epoch by validation MRR (early stopping) is saved as
 ``static_memory`` [N, d] float32 in an HDF5 file, which ``disttgl train --static`` loads frozen.
+The file records the graph's ``sha256`` and the table's own (``table_sha256``); training refuses a
+table of another graph, one whose bytes changed, one with NaN/inf rows and one without the checksum
+(written by an older disttgl: pretrain again).
 """
 
 from __future__ import annotations

@@ -5,13 +5,20 @@ negative set drawn by a seeded RNG; predict first, then write the batch's memory
 validate with memory carried on from training; when validation MRR improves, test right away with
 memory carried on from validation. The run directory holds ``metrics.jsonl`` (one line per
 epoch), ``checkpoint.pt`` (written after every epoch, atomically) and ``summary.json``.
+
+A non-finite training loss or evaluation score stops the run with a :class:`NonFiniteError` naming
+the step and what holds non-finite values, rather than training on or reporting NaN as a metric.
+Checkpoints hold only tensors and plain values and are loaded with ``weights_only=True``, so a
+planted ``checkpoint.pt`` cannot run code on ``--resume``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
+import pickle
 import random
 import time
 from dataclasses import asdict, dataclass, field
@@ -23,6 +30,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from disttgl import machine_load
 from disttgl.atomic import atomic_path
 from disttgl.batch import Batch
 from disttgl.batches import BatchLoader, open_cache
@@ -93,12 +101,59 @@ class EpochStats:
 
 # ------------------------------------------------------------------------------ building blocks
 
+class NonFiniteError(DataError):
+    """A NaN or inf training loss or evaluation score: the step and the likely source are named."""
+
+
+def non_finite_error(what: str, *, split: str | None, epoch: int | None, batch: int, model: torch.nn.Module,
+                     feats: Features, mem: torch.Tensor | None = None,
+                     mail: torch.Tensor | None = None) -> NonFiniteError:
+    """The error for a non-finite ``what`` at ``batch``, listing every input that is non-finite.
+
+    Raised before the optimizer step and the memory write, so what is listed was non-finite when
+    the value was computed (inputs first: they are the likelier source).
+    """
+    found = []
+
+    def rows(name: str, t: torch.Tensor | None) -> None:
+        if t is not None and t.numel():
+            bad = int((~torch.isfinite(t)).reshape(len(t), -1).any(1).sum())
+            if bad:
+                found.append(f"{name} ({bad} of {len(t)} rows)")
+
+    rows("the static memory table (--static)", feats.static)
+    rows("edge features", feats.edge_feat)
+    rows("node features", feats.node_feat)
+    rows("this batch's memory rows", mem)
+    rows("this batch's mailbox rows", mail)
+    tensors = [*model.named_parameters(), *model.named_buffers()]
+    params = [n for n, t in tensors if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if params:
+        found.append(f"model parameters ({len(params)} of {len(tensors)}: {', '.join(params[:4])}"
+                     f"{', ...' if len(params) > 4 else ''}; a corrupted checkpoint?)")
+    where = ", ".join([*([f"epoch {epoch}"] if epoch is not None else []), f"batch {batch}",
+                       *([f"{split} split"] if split else [])])
+    source = ("non-finite values in " + "; ".join(found) if found else
+              "no input, memory row or parameter is non-finite: training diverged (try a lower --lr)")
+    return NonFiniteError(None, f"non-finite {what} at {where}: {source}; stopping")
+
+
+def improves(score: float, best: float | None) -> bool:
+    """Whether a validation score is a new best. ``score > best`` alone keeps no NaN epoch but is
+    beaten by nothing once a NaN best is stored (a corrupted checkpoint); a non-finite score never
+    improves and any finite one beats a non-finite best."""
+    if not math.isfinite(score):
+        return False
+    return best is None or not math.isfinite(best) or score > best
+
+
 def load_features(graph_path: str, device: torch.device, static: str | None = None) -> tuple[Features, Any]:
     graph = load_graph(graph_path)
     feats = Features(
         edge_feat=torch.from_numpy(graph.edge_feat).float().to(device),
         node_feat=None if graph.node_feat is None else torch.from_numpy(graph.node_feat).float().to(device),
-        static=None if static is None else load_static(static, graph.num_nodes).to(device))
+        static=None if static is None else load_static(static, graph.num_nodes,
+                                                       graph_sha256=str(graph.attrs.get("sha256", ""))).to(device))
     return feats, graph
 
 
@@ -112,8 +167,10 @@ def model_config(cfg: TrainConfig, graph: Any, feats: Features, memory: str = "g
 
 def train_epoch(model: TGN, memory: MemoryState | None, batches: Iterable[Batch],
                 optimizer: torch.optim.Optimizer, feats: Features, *, loss: str = "ce",
-                progress: tqdm | None = None, sync: bool = False) -> EpochStats:
-    """One pass over ``batches``: predict, step, then write memory (GRU model only)."""
+                progress: tqdm | None = None, sync: bool = False, epoch: int | None = None) -> EpochStats:
+    """One pass over ``batches``: predict, step, then write memory (GRU model only).
+
+    A non-finite loss raises :class:`NonFiniteError` (``epoch`` only names the step in it)."""
     model.train()
     stats = EpochStats()
     total_loss, steps = 0.0, 0
@@ -129,6 +186,12 @@ def train_epoch(model: TGN, memory: MemoryState | None, batches: Iterable[Batch]
         mem, mail = memory.gather(batch) if memory is not None else (None, None)
         pos, neg, new_mem = model(batch, feats, mem, mail)
         step_loss = link_loss(pos, neg, loss)
+        # checked before the step: a NaN would spread to every parameter and memory row. The float()
+        # is the one sync per step that used to come after the step.
+        value = float(step_loss.detach())
+        if not math.isfinite(value):
+            raise non_finite_error(f"training loss ({value})", split="train", epoch=epoch, batch=steps,
+                                   model=model, feats=feats, mem=mem, mail=mail)
         if cuda:
             torch.cuda.synchronize()
         t2 = clock()
@@ -140,7 +203,7 @@ def train_epoch(model: TGN, memory: MemoryState | None, batches: Iterable[Batch]
         t3 = clock()
         if memory is not None:
             memory.write(batch, new_mem)
-        total_loss += float(step_loss.detach())
+        total_loss += value
         t4 = clock()
         for k, dt in zip(stats.timing, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
             stats.timing[k] += dt
@@ -157,13 +220,19 @@ def train_epoch(model: TGN, memory: MemoryState | None, batches: Iterable[Batch]
 
 
 @torch.inference_mode()
-def evaluate(model: TGN, memory: MemoryState | None, batches: Iterable[Batch], feats: Features) -> dict[str, float]:
-    """Metrics over ``batches`` (ap, mrr, ap_1neg); memory is updated as in training."""
+def evaluate(model: TGN, memory: MemoryState | None, batches: Iterable[Batch], feats: Features, *,
+             split: str | None = None, epoch: int | None = None) -> dict[str, float]:
+    """Metrics over ``batches`` (ap, mrr, ap_1neg); memory is updated as in training.
+
+    Non-finite scores raise :class:`NonFiniteError` (``split`` and ``epoch`` only name the step)."""
     model.eval()
     acc = RankingMetrics()
-    for batch in batches:
+    for b, batch in enumerate(batches):
         mem, mail = memory.gather(batch) if memory is not None else (None, None)
         pos, neg, new_mem = model(batch, feats, mem, mail)
+        if not bool(torch.isfinite(pos).all() & torch.isfinite(neg).all()):  # one sync per batch
+            raise non_finite_error("scores", split=split or "evaluation", epoch=epoch, batch=b, model=model,
+                                   feats=feats, mem=mem, mail=mail)
         if memory is not None:
             memory.write(batch, new_mem)
         acc.update(pos, neg)
@@ -176,8 +245,13 @@ def adam(params: Iterable[torch.Tensor], lr: float) -> torch.optim.Adam:
 
 
 def rng_state(rng: np.random.Generator) -> dict[str, Any]:
+    """Every RNG's state as tensors and plain values, which ``torch.load(weights_only=True)`` reads."""
+    version, internal, gauss = random.getstate()
+    name, keys, pos, has_gauss, cached = np.random.get_state()
     state = {"numpy_generator": rng.bit_generator.state, "torch": torch.get_rng_state(),
-             "python": random.getstate(), "numpy_global": np.random.get_state()}
+             "python": [version, list(internal), gauss],
+             "numpy_global": {"name": str(name), "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                              "has_gauss": int(has_gauss), "cached_gaussian": float(cached)}}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -186,8 +260,11 @@ def rng_state(rng: np.random.Generator) -> dict[str, Any]:
 def set_rng_state(rng: np.random.Generator, state: dict[str, Any]) -> None:
     rng.bit_generator.state = state["numpy_generator"]
     torch.set_rng_state(state["torch"])
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy_global"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    g = state["numpy_global"]
+    np.random.set_state((g["name"], g["keys"].numpy().astype(np.uint32), g["pos"], g["has_gauss"],
+                         g["cached_gaussian"]))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
@@ -234,11 +311,11 @@ class _Run:
         with tqdm(total=self.meta.split_events.get("train") or None, unit="ev", unit_scale=True,
                   desc=f"{desc} epoch {epoch}", disable=not self.cfg.progress, mininterval=2.0) as bar:
             stats = train_epoch(self.model, self.memory, self.loader("train", sets), self.optimizer,
-                                self.feats, loss=self.cfg.loss, progress=bar)
+                                self.feats, loss=self.cfg.loss, progress=bar, epoch=epoch)
         return stats
 
-    def eval(self, split: str) -> dict[str, float]:
-        return evaluate(self.model, self.memory, self.loader(split), self.feats)
+    def eval(self, split: str, epoch: int | None = None) -> dict[str, float]:
+        return evaluate(self.model, self.memory, self.loader(split), self.feats, split=split, epoch=epoch)
 
 
 # ------------------------------------------------------------------------------------- training
@@ -254,27 +331,33 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     start = 1
     ckpt = resumable_checkpoint(ckpt_path, cfg)
     if ckpt is not None:
-        run.model.load_state_dict(ckpt["model"])
-        run.optimizer.load_state_dict(ckpt["optimizer"])
-        run.memory.load_state_dict(ckpt["memory"])
-        set_rng_state(run.rng, ckpt["rng"])
-        history, best, start = ckpt["history"], ckpt["best"], ckpt["epoch"] + 1
+        try:
+            run.model.load_state_dict(ckpt["model"])
+            run.optimizer.load_state_dict(ckpt["optimizer"])
+            run.memory.load_state_dict(ckpt["memory"])
+            set_rng_state(run.rng, ckpt["rng"])
+            history, best, start = list(ckpt["history"]), dict(ckpt["best"]), int(ckpt["epoch"]) + 1
+        except (KeyError, RuntimeError, TypeError, ValueError) as exc:
+            raise DataError(ckpt_path, f"checkpoint does not fit this run ({type(exc).__name__}: {exc}); "
+                                       "delete it or run without --resume") from None
         log.info("resuming %s after epoch %d", out, ckpt["epoch"])
     elif cfg.resume:
         log.info("no checkpoint in %s; starting from scratch", out)
 
     for epoch in range(start, cfg.epochs + 1):
         t0 = time.perf_counter()
+        load = machine_load.Interval().start()  # what else ran on our cores meanwhile (see machine_load)
         stats = run.epoch(epoch, "train")
-        val = run.eval("val")
+        val = run.eval("val", epoch)
         row = {"epoch": epoch, "train_loss": stats.loss, "train_events_per_s": stats.events_per_s,
                "val_ap": val["ap"], "val_mrr": val["mrr"], "val_ap_1neg": val["ap_1neg"],
                "time_split": {k: v / max(stats.seconds, 1e-9) for k, v in stats.timing.items()}}
-        if val["mrr"] > best["val_mrr"]:
-            test = run.eval("test")  # memory runs on from validation into test
+        if improves(val["mrr"], best.get("val_mrr")):
+            test = run.eval("test", epoch)  # memory runs on from validation into test
             best = {"best_epoch": epoch, "val_mrr": val["mrr"], "val_ap": val["ap"],
                     "test_ap": test["ap"], "test_mrr": test["mrr"], "test_ap_1neg": test["ap_1neg"]}
         row["seconds"] = time.perf_counter() - t0
+        row.update({k: v for k, v in load.stop().items() if k in machine_load.ROW_FIELDS})
         history.append(row)
         log.info("epoch %d: loss %.4f, %.0f train events/s, val AP %.4f MRR %.4f (best epoch %d)",
                  epoch, stats.loss, stats.events_per_s, val["ap"], val["mrr"], best["best_epoch"])
@@ -290,13 +373,17 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
 
 
 def run_summary(history: list[dict[str, Any]], best: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
-    """``summary.json`` fields shared by the single-process and distributed trainers."""
+    """``summary.json`` fields shared by the single-process and distributed trainers.
+
+    ``machine``: :func:`disttgl.machine_load.summarize` of the rows' load fields, so a speed measured
+    while other processes used our cores is flagged (``contended``)."""
     rates = [r["train_events_per_s"] for r in history]
     return {"best_epoch": best["best_epoch"], "test_ap": best.get("test_ap"), "test_mrr": best.get("test_mrr"),
             "test_ap_1neg": best.get("test_ap_1neg"), "val_mrr": best.get("val_mrr"),
             "val_ap": best.get("val_ap"), "epochs": len(history),
             "train_events_per_s": float(np.mean(rates)) if rates else 0.0,
-            "total_seconds": float(sum(r["seconds"] for r in history)), "config": config}
+            "total_seconds": float(sum(r["seconds"] for r in history)),
+            "machine": machine_load.summarize(history), "config": config}
 
 
 def write_summary(out: Path, summary: dict[str, Any], unit: str) -> None:
@@ -314,7 +401,8 @@ def resumable_checkpoint(path: Path, cfg: TrainConfig,
     ckpt = load_checkpoint(path) if cfg.resume and path.exists() else None
     if ckpt is None:
         return None
-    changed = _config_changes(ckpt.get("config", {}), cfg) + (extra_changes(ckpt) if extra_changes else [])
+    saved = ckpt.get("config")
+    changed = _config_changes(saved if isinstance(saved, dict) else {}, cfg) + (extra_changes(ckpt) if extra_changes else [])
     if changed:
         if not quiet:
             log.warning("checkpoint in %s was made with different settings (%s): starting from scratch",
@@ -339,10 +427,23 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
+    """The checkpoint's dict, read with ``weights_only=True``: tensors and plain values only, so a
+    planted file cannot run code (the workflow always passes --resume)."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        # torch's message says how to load it unsafely; name only what was refused
+        why = next((ln.strip() for ln in str(exc).splitlines() if "unsupported" in ln.lower()),
+                   str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        raise DataError(path, f"refused checkpoint: it holds more than tensors and plain values ({why}), and "
+                              "loading it could run code. A checkpoint of an older disttgl looks like this too: "
+                              "delete it or run without --resume") from None
     except Exception as exc:  # noqa: BLE001 - any unreadable file is the same user error
-        raise DataError(path, f"unreadable checkpoint ({exc}); delete it or run without --resume") from None
+        raise DataError(path, f"unreadable checkpoint ({type(exc).__name__}: {exc}); delete it or run "
+                              "without --resume") from None
+    if not isinstance(ckpt, dict) or "epoch" not in ckpt:
+        raise DataError(path, "not a disttgl checkpoint (no epoch); delete it or run without --resume")
+    return ckpt
 
 
 def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
@@ -359,10 +460,10 @@ def pretrain(cfg: TrainConfig) -> dict[str, Any]:
     history = []
     for epoch in range(1, cfg.epochs + 1):
         stats = run.epoch(epoch, "pretrain")
-        val = run.eval("val")
+        val = run.eval("val", epoch)
         history.append({"epoch": epoch, "train_loss": stats.loss, "val_mrr": val["mrr"], "val_ap": val["ap"]})
         log.info("pretrain epoch %d: loss %.4f, val AP %.4f MRR %.4f", epoch, stats.loss, val["ap"], val["mrr"])
-        if val["mrr"] > best_mrr:
+        if improves(val["mrr"], best_mrr):
             best_mrr, best_epoch, stale = val["mrr"], epoch, 0
             best_table = run.model.table.weight.detach().cpu().clone()
         else:
@@ -394,11 +495,19 @@ def nodes_with_training_events(graph: Any) -> np.ndarray:
     return mask
 
 
+def table_sha256(table: np.ndarray) -> str:
+    """SHA-256 of the table's float32 bytes (C order): what ``load_static`` checks the data against."""
+    return hashlib.sha256(np.ascontiguousarray(table, dtype=np.float32).tobytes()).hexdigest()
+
+
 def save_static(path: str | Path, table: np.ndarray, *, graph_path: str | None = None,
                 attrs: dict[str, Any] | None = None) -> None:
+    """Write the table with the graph's ``sha256`` and the table's own checksum (``table_sha256``)."""
+    table = np.ascontiguousarray(table, dtype=np.float32)
     with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
-        f.create_dataset("static_memory", data=np.asarray(table, dtype=np.float32))
+        f.create_dataset("static_memory", data=table)
         f.attrs["kind"] = STATIC_KIND
+        f.attrs["table_sha256"] = table_sha256(table)
         f.attrs["num_nodes"] = int(table.shape[0])
         f.attrs["dim"] = int(table.shape[1])
         if graph_path is not None:
@@ -407,17 +516,36 @@ def save_static(path: str | Path, table: np.ndarray, *, graph_path: str | None =
             f.attrs[k] = v
 
 
-def load_static(path: str | Path, num_nodes: int) -> torch.Tensor:
-    """The frozen static memory [N, d]; checks it belongs to a graph with ``num_nodes`` nodes."""
+def load_static(path: str | Path, num_nodes: int, *, graph_sha256: str | None = None) -> torch.Tensor:
+    """The frozen static memory [N, d], checked: ``num_nodes`` rows, pretrained on the graph whose
+    store records ``graph_sha256`` (None skips only that check), bytes matching the checksum saved
+    with them, and every value finite. A node count alone let a table of another graph, or one with
+    flipped bytes, through."""
+    pretrain_again = "re-run `disttgl pretrain` for this graph"
     if not Path(path).exists():
         raise DataError(path, "static memory file does not exist (run `disttgl pretrain` first)")
     try:
         with h5py.File(path, "r") as f:
             if f.attrs.get("kind") != STATIC_KIND or "static_memory" not in f:
                 raise DataError(path, "not a disttgl static memory file")
-            table = f["static_memory"][()]
+            attrs = {k: str(f.attrs.get(k, "")) for k in ("graph_sha256", "table_sha256")}
+            shape = f["static_memory"].shape
+            if len(shape) != 2 or shape[0] != num_nodes:
+                raise DataError(path, f"static memory has shape {shape}, the graph has {num_nodes} nodes")
+            if graph_sha256 is not None and attrs["graph_sha256"] != graph_sha256:
+                raise DataError(path, f"static memory was pretrained on the graph with sha256 "
+                                      f"{attrs['graph_sha256'] or '(none recorded)'}, not this one "
+                                      f"({graph_sha256 or '(none recorded)'}); {pretrain_again}")
+            if not attrs["table_sha256"]:
+                raise DataError(path, f"static memory file has no checksum (written by an older disttgl); "
+                                      f"{pretrain_again}")
+            table = np.ascontiguousarray(f["static_memory"][()], dtype=np.float32)
     except OSError as exc:
         raise DataError(path, f"unreadable static memory file ({exc})") from None
-    if table.ndim != 2 or table.shape[0] != num_nodes:
-        raise DataError(path, f"static memory has shape {table.shape}, the graph has {num_nodes} nodes")
-    return torch.from_numpy(table).float()
+    if table_sha256(table) != attrs["table_sha256"]:
+        raise DataError(path, f"static memory does not match its checksum: the file is corrupted; {pretrain_again}")
+    bad = int((~np.isfinite(table)).any(1).sum())
+    if bad:
+        raise DataError(path, f"static memory has non-finite values (NaN or inf) in {bad} of {num_nodes} rows; "
+                              f"{pretrain_again}")
+    return torch.from_numpy(table)

@@ -7,7 +7,7 @@ import pytest
 import torch
 from sklearn.metrics import average_precision_score
 
-from disttgl.metrics import RankingMetrics, average_precision, ranking_metrics, reciprocal_ranks
+from disttgl.metrics import NonFiniteScores, RankingMetrics, average_precision, ranking_metrics, reciprocal_ranks
 
 
 @pytest.mark.parametrize("seed", range(5))
@@ -50,3 +50,31 @@ def test_ranking_metrics_pool_batches_and_use_first_negative_for_ap_1neg():
     assert got["ap_1neg"] == pytest.approx(
         average_precision_score(np.r_[np.ones(300), np.zeros(300)], np.r_[pos.numpy(), neg[:, 0].numpy()]))
     assert 0.09 < got["mrr"] < 1  # better than random (~0.09 with 49 negatives)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+@pytest.mark.parametrize("where", ["pos", "neg", "all"])
+def test_non_finite_scores_never_become_a_metric(bad, where):
+    # one NaN static row made every score NaN, and the metrics came out as AP = MRR = 1.0
+    pos, neg = torch.zeros(4), torch.ones(4, 3)
+    if where == "all":
+        pos, neg = torch.full((4,), bad), torch.full((4, 3), bad)
+    elif where == "pos":
+        pos[1] = bad
+    else:
+        neg[2, 0] = bad
+    acc = RankingMetrics()
+    acc.update(pos, neg)
+    with pytest.raises(NonFiniteScores, match="non-finite"):
+        acc.compute()
+    with pytest.raises(NonFiniteScores):
+        average_precision(np.r_[pos.numpy(), neg.numpy().ravel()], np.r_[np.ones(4), np.zeros(12)])
+
+
+def test_reciprocal_rank_never_counts_nan_as_a_win():
+    nan = float("nan")
+    pos = torch.tensor([nan, 1.0, 1.0])
+    neg = torch.tensor([[0.0, 0.0], [nan, 0.0], [nan, nan]])
+    # a NaN positive ranks last; a NaN negative ranks above the positive
+    assert reciprocal_ranks(pos, neg).tolist() == [1 / 3, 1 / 2, 1 / 3]
+    assert float(reciprocal_ranks(torch.full((2,), nan), torch.full((2, 9), nan)).mean()) == pytest.approx(0.1)

@@ -19,8 +19,10 @@ from disttgl.cli import main
 from disttgl.memory import MemoryState
 from disttgl.synth import SynthConfig, generate
 from disttgl.graph import build_tcsr, load_graph, write_graph
-from disttgl.training import (Features, TrainConfig, _config_changes, load_features, nodes_with_training_events,
-                              pretrain, train, train_epoch)
+from disttgl.errors import DataError
+from disttgl.training import (Features, NonFiniteError, TrainConfig, _config_changes, evaluate, improves,
+                              load_features, load_static, nodes_with_training_events, pretrain,
+                              resumable_checkpoint, save_static, train, train_epoch)
 from disttgl.model import TGN, ModelConfig
 
 REPO = Path(__file__).parents[1]
@@ -52,6 +54,12 @@ def test_two_epochs_beat_a_random_scorer(data, tmp_path):
         assert key in rows[0]
     for key in ("best_epoch", "test_ap", "test_mrr", "test_ap_1neg", "train_events_per_s", "total_seconds", "config"):
         assert key in s
+    # the machine load each epoch saw, so a speed measured under contention can be flagged
+    for r in rows:
+        assert r["threads"] == 1 and r["cpu_count"] >= 1 and r["own_cores_busy"] > 0
+        assert r["load_avg"] is None or r["load_avg"] >= 0
+    m = s["machine"]
+    assert m["threads"] == 1 and m["cpu_count"] >= 1 and isinstance(m["contended"], bool)
     assert json.loads((tmp_path / "run" / "summary.json").read_text()) == s
 
 
@@ -151,7 +159,7 @@ def test_resume_after_sigkill_equals_uninterrupted_run(data, tmp_path):
                           env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=300)
     assert proc.returncode == -9, proc.stderr
     assert not (out / "summary.json").exists()
-    assert torch.load(out / "checkpoint.pt", weights_only=False)["epoch"] == 1
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["epoch"] == 1  # plain values only
     assert main([*args, "--resume"]) == 0
     resumed = json.loads((out / "summary.json").read_text())
     for key in ("best_epoch", "test_ap", "test_mrr", "test_ap_1neg", "val_mrr", "epochs"):
@@ -172,7 +180,7 @@ def test_pretrain_then_train_with_static_memory(data, tmp_path):
     s = train(cfg(data, tmp_path / "run", epochs=1, static=str(static)))
     assert s["test_mrr"] > 0.3
     # the static table is frozen: the checkpoint holds no copy of it as a parameter
-    ckpt = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)
+    ckpt = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
     assert not any(v.shape == (200, 32) for v in ckpt["model"].values())
 
 
@@ -228,3 +236,155 @@ def test_cli_errors_name_the_file(data, tmp_path, capsys):
     rc = main(["train", str(data[0]), str(data[1]), "--out", str(tmp_path / "r"), "--parallelism", "2x1x1",
                "--no-progress"])
     assert rc == 2 and "parallelism" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ non-finite values stop the run
+
+def train_args(data, out, *extra):
+    return ["train", str(data[0]), str(data[1]), "--out", str(out), "--dim", "32", "--time-dim", "32",
+            "--lr", "3e-3", "--threads", "1", "--prefetch", "2", "--no-progress", *extra]
+
+
+def good_table(data, path, **kw):
+    table = np.random.default_rng(0).normal(size=(200, 32)).astype(np.float32)
+    save_static(path, table, graph_path=str(data[0]), **kw)
+    return table
+
+
+def test_nan_static_row_stops_the_cli_with_no_summary(data, tmp_path, capsys):
+    # one NaN row used to give test AP and MRR 1.0000 and exit 0
+    table = good_table(data, tmp_path / "good.h5")
+    table[7] = np.nan
+    save_static(tmp_path / "bad.h5", table, graph_path=str(data[0]))
+    out = tmp_path / "run"
+    rc = main(train_args(data, out, "--epochs", "1", "--static", str(tmp_path / "bad.h5")))
+    err = capsys.readouterr().err
+    assert rc == 2 and "bad.h5" in err and "non-finite" in err and "1 of 200 rows" in err, err
+    assert not (out / "summary.json").exists()
+
+
+def test_non_finite_loss_names_the_step_and_the_source(data):
+    # bypasses load_static's own check: a NaN static row reaching training
+    feats, graph = load_features(str(data[0]), torch.device("cpu"))
+    with open_cache(data[1]) as cache:
+        batches = [cache.batch("train", b, 0) for b in range(3)]
+    static = torch.randn(graph.num_nodes, 16)
+    static[batches[1].nodes[0]] = float("nan")  # first seen by batch 1
+    feats = Features(edge_feat=feats.edge_feat, static=static)
+    torch.manual_seed(0)
+    model = TGN(ModelConfig(dim=16, time_dim=16, edge_dim=graph.edge_dim, static_dim=16, static_dropout=0.0))
+    mem = MemoryState.zeros(graph.num_nodes, 16)
+    opt = torch.optim.Adam(model.parameters())
+    with pytest.raises(NonFiniteError, match=r"training loss \(nan\) at epoch 3, batch 1, train split: "
+                                             r"non-finite values in the static memory table \(--static\) "
+                                             r"\(1 of 200 rows\)") as exc:
+        train_epoch(model, mem, batches, opt, feats, epoch=3)
+    assert "model parameters" not in str(exc.value)  # stopped before the step spread it
+    assert all(torch.isfinite(p).all() for p in model.parameters()) and torch.isfinite(mem.memory).all()
+
+
+def test_non_finite_scores_in_evaluation_name_the_split(data):
+    feats, graph = load_features(str(data[0]), torch.device("cpu"))
+    model = TGN(ModelConfig(dim=16, time_dim=16, edge_dim=graph.edge_dim))
+    with torch.no_grad():
+        model.predict.out.bias.fill_(float("nan"))
+    with open_cache(data[1]) as cache:
+        batches = [cache.batch("val", b, 0) for b in range(2)]
+    with pytest.raises(NonFiniteError, match=r"scores at epoch 2, batch 0, val split: .*model parameters "
+                                             r"\(1 of \d+: predict.out.bias"):
+        evaluate(model, MemoryState.zeros(graph.num_nodes, 16), batches, feats, split="val", epoch=2)
+
+
+def test_resume_from_a_checkpoint_with_nan_parameters_stops(data, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(train_args(data, out, "--epochs", "1")) == 0
+    (out / "summary.json").unlink()
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
+    ckpt["model"]["predict.out.bias"].fill_(float("nan"))
+    torch.save(ckpt, out / "checkpoint.pt")
+    capsys.readouterr()
+    assert main(train_args(data, out, "--epochs", "2", "--resume")) == 2
+    err = capsys.readouterr().err
+    assert "epoch 2, batch 0, train split" in err and "predict.out.bias" in err, err
+    assert not (out / "summary.json").exists()
+
+
+def test_a_nan_epoch_is_never_the_best():
+    nan, inf = float("nan"), float("inf")
+    assert not improves(nan, -inf) and not improves(nan, 0.1) and not improves(inf, 0.1)
+    assert improves(0.3, nan) and improves(0.3, -inf) and improves(0.3, None)
+    assert improves(0.5, 0.4) and not improves(0.4, 0.4) and not improves(0.3, 0.4)
+
+
+# ------------------------------------------------------------------------ checkpoints load safely
+
+class Planted:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_planted_checkpoint_runs_no_code(data, tmp_path, capsys):
+    out, marker = tmp_path / "run", tmp_path / "pwned"
+    out.mkdir()
+    torch.save({"epoch": 1, "config": {}, "x": Planted(marker)}, out / "checkpoint.pt")
+    rc = main(train_args(data, out, "--epochs", "1", "--resume"))
+    err = capsys.readouterr().err
+    assert not marker.exists()
+    assert rc == 2 and str(out / "checkpoint.pt") in err and "refused" in err and "without --resume" in err, err
+
+
+def test_checkpoint_of_an_older_disttgl_gets_advice(tmp_path):
+    # numpy's global RNG state was stored as is: an ndarray, which weights_only loading refuses
+    path = tmp_path / "checkpoint.pt"
+    torch.save({"epoch": 1, "rng": {"numpy_global": np.random.get_state()}}, path)
+    with pytest.raises(DataError, match="delete it or run without --resume") as exc:
+        resumable_checkpoint(path, TrainConfig(graph="g", cache="c", out=str(tmp_path), resume=True))
+    assert exc.value.path == str(path)
+
+
+# ------------------------------------------------------------------ static memory is checked whole
+
+def test_static_memory_of_another_graph_is_refused(data, tmp_path):
+    other = tmp_path / "other.h5"  # same node count, another graph
+    write_graph(generate(SynthConfig(events=8000, nodes=200, edge_dim=4, seed=1)), other)
+    good_table(data, tmp_path / "static.h5")
+    assert load_features(str(data[0]), torch.device("cpu"), str(tmp_path / "static.h5"))[0].static.shape == (200, 32)
+    with pytest.raises(DataError, match="pretrained on the graph with sha256 .*not this one") as exc:
+        load_features(str(other), torch.device("cpu"), str(tmp_path / "static.h5"))
+    assert exc.value.path == str(tmp_path / "static.h5")
+
+
+def test_static_memory_with_a_flipped_byte_is_refused(data, tmp_path):
+    import h5py
+
+    path = tmp_path / "static.h5"
+    good_table(data, path)
+    with h5py.File(path) as f:
+        offset = f["static_memory"].id.get_offset()  # contiguous: the table's bytes start here
+    with open(path, "r+b") as fh:
+        fh.seek(offset + 4 * 33)  # row 1, column 1: the mantissa's low byte, still a finite number
+        b = fh.read(1)
+        fh.seek(offset + 4 * 33)
+        fh.write(bytes([b[0] ^ 0x01]))
+    with h5py.File(path) as f:
+        assert np.isfinite(f["static_memory"][()]).all()
+    with pytest.raises(DataError, match="does not match its checksum"):
+        load_static(path, 200)
+
+
+def test_static_memory_with_nan_rows_or_without_checksum_is_refused(data, tmp_path):
+    import h5py
+
+    table = good_table(data, tmp_path / "good.h5")
+    table[[3, 5]] = np.nan
+    table[9, 0] = np.inf
+    save_static(tmp_path / "nan.h5", table, graph_path=str(data[0]))
+    with pytest.raises(DataError, match="non-finite values .* in 3 of 200 rows"):
+        load_static(tmp_path / "nan.h5", 200)
+    with h5py.File(tmp_path / "good.h5", "r+") as f:  # as an older disttgl wrote it
+        del f.attrs["table_sha256"]
+    with pytest.raises(DataError, match="no checksum .*re-run `disttgl pretrain`"):
+        load_static(tmp_path / "good.h5", 200)
