@@ -66,6 +66,16 @@ def busy_cpu_seconds(cores: Iterable[int] | None = None) -> float | None:
     return jiffies / hz
 
 
+def process_cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds of process ``pid`` so far (Linux ``/proc``); None if unknown."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, AttributeError):
+        return None
+
+
 def others_busy(busy_cpu_s: float | None, own_cpu_s: float, wall_s: float) -> float | None:
     """Cores kept busy by others: (busy CPU time of our cores - our own) / wall time, at least 0."""
     if busy_cpu_s is None or wall_s <= 0:

@@ -46,13 +46,14 @@ from disttgl.batch import Batch
 from disttgl.batches import BatchLoader, open_cache
 from disttgl.errors import DataError
 from disttgl.lifetime import exit_with_parent
+from disttgl.machine_load import Interval, others_busy, process_cpu_seconds
 from disttgl.memory import MemoryState, write_rows
 from disttgl.memory_server import MemoryClient, MemoryServerError, ServerPlan, start_server
 from disttgl.model import TGN
 from disttgl.run_lock import run_dir_lock
 from disttgl.runtime import keep_freed_memory
 from disttgl.schedule import Layout, Step, choose_parallelism, memory_batches, passes, step
-from disttgl.training import (TrainConfig, adam, evaluate, load_features, model_config,
+from disttgl.training import (TrainConfig, adam, evaluate, improves, load_features, model_config,
                               resumable_checkpoint, run_summary, save_checkpoint, seed_everything, train_epoch,
                               write_jsonl, write_summary)
 
@@ -389,6 +390,8 @@ def _train_parallel(cfg: TrainConfig, env: Env, layout: Layout, device: torch.de
     previous = signal.signal(signal.SIGTERM, _raise_on_sigterm)
     try:
         return _run(cfg, env, layout, timeout, device)
+    except DataError:
+        raise  # this rank's own finding (a NaN loss, a bad file): the CLI names it, exit 2
     except (Exception, KeyboardInterrupt) as exc:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # finish the report; torchrun SIGKILLs after its grace
         dead = live.dead_ranks()
@@ -455,13 +458,18 @@ def _run(cfg: TrainConfig, env: Env, layout: Layout, timeout: float, device: tor
 
         for p in range(done, tr.passes):
             t0 = time.perf_counter()
+            load = Interval().start()
+            server_cpu = process_cpu_seconds(server.pid) if server is not None else None
             with tqdm(total=None, unit="ev", unit_scale=True, desc=f"train {layout} pass {p + 1}",
                       disable=not cfg.progress or env.rank != 0, mininterval=2.0) as bar:
                 stats = train_epoch(tr.model, memory, tr.pass_batches(p, holds, memory), tr.optimizer,
-                                    tr.feats, loss=cfg.loss, progress=bar)
+                                    tr.feats, loss=cfg.loss, progress=bar, epoch=p + 1)
             train_s = time.perf_counter() - t0
+            fields = load.stop()
+            if server_cpu is not None:  # our own memory server is not another process's load
+                fields["own_cpu_s"] += (process_cpu_seconds(server.pid) or server_cpu) - server_cpu
             rates = [None] * layout.world
-            dist.all_gather_object(rates, (stats.events, train_s, stats.loss))
+            dist.all_gather_object(rates, (stats.events, train_s, stats.loss, fields, socket.gethostname()))
             table = None
             if tr.leader:
                 table = client.flush((p + 1) * tr.T - 1)
@@ -511,7 +519,7 @@ def _evaluate(tr: _Trainer, table: np.ndarray, p: int, stats: Any, rates: list, 
         return BatchLoader(cfg.cache, split, [(b, 0) for b in range(tr.nb[split])], prefetch=cfg.prefetch,
                            device=tr.device)
 
-    val = evaluate(tr.model, state, loader("val"), tr.feats)
+    val = evaluate(tr.model, state, loader("val"), tr.feats, split="val", epoch=p + 1)
     events = sum(r[0] for r in rates)
     wall = max(r[1] for r in rates)
     row = {"epoch": p + 1, "epochs_trained": (p + 1) * lay.j * lay.k,
@@ -519,12 +527,31 @@ def _evaluate(tr: _Trainer, table: np.ndarray, p: int, stats: Any, rates: list, 
            "train_events_per_s": events / wall if wall > 0 else 0.0,
            "rank_events_per_s": [r[0] / r[1] if r[1] > 0 else 0.0 for r in rates],
            "val_ap": val["ap"], "val_mrr": val["mrr"], "val_ap_1neg": val["ap_1neg"],
-           "time_split": {k: v / max(stats.seconds, 1e-9) for k, v in stats.timing.items()}}
-    if val["mrr"] > best["val_mrr"]:
-        test = evaluate(tr.model, state, loader("test"), tr.feats)
+           "time_split": {k: v / max(stats.seconds, 1e-9) for k, v in stats.timing.items()},
+           **rank_load(rates)}
+    if improves(val["mrr"], best.get("val_mrr")):
+        test = evaluate(tr.model, state, loader("test"), tr.feats, split="test", epoch=p + 1)
         best = {"best_epoch": p + 1, "val_mrr": val["mrr"], "val_ap": val["ap"], "test_ap": test["ap"],
                 "test_mrr": test["mrr"], "test_ap_1neg": test["ap_1neg"]}
     return row, best
+
+
+def rank_load(rates: list) -> dict[str, Any]:
+    """The row's machine-load fields from every rank's pass measurement: sibling ranks on a machine
+    are this run, not other load, so per machine the others' share is the machine's busy CPU time
+    (one rank's view: they share the cores) minus all its ranks' own, over the pass's wall time."""
+    by_host: dict[str, list[dict[str, Any]]] = {}
+    for r in rates:
+        by_host.setdefault(r[4], []).append(r[3])
+    here = by_host[rates[0][4]]
+    others = [others_busy(max(f["busy_cpu_s"] for f in fs) if all(f["busy_cpu_s"] is not None for f in fs)
+                          else None, sum(f["own_cpu_s"] for f in fs), max(f["wall_s"] for f in fs))
+              for fs in by_host.values()]
+    wall = max(f["wall_s"] for f in here)
+    return {"load_avg": here[0]["load_avg"], "cpu_count": here[0]["cpu_count"],
+            "threads": sum(f["threads"] for f in here),
+            "own_cores_busy": sum(f["own_cpu_s"] for f in here) / wall if wall > 0 else 0.0,
+            "other_cores_busy": None if any(o is None for o in others) else max(others)}
 
 
 def _summary(cfg: TrainConfig, layout: Layout, history: list[dict[str, Any]], best: dict[str, Any]) -> dict[str, Any]:
@@ -532,6 +559,8 @@ def _summary(cfg: TrainConfig, layout: Layout, history: list[dict[str, Any]], be
     config = asdict(cfg) | {"parallelism": str(layout), "world_size": layout.world,
                             "static_memory": cfg.static is not None}
     return run_summary(history, best, config) | {
+        # best_epoch counts passes here (each j·k epochs' worth of batches)
+        "best_unit": "pass", "best_epochs_trained": best["best_epoch"] * layout.j * layout.k,
         "epochs_trained": len(history) * layout.j * layout.k, "rank_events_per_s": per_rank,
         "parallelism": str(layout), "world_size": layout.world}
 

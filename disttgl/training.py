@@ -39,6 +39,7 @@ from disttgl.graph import load_graph, read_attrs
 from disttgl.memory import MemoryState
 from disttgl.metrics import RankingMetrics
 from disttgl.model import TGN, Features, ModelConfig, link_loss
+from disttgl.run_lock import run_dir_lock
 from disttgl.runtime import keep_freed_memory
 
 log = logging.getLogger(__name__)
@@ -321,7 +322,15 @@ class _Run:
 # ------------------------------------------------------------------------------------- training
 
 def train(cfg: TrainConfig) -> dict[str, Any]:
-    """Train ``cfg.epochs`` epochs (continuing from ``checkpoint.pt`` with ``cfg.resume``)."""
+    """Train ``cfg.epochs`` epochs (continuing from ``checkpoint.pt`` with ``cfg.resume``).
+
+    The run directory is locked for the run: a second run on it waits for this one, then resumes."""
+    cfg.check()  # a bad setting leaves no run directory behind
+    with run_dir_lock(cfg.out):
+        return _train(cfg)
+
+
+def _train(cfg: TrainConfig) -> dict[str, Any]:
     run = _Run(cfg, "gru")
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)

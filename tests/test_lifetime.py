@@ -89,3 +89,20 @@ def test_a_killed_holder_leaves_no_stale_lock(tmp_path):
     p.wait()
     with run_dir_lock(tmp_path / "run", wait=0) as path:
         assert f"pid {os.getpid()}" in path.read_text()
+
+
+def test_train_waits_for_the_writer_holding_its_run_directory(tmp_path):
+    def sh(*args):
+        return subprocess.run([sys.executable, "-m", "disttgl", *args], cwd=tmp_path, capture_output=True,
+                              text=True, timeout=300)
+
+    assert sh("synth", "--out", "g.h5", "--events", "600", "--nodes", "30", "--edge-dim", "4").returncode == 0
+    assert sh("batches", "g.h5", "--out", "c.h5", "--batch-size", "100", "--neg-sets", "2",
+              "--no-progress").returncode == 0
+    holder = _holder(tmp_path / "run", 2.0)
+    done = sh("train", "g.h5", "c.h5", "--out", "run", "--epochs", "1", "--dim", "8", "--time-dim", "8",
+              "--no-progress", "--threads", "1", "--resume")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"in use by pid {holder.pid}" in done.stderr
+    assert holder.wait() == 0  # it kept the directory to itself until it was done
+    assert (tmp_path / "run" / "summary.json").exists()
