@@ -16,6 +16,7 @@ Layout (DESIGN §3), written once by ``disttgl convert``/``disttgl synth`` and r
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 from dataclasses import dataclass, field
@@ -158,7 +159,16 @@ def _write_array(group: h5py.Group, name: str, data: np.ndarray) -> None:
 
 
 def write_graph(graph: Graph, path: str | os.PathLike) -> None:
-    """Write ``graph`` atomically to ``path``."""
+    """Write ``graph`` atomically to ``path``; a failed write (full disk...) leaves no file there."""
+    try:
+        _write_graph(graph, path)
+    except OSError as exc:  # atomic_path has removed the partial file by now
+        if exc.errno == errno.ENOSPC or "No space left on device" in str(exc):
+            raise DataError(path, f"no space left on device writing {path}") from None
+        raise DataError(path, f"cannot write the graph store ({exc})") from None
+
+
+def _write_graph(graph: Graph, path: str | os.PathLike) -> None:
     with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
         ev = f.create_group("events")
         _write_array(ev, "src", graph.src.astype(np.int64))

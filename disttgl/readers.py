@@ -7,8 +7,10 @@ it never runs on good input.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import os
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
@@ -57,8 +59,27 @@ class CsvColumns:
 
 # ----------------------------------------------------------------------------------------- helpers
 
+GZIP_MAGIC = b"\x1f\x8b"
+
+
+def _is_gzip(path: Path) -> bool:
+    with open(path, "rb") as fh:
+        return fh.read(2) == GZIP_MAGIC
+
+
+@contextlib.contextmanager
 def _open_text(path: Path):
-    return gzip.open(path, "rt", newline="") if path.suffix == ".gz" else open(path, newline="")
+    """Text lines of ``path``, gunzipped when its bytes say gzip (as polars decides, not the name).
+
+    utf-8-sig drops a leading byte-order mark, which would otherwise glue onto the first column name.
+    A truncated or damaged gzip stream fails mid-read: that becomes a DataError naming the file.
+    """
+    opener = gzip.open if _is_gzip(path) else open
+    try:
+        with opener(path, "rt", encoding="utf-8-sig", newline="") as fh:
+            yield fh
+    except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
+        raise DataError(path, f"truncated or corrupt gzip file ({exc})") from None
 
 
 def _check_nonempty(path: Path) -> None:
@@ -68,6 +89,8 @@ def _check_nonempty(path: Path) -> None:
         raise DataError(path, "is a directory, expected a file")
     if path.stat().st_size == 0:
         raise DataError(path, "file is empty")
+    if path.suffix == ".gz" and not _is_gzip(path):
+        raise DataError(path, "named .gz but not gzip-compressed; decompress it properly or rename it")
 
 
 def _data_lines(path: Path, skip_lines: int, comment_prefix: str | None) -> Iterator[tuple[int, str]]:
@@ -162,8 +185,7 @@ def _read(path: Path, *, names: Sequence[str], kinds: Sequence[str], separator: 
 
 
 def _check_header_columns(path: Path, names: Sequence[str], separator: str | None) -> None:
-    with _open_text(path) as fh:
-        header = [h.strip() for h in _split_line(fh.readline(), separator)]
+    header = _header(path, separator)
     missing = [n for n in names if n not in header]
     if missing:
         raise DataError(path, f"missing column(s) {missing}; the header has {header}", line=1)
@@ -250,8 +272,12 @@ def _comment_prefix(path: Path) -> str | None:
 
 def _read_whitespace(path: Path, names: list[str], kinds: list[str], comment: str | None) -> pl.DataFrame:
     """Runs of mixed whitespace: read whole lines, normalise, then split (slower, still vectorised)."""
-    lines = pl.read_csv(path, has_header=False, separator="\x1f", new_columns=["line"], quote_char=None,
-                        comment_prefix=comment, schema_overrides=[pl.String])
+    try:
+        lines = pl.read_csv(path, has_header=False, separator="\x1f", new_columns=["line"], quote_char=None,
+                            comment_prefix=comment, schema_overrides=[pl.String])
+    except OSError as exc:  # polars' word for a truncated or damaged gzip stream
+        raise DataError(path, f"truncated or corrupt gzip file ({exc})" if _is_gzip(path)
+                        else f"cannot read ({exc})") from None
     parts = (lines.select(pl.col("line").str.strip_chars().str.replace_all(r"\s+", " ")
                           .str.split(" ").alias("parts")))
     counts = parts.get_column("parts").list.len().to_numpy()
@@ -289,10 +315,19 @@ def read_csv_columns(path: Path, columns: CsvColumns) -> RawEvents:
                      edge_feat_path=path if columns.features else None, line_of=_row_counter(path, 1, None))
 
 
+def _header(path: Path, separator: str | None) -> list[str]:
+    """The first line's fields, stripped (a byte-order mark is dropped by :func:`_open_text`)."""
+    with _open_text(path) as fh:
+        return [h.strip() for h in _split_line(fh.readline(), separator)]
+
+
 def _id_kind(path: Path, columns: CsvColumns) -> str:
     """Integer ids when the first rows' id fields are integers, else string ids."""
-    sample = pl.read_csv(path, separator=columns.separator, n_rows=1000, columns=[columns.src, columns.dst],
-                         infer_schema=False)
+    try:
+        sample = pl.read_csv(path, separator=columns.separator, n_rows=1000,
+                             columns=[columns.src, columns.dst], infer_schema=False)
+    except (pl.exceptions.PolarsError, OSError):
+        return "str"  # the full read that follows names the problem and its line
     for name in (columns.src, columns.dst):
         if not sample.get_column(name).str.contains(r"^\s*-?\d+\s*$").all():
             return "str"
@@ -303,8 +338,7 @@ def _named_header(path: Path, required: Sequence[str]) -> list[str]:
     """Column names of a comma-separated header that must hold ``required``; the unnamed pandas
     index column that TGL and TGN files start with is named ``_index<i>``."""
     _check_nonempty(path)
-    with _open_text(path) as fh:
-        header = [h.strip() for h in fh.readline().rstrip("\r\n").split(",")]
+    header = _header(path, ",")
     for name in required:
         if name not in header:
             raise DataError(path, f"missing column {name!r}; the header has {header}", line=1)
@@ -371,6 +405,11 @@ def read_tgn(paths: Sequence[Path]) -> RawEvents:
     if len(csvs) != 1:
         raise DataError(paths[0] if paths else None, "the tgn format needs exactly one ml_NAME.csv")
     path = csvs[0]
+    _check_nonempty(path)
+    if [h.lower() for h in _header(path, ",")[:2]] == ["user_id", "item_id"]:
+        # JODIE numbers users and items from 0 each; read as TGN they would share one id space
+        raise DataError(path, "this is a JODIE file (header user_id,item_id,timestamp,state_label,...), not "
+                        "TGN's ml_NAME.csv (,u,i,ts,label,idx); convert it with --format jodie", line=1)
     names = _named_header(path, ("u", "i", "ts"))
     kinds = ["float" if n == "ts" else "int" for n in names]
     df = _read(path, names=names, kinds=kinds, separator=",", skip_lines=1)

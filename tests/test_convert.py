@@ -350,3 +350,78 @@ def test_non_finite_time_line_in_every_headed_format(tmp_path, capsys, fmt, name
     err = capsys.readouterr().err
     assert f"line {line}" in err and "times must be finite" in err and str(f) in err
     assert not (tmp_path / "g.h5").exists()
+
+
+# ------------------------------------------------------------------------ damaged or unusual input files
+
+def test_gzip_input_plain_truncated_and_fake(tmp_path, capsys):
+    import gzip
+
+    rows = "".join(f"{i % 50} {(i * 7) % 50} {i}\n" for i in range(20000))
+    good = tmp_path / "e.txt.gz"
+    good.write_bytes(gzip.compress(rows.encode()))
+    assert run_cli("convert", good, "--format", "snap", "--out", tmp_path / "g.h5") == 0
+    assert load_graph(tmp_path / "g.h5").num_events == 20000
+    half = tmp_path / "half.txt.gz"
+    half.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    fake = tmp_path / "fake.csv.gz"
+    fake.write_text("src,dst,t\n1,2,3\n")
+    mixed = tmp_path / "mixed.txt.gz"  # runs of mixed whitespace take another read path
+    mixed.write_bytes(gzip.compress(rows.replace(" ", " \t ").encode())[:3000])
+    for f, fmt, message in ((half, "snap", "truncated or corrupt gzip file"),
+                            (mixed, "snap", "truncated or corrupt gzip file"),
+                            (fake, "csv", "named .gz but not gzip-compressed")):
+        out = tmp_path / "out" / f"{f.name}.h5"
+        assert run_cli("convert", f, "--format", fmt, "--out", out) == 2
+        err = capsys.readouterr().err
+        assert f"{f}: {message}" in err, err
+        assert not list((tmp_path / "out").glob("*"))
+    jodie = tmp_path / "j.csv.gz"
+    jodie.write_bytes(gzip.compress(("user_id,item_id,timestamp,state_label\n" + "".join(
+        f"{i % 9},{i % 4},{i}.0,0\n" for i in range(20000))).encode())[:5000])
+    assert run_cli("convert", jodie, "--format", "jodie", "--out", tmp_path / "j.h5") == 2
+    assert f"{jodie}: truncated or corrupt gzip file" in capsys.readouterr().err
+
+
+def test_utf8_bom_before_the_header_is_dropped(tmp_path):
+    bom = "\ufeff"
+    f = tmp_path / "bom.csv"
+    f.write_text(bom + "src,dst,t\n1,2,1.0\n2,3,2.0\n", encoding="utf-8")
+    assert run_cli("convert", f, "--format", "csv", "--out", tmp_path / "g.h5") == 0
+    np.testing.assert_array_equal(load_graph(tmp_path / "g.h5").t, [1, 2])
+    (tmp_path / "ml_b.csv").write_text(bom + ",u,i,ts,label,idx\n0,1,3,1.0,0,1\n1,2,3,2.0,1,2\n", encoding="utf-8")
+    g = convert([tmp_path / "ml_b.csv"], tmp_path / "t.h5", ConvertOptions(fmt="tgn"))
+    np.testing.assert_array_equal(g.label, [0, 1])
+    (tmp_path / "c.txt").write_text(bom + "# comment\n1 2 3\n2 3 4\n", encoding="utf-8")
+    assert convert([tmp_path / "c.txt"], tmp_path / "c.h5", ConvertOptions(fmt="snap")).num_events == 2
+
+
+def test_full_disk_while_writing_the_store(tmp_path, capsys, monkeypatch):
+    import errno
+
+    f = tmp_path / "e.txt"
+    f.write_text("1 2 1\n2 3 2\n3 1 3\n")
+    real = h5py.Group.create_dataset
+    calls = []
+
+    def full_disk(self, name, *args, **kwargs):
+        calls.append(name)
+        if len(calls) > 3:  # a few datasets in, as a real full disk would
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(self, name, *args, **kwargs)
+
+    monkeypatch.setattr(h5py.Group, "create_dataset", full_disk)
+    out = tmp_path / "out" / "g.h5"
+    assert run_cli("convert", f, "--format", "snap", "--out", out) == 2
+    assert f"no space left on device writing {out}" in capsys.readouterr().err
+    assert list((tmp_path / "out").iterdir()) == []  # no partial file under any name
+
+
+def test_jodie_file_given_as_tgn_refused(tmp_path, capsys):
+    f = tmp_path / "wikipedia.csv"
+    f.write_text("user_id,item_id,timestamp,state_label,comma_separated_list_of_features\n"
+                 "0,0,1.0,0,0.5\n1,0,2.0,1,0.6\n")
+    assert run_cli("convert", f, "--format", "tgn", "--out", tmp_path / "g.h5") == 2
+    err = capsys.readouterr().err
+    assert str(f) in err and "JODIE file" in err and "--format jodie" in err
+    assert not (tmp_path / "g.h5").exists()
