@@ -17,7 +17,7 @@ import numpy as np
 
 from disttgl.errors import DataError
 from disttgl.graph import Graph, build_tcsr, chronological_split, sha256_files, write_graph
-from disttgl.readers import FORMATS, CsvColumns, RawEvents, read_events
+from disttgl.readers import FORMATS, CsvColumns, RawEvents, SnapColumns, read_events
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +33,7 @@ class ConvertOptions:
     val_fraction: float = 0.15
     test_fraction: float = 0.15
     csv_columns: CsvColumns | None = None
+    snap_columns: SnapColumns | None = None
 
 
 def _compact(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -144,7 +145,7 @@ def convert(inputs: Sequence[str | os.PathLike], out: str | os.PathLike, options
     from disttgl.atomic import check_writable_dir
 
     check_writable_dir(out)  # fail before parsing a large file
-    raw = read_events(inputs, options.fmt, csv_columns=options.csv_columns)
+    raw = read_events(inputs, options.fmt, csv_columns=options.csv_columns, snap_columns=options.snap_columns)
     paths = [Path(p) for p in inputs]
     graph = build_graph(raw, options, source=f"{options.fmt}:{','.join(p.name for p in paths)}",
                         sha256=sha256_files(paths))
@@ -166,20 +167,59 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="chronological (default) or the source's ext_roll (default for TGL inputs that have it)")
     p.add_argument("--val-fraction", type=float, default=0.15)
     p.add_argument("--test-fraction", type=float, default=0.15)
-    g = p.add_argument_group("csv format columns")
-    g.add_argument("--src-col", default="src")
-    g.add_argument("--dst-col", default="dst")
-    g.add_argument("--time-col", default="t")
-    g.add_argument("--label-col", default=None)
-    g.add_argument("--feature-cols", default="", help="comma-separated edge feature columns")
-    g.add_argument("--separator", default=",")
+    # defaults are None so that run() can tell a column the user chose from one it did not
+    g = p.add_argument_group("columns (csv: header name or 0-based index; snap: 0-based index)")
+    g.add_argument("--src-col", default=None, help="source column (csv default: src; snap: 0)")
+    g.add_argument("--dst-col", default=None, help="destination column (csv default: dst; snap: 1)")
+    g.add_argument("--time-col", default=None,
+                   help="time column (csv default: t; snap: 2, or detected when the file has 4 columns)")
+    g.add_argument("--label-col", default=None, help="csv only")
+    g.add_argument("--feature-cols", default=None, help="csv only: comma-separated edge feature columns")
+    g.add_argument("--separator", default=None, help="csv only (default ',')")
+
+
+def _column(spec: str | None) -> str | int | None:
+    """A column option: a 0-based index when it is all digits, else a header name."""
+    if spec is None:
+        return None
+    spec = spec.strip()
+    return int(spec) if spec.isdigit() else spec
+
+
+def _columns(args: argparse.Namespace) -> tuple[CsvColumns | None, SnapColumns | None]:
+    """Column options for the format that uses them; refuse them where they would be ignored."""
+    where = args.inputs[0]
+    given = {f"--{k.replace('_', '-')}": getattr(args, k)
+             for k in ("src_col", "dst_col", "time_col", "label_col", "feature_cols", "separator")}
+    given = {k: v for k, v in given.items() if v is not None}
+    if args.fmt == "csv":
+        d = CsvColumns()
+        features = tuple(_column(c) for c in (args.feature_cols or "").split(",") if c.strip())
+        return CsvColumns(src=_column(args.src_col or d.src), dst=_column(args.dst_col or d.dst),
+                          time=_column(args.time_col or d.time), label=_column(args.label_col),
+                          features=features, separator=args.separator or d.separator), None
+    if args.fmt == "snap":
+        extra = [k for k in given if k in ("--label-col", "--feature-cols", "--separator")]
+        if extra:
+            raise DataError(where, f"{', '.join(extra)} apply to the csv format only (snap: the columns "
+                            "other than src, dst and time are the edge features)")
+        cols = {k: _column(v) for k, v in given.items()}
+        for k, v in cols.items():
+            if not isinstance(v, int):
+                raise DataError(where, f"{k} {v!r}: the snap format has no header, give a 0-based column "
+                                f"index (e.g. {k} 3)")
+        return None, SnapColumns(src=cols.get("--src-col"), dst=cols.get("--dst-col"),
+                                 time=cols.get("--time-col"))
+    if given:
+        raise DataError(where, f"{', '.join(given)}: the {args.fmt} format names its own columns; these "
+                        "options apply to the csv and snap formats")
+    return None, None
 
 
 def run(args: argparse.Namespace) -> int:
-    columns = CsvColumns(src=args.src_col, dst=args.dst_col, time=args.time_col, label=args.label_col,
-                         features=tuple(c for c in args.feature_cols.split(",") if c), separator=args.separator)
+    csv_columns, snap_columns = _columns(args)
     options = ConvertOptions(fmt=args.fmt, bipartite=args.bipartite, directed=args.directed, split=args.split,
                              val_fraction=args.val_fraction, test_fraction=args.test_fraction,
-                             csv_columns=columns)
+                             csv_columns=csv_columns, snap_columns=snap_columns)
     convert(args.inputs, args.out, options)
     return 0

@@ -12,15 +12,24 @@ Layout (DESIGN §3), written once by ``disttgl convert``/``disttgl synth`` and r
   ``node_map/side`` int8 [N] (0 user/source side, 1 item/destination side).
 - attributes: num_nodes, num_events, bipartite, directed, source, sha256, sorted_on_input,
   split_rule, format_version.
+- every numeric dataset carries a ``crc32`` attribute (of its bytes as written); stores written
+  before it was added lack it, stay readable, and are checked by the invariants alone.
+
+Every open checks shapes against the attributes; :func:`load_graph` also checks the checksums and the
+invariants above (:func:`check_graph`), so a damaged store fails at once with a message naming it,
+not with a traceback or a cache built from garbage several stages later.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import h5py
 import numpy as np
@@ -145,6 +154,10 @@ def sha256_files(paths: list[str | os.PathLike]) -> str:
     return h.hexdigest()
 
 
+def _crc(data: np.ndarray) -> int:
+    return zlib.crc32(np.ascontiguousarray(data).reshape(-1).view(np.uint8))
+
+
 def _write_array(group: h5py.Group, name: str, data: np.ndarray) -> None:
     data = np.ascontiguousarray(data)
     kwargs: dict[str, Any] = {}
@@ -154,11 +167,20 @@ def _write_array(group: h5py.Group, name: str, data: np.ndarray) -> None:
         if data.ndim == 2 and data.shape[1] > 0:
             rows = max(1, min(len(data), (1 << 22) // max(1, data.shape[1] * data.itemsize)))
             kwargs = dict(chunks=(rows, data.shape[1]))
-    group.create_dataset(name, data=data, **kwargs)
+    group.create_dataset(name, data=data, **kwargs).attrs["crc32"] = _crc(data)
 
 
 def write_graph(graph: Graph, path: str | os.PathLike) -> None:
-    """Write ``graph`` atomically to ``path``."""
+    """Write ``graph`` atomically to ``path``; a failed write (full disk...) leaves no file there."""
+    try:
+        _write_graph(graph, path)
+    except OSError as exc:  # atomic_path has removed the partial file by now
+        if exc.errno == errno.ENOSPC or "No space left on device" in str(exc):
+            raise DataError(path, f"no space left on device writing {path}") from None
+        raise DataError(path, f"cannot write the graph store ({exc})") from None
+
+
+def _write_graph(graph: Graph, path: str | os.PathLike) -> None:
     with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
         ev = f.create_group("events")
         _write_array(ev, "src", graph.src.astype(np.int64))
@@ -178,9 +200,11 @@ def write_graph(graph: Graph, path: str | os.PathLike) -> None:
             oid = graph.original_id
             if oid.dtype.kind in "OUS":
                 oid = np.asarray(oid, dtype=object).astype(str).astype(h5py.string_dtype())
-            nm.create_dataset("original_id", data=oid)
+                nm.create_dataset("original_id", data=oid)
+            else:
+                _write_array(nm, "original_id", oid)
         if graph.side is not None:
-            nm.create_dataset("side", data=graph.side.astype(np.int8))
+            _write_array(nm, "side", graph.side.astype(np.int8))
         attrs = dict(graph.attrs)
         attrs.update(num_nodes=int(graph.num_nodes), num_events=int(graph.num_events),
                      bipartite=bool(graph.bipartite), format_version=FORMAT_VERSION)
@@ -189,22 +213,152 @@ def write_graph(graph: Graph, path: str | os.PathLike) -> None:
             f.attrs[key] = json.dumps(value) if isinstance(value, (dict, list)) else value
 
 
-def _open(path: str | os.PathLike) -> h5py.File:
+_REBUILD = "rebuild it with `disttgl convert` (or `disttgl synth`)"
+_EVENT_ARRAYS = ("events/src", "events/dst", "events/t", "events/split")
+_TCSR_ARRAYS = ("indptr", "nbr", "t", "eid")
+_REQUIRED = (*_EVENT_ARRAYS, *(f"tcsr/{k}" for k in _TCSR_ARRAYS))
+
+
+def _corrupt(path: str | os.PathLike | None, problem: str) -> DataError:
+    return DataError(path, f"corrupt graph store: {problem}; {_REBUILD}")
+
+
+@contextlib.contextmanager
+def _open(path: str | os.PathLike) -> Iterator[h5py.File]:
+    """Open the store and check its layout against its attributes (metadata only, no array reads)."""
     if not Path(path).exists():
         raise DataError(path, "graph file does not exist (run `disttgl convert` or `disttgl synth` first)")
     try:
         f = h5py.File(path, "r")
     except OSError as exc:
         raise DataError(path, f"not a readable HDF5 graph store ({exc})") from None
+    try:
+        with f:
+            _check_layout(path, f)
+            yield f
+    except (OSError, KeyError, RuntimeError) as exc:
+        # damaged bytes inside a file that still opens: h5py fails in whichever read meets them
+        raise DataError(path, f"corrupt or truncated graph store ({exc}); {_REBUILD}") from None
+
+
+def _check_layout(path: str | os.PathLike, f: h5py.File) -> None:
     if "events" not in f or "tcsr" not in f or "edge_feat" not in f:
-        f.close()
         raise DataError(path, "not a disttgl graph store (missing events/, tcsr/ or edge_feat)")
     version = int(f.attrs.get("format_version", -1))
     if version != FORMAT_VERSION:
-        f.close()
         raise DataError(path, f"graph store format version {version}, this disttgl reads {FORMAT_VERSION}; "
                               "re-run the conversion")
-    return f
+    for key in ("num_nodes", "num_events", "bipartite"):
+        if key not in f.attrs:
+            raise _corrupt(path, f"attribute {key} is missing")
+    n, e = int(f.attrs["num_nodes"]), int(f.attrs["num_events"])
+    nnz = e if bool(f.attrs.get("directed", False)) else 2 * e
+    # name -> (shape, dtype kinds); one lookup each, as every h5py lookup costs tens of microseconds
+    want = {"events/src": ((e,), "iu"), "events/dst": ((e,), "iu"), "events/t": ((e,), "f"),
+            "events/split": ((e,), "iu"), "tcsr/indptr": ((n + 1,), "iu"), "tcsr/nbr": ((nnz,), "iu"),
+            "tcsr/t": ((nnz,), "f"), "tcsr/eid": ((nnz,), "iu"), "events/label": ((e,), None),
+            "node_map/original_id": ((n,), None), "node_map/side": ((n,), "iu")}
+    for name, (shape, kinds) in want.items():
+        ds = f.get(name)
+        if ds is None and name in _REQUIRED:
+            raise _corrupt(path, f"{name} is missing or unreadable")
+        if ds is None:
+            continue
+        if not isinstance(ds, h5py.Dataset) or ds.shape != shape:
+            raise _corrupt(path, f"{name} has shape {getattr(ds, 'shape', None)}, expected {shape} ({n} nodes, "
+                                 f"{e} events{', directed' if nnz == e else ''})")
+        if kinds is not None and ds.dtype.kind not in kinds:
+            raise _corrupt(path, f"{name} has dtype {ds.dtype}")
+    ef = f["edge_feat"]
+    if not isinstance(ef, h5py.Dataset) or ef.ndim != 2 or ef.shape[0] != e + 1:
+        raise _corrupt(path, f"edge_feat has shape {getattr(ef, 'shape', None)}, expected ({e + 1}, d): one "
+                             "row per event plus the zero sentinel")
+    nf = f.get("node_feat")
+    if nf is not None and (not isinstance(nf, h5py.Dataset) or nf.ndim != 2 or nf.shape[0] != n):
+        raise _corrupt(path, f"node_feat has shape {getattr(nf, 'shape', None)}, expected ({n}, d)")
+
+
+def _read(path: str | os.PathLike, f: h5py.File, name: str) -> np.ndarray:
+    """Read a dataset whole and check it against the crc32 stored when it was written."""
+    ds = f[name]
+    data = ds[()]
+    crc = ds.attrs.get("crc32")
+    if crc is not None and _crc(data) != int(crc):
+        raise _corrupt(path, f"{name} fails its checksum (its bytes changed after it was written)")
+    return data
+
+
+def _first_bad(mask: np.ndarray) -> int:
+    return int(np.flatnonzero(mask)[0])
+
+
+def _check_ids(path: str | os.PathLike | None, name: str, ids: np.ndarray, hi: int, what: str) -> None:
+    if len(ids) and (ids.min() < 0 or ids.max() >= hi):
+        i = _first_bad((ids < 0) | (ids >= hi))
+        raise _corrupt(path, f"{name}[{i}] is {ids[i]}, {what} must lie in [0, {hi})")
+
+
+def _check_times(path: str | os.PathLike | None, t: np.ndarray) -> None:
+    if not np.isfinite(t).all():
+        i = _first_bad(~np.isfinite(t))
+        raise _corrupt(path, f"events/t[{i}] is {t[i]}, times must be finite")
+    if len(t) > 1 and not (t[1:] >= t[:-1]).all():
+        i = _first_bad(t[1:] < t[:-1])
+        raise _corrupt(path, f"events/t is not sorted: t[{i + 1}] = {t[i + 1]} < t[{i}] = {t[i]}")
+
+
+def _check_split(path: str | os.PathLike | None, split: np.ndarray, chronological: bool) -> None:
+    if len(split) and (split.min() < 0 or split.max() > 2):
+        i = _first_bad((split < 0) | (split > 2))
+        raise _corrupt(path, f"events/split[{i}] is {split[i]}, splits are 0 (train), 1 (val), 2 (test)")
+    # only the chronological rule promises train, then val, then test; a source's ext_roll may interleave
+    if chronological and len(split) > 1 and not (split[1:] >= split[:-1]).all():
+        i = _first_bad(split[1:] < split[:-1])
+        raise _corrupt(path, f"events/split goes back from {split[i]} to {split[i + 1]} at event {i + 1}, "
+                             "but the chronological split is train, then val, then test")
+
+
+def _check_tcsr(path: str | os.PathLike | None, tc: TCSR, num_nodes: int, num_events: int,
+                directed: bool) -> None:
+    indptr, nnz = tc.indptr, len(tc.nbr)
+    if nnz != (num_events if directed else 2 * num_events):
+        raise _corrupt(path, f"the T-CSR holds {nnz} entries for {num_events} events "
+                             f"({'directed' if directed else 'both directions'})")
+    if indptr[0] != 0 or indptr[-1] != nnz or not (indptr[1:] >= indptr[:-1]).all():
+        raise _corrupt(path, f"tcsr/indptr is not a non-decreasing run from 0 to {nnz}")
+    _check_ids(path, "tcsr/nbr", tc.nbr, num_nodes, "node ids")
+    _check_ids(path, "tcsr/eid", tc.eid, num_events, "event ids")
+    if nnz > 1:
+        down = tc.t[1:] < tc.t[:-1]
+        if down.any():  # allowed only where a new row starts
+            starts = indptr[1:-1]
+            down[starts[(starts > 0) & (starts < nnz)] - 1] = False
+            if down.any():
+                i = _first_bad(down) + 1
+                raise _corrupt(path, f"tcsr/t is not sorted within node {int(np.searchsorted(indptr, i, 'right')) - 1}'s"
+                                     f" row (entry {i})")
+
+
+def check_graph(graph: Graph, path: str | os.PathLike | None = None, *, edge_feat: bool = True) -> None:
+    """Check the store's invariants on ``graph`` (vectorised: a few passes over each array).
+
+    ``edge_feat=False`` skips the edge-feature sentinel row (``load_graph(features=False)`` checks it
+    in the file instead)."""
+    n, e = graph.num_nodes, graph.num_events
+    _check_ids(path, "events/src", graph.src, n, "node ids")
+    _check_ids(path, "events/dst", graph.dst, n, "node ids")
+    _check_times(path, graph.t)
+    _check_split(path, graph.split, graph.attrs.get("split_rule") == "chronological")
+    if edge_feat and graph.edge_feat.shape[0] == e + 1 and graph.edge_feat[-1].any():
+        raise _corrupt(path, "the last row of edge_feat (the 'no message yet' sentinel) is not zero")
+    directed = bool(graph.attrs.get("directed", False))
+    _check_tcsr(path, graph.tcsr, n, e, directed)
+    # each entry is one of its event's endpoints at its event's time
+    if len(graph.tcsr.eid) and not np.array_equal(graph.tcsr.t, graph.t[graph.tcsr.eid]):
+        i = _first_bad(graph.tcsr.t != graph.t[graph.tcsr.eid])
+        raise _corrupt(path, f"tcsr/t[{i}] is not the time of its event tcsr/eid[{i}]")
+    if graph.side is not None and len(graph.side) and (graph.side.min() < 0 or graph.side.max() > 1):
+        raise _corrupt(path, "node_map/side holds values other than 0 and 1")
 
 
 def read_attrs(path: str | os.PathLike) -> dict[str, Any]:
@@ -221,28 +375,40 @@ def _attr(v: Any) -> Any:
 
 
 def load_graph(path: str | os.PathLike, *, features: bool = True) -> Graph:
-    """Read the whole store into memory (``features=False`` skips edge/node features)."""
+    """Read the whole store into memory (``features=False`` skips edge/node features), checked
+    against its checksums and invariants: a DataError naming the file if anything is off."""
     with _open(path) as f:
-        ev = f["events"]
         attrs = {k: _attr(v) for k, v in f.attrs.items()}
-        tcsr = TCSR(**{k: f["tcsr"][k][()] for k in ("indptr", "nbr", "t", "eid")})
-        edge_feat = f["edge_feat"][()] if features else np.zeros((len(ev["src"]) + 1, 0), np.float32)
-        nm = f["node_map"]
-        oid = nm["original_id"][()] if "original_id" in nm else None
+        tcsr = TCSR(**{k: _read(path, f, f"tcsr/{k}") for k in _TCSR_ARRAYS})
+        e = int(attrs["num_events"])
+        if features:
+            edge_feat = _read(path, f, "edge_feat")
+        else:
+            if f["edge_feat"].shape[1] and f["edge_feat"][e].any():
+                raise _corrupt(path, "the last row of edge_feat (the 'no message yet' sentinel) is not zero")
+            edge_feat = np.zeros((e + 1, 0), np.float32)
+        nm = f["node_map"] if "node_map" in f else {}
+        oid = _read(path, f, "node_map/original_id") if "original_id" in nm else None
         if oid is not None and oid.dtype.kind == "O":
             oid = oid.astype(str)
-        return Graph(
-            src=ev["src"][()], dst=ev["dst"][()], t=ev["t"][()], split=ev["split"][()],
+        graph = Graph(
+            src=_read(path, f, "events/src"), dst=_read(path, f, "events/dst"), t=_read(path, f, "events/t"),
+            split=_read(path, f, "events/split"),
             num_nodes=int(attrs["num_nodes"]), bipartite=bool(attrs["bipartite"]),
             edge_feat=edge_feat, tcsr=tcsr,
-            node_feat=f["node_feat"][()] if features and "node_feat" in f else None,
-            label=ev["label"][()] if "label" in ev else None,
-            original_id=oid, side=nm["side"][()] if "side" in nm else None, attrs=attrs)
+            node_feat=_read(path, f, "node_feat") if features and "node_feat" in f else None,
+            label=_read(path, f, "events/label") if "label" in f["events"] else None,
+            original_id=oid, side=_read(path, f, "node_map/side") if "side" in nm else None, attrs=attrs)
+    check_graph(graph, path, edge_feat=features)
+    return graph
 
 
 def load_tcsr(path: str | os.PathLike) -> TCSR:
     with _open(path) as f:
-        return TCSR(**{k: f["tcsr"][k][()] for k in ("indptr", "nbr", "t", "eid")})
+        tcsr = TCSR(**{k: _read(path, f, f"tcsr/{k}") for k in _TCSR_ARRAYS})
+        _check_tcsr(path, tcsr, int(f.attrs["num_nodes"]), int(f.attrs["num_events"]),
+                    bool(f.attrs.get("directed", False)))
+        return tcsr
 
 
 def graph_info(path: str | os.PathLike) -> dict[str, Any]:
@@ -250,8 +416,11 @@ def graph_info(path: str | os.PathLike) -> dict[str, Any]:
     with _open(path) as f:
         attrs = {k: _attr(v) for k, v in f.attrs.items()}
         ev = f["events"]
-        t = ev["t"]
-        split_counts = np.bincount(ev["split"][()], minlength=3)
+        t = _read(path, f, "events/t")
+        split = _read(path, f, "events/split")
+        _check_times(path, t)
+        _check_split(path, split, attrs.get("split_rule") == "chronological")
+        split_counts = np.bincount(split, minlength=3)
         n = len(t)
         node_dim = int(f["node_feat"].shape[1]) if "node_feat" in f else 0
         return {

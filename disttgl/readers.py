@@ -7,8 +7,11 @@ it never runs on good input.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
+import logging
 import os
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
@@ -17,6 +20,8 @@ import numpy as np
 import polars as pl
 
 from disttgl.errors import DataError
+
+log = logging.getLogger(__name__)
 
 FORMATS = ("jodie", "tgl", "tgn", "snap", "csv")
 
@@ -45,20 +50,50 @@ class RawEvents:
 
 @dataclass(frozen=True)
 class CsvColumns:
-    """Column names for the generic ``csv`` format."""
+    """Columns for the generic ``csv`` format: a header name, or an int, a 0-based position (when
+    every column is given by position and the first line is data, the file is read as header-less)."""
 
-    src: str = "src"
-    dst: str = "dst"
-    time: str = "t"
-    label: str | None = None
-    features: tuple[str, ...] = ()
+    src: str | int = "src"
+    dst: str | int = "dst"
+    time: str | int = "t"
+    label: str | int | None = None
+    features: tuple[str | int, ...] = ()
     separator: str = ","
+
+
+@dataclass(frozen=True)
+class SnapColumns:
+    """0-based positions for the header-less ``snap`` format; None: the default (src 0, dst 1, and
+    the time column detected when the file has 4 columns, else the first remaining column)."""
+
+    src: int | None = None
+    dst: int | None = None
+    time: int | None = None
 
 
 # ----------------------------------------------------------------------------------------- helpers
 
+GZIP_MAGIC = b"\x1f\x8b"
+
+
+def _is_gzip(path: Path) -> bool:
+    with open(path, "rb") as fh:
+        return fh.read(2) == GZIP_MAGIC
+
+
+@contextlib.contextmanager
 def _open_text(path: Path):
-    return gzip.open(path, "rt", newline="") if path.suffix == ".gz" else open(path, newline="")
+    """Text lines of ``path``, gunzipped when its bytes say gzip (as polars decides, not the name).
+
+    utf-8-sig drops a leading byte-order mark, which would otherwise glue onto the first column name.
+    A truncated or damaged gzip stream fails mid-read: that becomes a DataError naming the file.
+    """
+    opener = gzip.open if _is_gzip(path) else open
+    try:
+        with opener(path, "rt", encoding="utf-8-sig", newline="") as fh:
+            yield fh
+    except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
+        raise DataError(path, f"truncated or corrupt gzip file ({exc})") from None
 
 
 def _check_nonempty(path: Path) -> None:
@@ -68,6 +103,8 @@ def _check_nonempty(path: Path) -> None:
         raise DataError(path, "is a directory, expected a file")
     if path.stat().st_size == 0:
         raise DataError(path, "file is empty")
+    if path.suffix == ".gz" and not _is_gzip(path):
+        raise DataError(path, "named .gz but not gzip-compressed; decompress it properly or rename it")
 
 
 def _data_lines(path: Path, skip_lines: int, comment_prefix: str | None) -> Iterator[tuple[int, str]]:
@@ -162,8 +199,7 @@ def _read(path: Path, *, names: Sequence[str], kinds: Sequence[str], separator: 
 
 
 def _check_header_columns(path: Path, names: Sequence[str], separator: str | None) -> None:
-    with _open_text(path) as fh:
-        header = [h.strip() for h in _split_line(fh.readline(), separator)]
+    header = _header(path, separator)
     missing = [n for n in names if n not in header]
     if missing:
         raise DataError(path, f"missing column(s) {missing}; the header has {header}", line=1)
@@ -218,9 +254,13 @@ def _sniff_separator(path: Path, comment_prefix: str | None) -> str | None:
     return None
 
 
-def read_snap(path: Path) -> RawEvents:
-    """SNAP temporal edge list: ``src dst t [extra numeric columns -> edge features]``, no header,
-    whitespace or comma separated, ``#``/``%`` comment lines allowed, optionally gzipped."""
+def read_snap(path: Path, columns: SnapColumns | None = None) -> RawEvents:
+    """SNAP temporal edge list: no header, whitespace or comma separated, ``#``/``%`` comment lines
+    allowed, optionally gzipped. By default ``src dst t [extra numeric columns -> edge features]``;
+    with exactly 4 columns the time may also be the last one (Bitcoin-OTC/Alpha are
+    ``SOURCE,TARGET,RATING,TIME``), so it is detected (:func:`_detect_time`). ``columns`` places
+    src/dst/time by 0-based position; every other column becomes an edge feature."""
+    columns = columns or SnapColumns()
     _check_nonempty(path)
     comment = _comment_prefix(path)
     sep = _sniff_separator(path, comment)
@@ -228,16 +268,67 @@ def read_snap(path: Path) -> RawEvents:
     if ncols < 3:
         raise DataError(path, f"expected at least 3 columns (src dst t), found {ncols}",
                         line=_row_counter(path, 0, comment)(0))
-    feat_names = [f"f{i}" for i in range(ncols - 3)]
-    names = ["src", "dst", "t", *feat_names]
-    kinds = ["int", "int", "float", *(["f32"] * len(feat_names))]
+    given = {"src": columns.src, "dst": columns.dst, "time": columns.time}
+    for role, i in given.items():
+        if i is not None and not 0 <= i < ncols:
+            raise DataError(path, f"--{role}-col {i} is out of range: the file has {ncols} columns "
+                            f"(0..{ncols - 1})", line=_row_counter(path, 0, comment)(0))
+    taken = [i for i in given.values() if i is not None]
+    if len(set(taken)) != len(taken):
+        raise DataError(path, f"--src-col, --dst-col and --time-col must be different columns, got {given}")
+    free = [i for i in range(ncols) if i not in taken]
+    src = free.pop(0) if columns.src is None else columns.src
+    dst = free.pop(0) if columns.dst is None else columns.dst
+    time = columns.time
+    if time is None and ncols != 4:
+        time = free.pop(0)  # the SNAP convention: the column after src and dst
+    names = [f"col{i}" for i in range(ncols)]
+    kinds = ["f32"] * ncols
+    names[src], names[dst] = "src", "dst"
+    kinds[src] = kinds[dst] = "int"
+    if time is None:
+        kinds[free[0]] = kinds[free[1]] = "float"  # both candidates read exactly until one is chosen
+    else:
+        names[time], kinds[time] = "t", "float"
     if sep is None:
         df = _read_whitespace(path, names, kinds, comment)
     else:
         df = _read(path, names=names, kinds=kinds, separator=sep, comment_prefix=comment)
+    if time is None:
+        time = _detect_time(path, df, free)
+        free.remove(time)
+        df = df.rename({names[time]: "t"})
+        names[time] = "t"
+        log.info("%s: 4 columns, column %d taken as the time and column %d kept as an edge feature "
+                 "(--time-col overrides)", path, time, free[0])
+    feat_names = [names[i] for i in free]
     return RawEvents(path=path, src=_numpy(df, "src", np.int64), dst=_numpy(df, "dst", np.int64),
                      t=_numpy(df, "t", np.float64), edge_feat=_features(df, feat_names),
                      edge_feat_path=path if feat_names else None, line_of=_row_counter(path, 0, comment))
+
+
+def _detect_time(path: Path, df: pl.DataFrame, candidates: list[int]) -> int:
+    """Which of two candidate columns holds the time. Times are never negative and unix seconds
+    dwarf a rating or weight; so the time is the only non-negative column, or the non-negative
+    column whose every value exceeds every |value| of the other. Anything else is refused: a wrong
+    guess would train on ratings as timestamps without a word."""
+    stats = {}
+    for i in candidates:
+        v = df.get_column(f"col{i}").to_numpy()
+        v = v[np.isfinite(v)]  # a NaN/inf time is reported by convert's validation, with its line
+        stats[i] = (v.min(), v.max(), np.abs(v).max()) if len(v) else (np.nan, np.nan, np.nan)
+    nonneg = [i for i in candidates if stats[i][0] >= 0]
+    if len(nonneg) == 1:
+        return nonneg[0]
+    if len(nonneg) == 2:
+        a, b = nonneg
+        if stats[a][0] > stats[b][2]:
+            return a
+        if stats[b][0] > stats[a][2]:
+            return b
+    ranges = ", ".join(f"column {i} holds {stats[i][0]:g}..{stats[i][1]:g}" for i in candidates)
+    raise DataError(path, f"4 columns and the time column cannot be told from the values ({ranges}); "
+                    f"pass --time-col {candidates[0]} or --time-col {candidates[1]} (0-based)")
 
 
 def _comment_prefix(path: Path) -> str | None:
@@ -250,8 +341,12 @@ def _comment_prefix(path: Path) -> str | None:
 
 def _read_whitespace(path: Path, names: list[str], kinds: list[str], comment: str | None) -> pl.DataFrame:
     """Runs of mixed whitespace: read whole lines, normalise, then split (slower, still vectorised)."""
-    lines = pl.read_csv(path, has_header=False, separator="\x1f", new_columns=["line"], quote_char=None,
-                        comment_prefix=comment, schema_overrides=[pl.String])
+    try:
+        lines = pl.read_csv(path, has_header=False, separator="\x1f", new_columns=["line"], quote_char=None,
+                            comment_prefix=comment, schema_overrides=[pl.String])
+    except OSError as exc:  # polars' word for a truncated or damaged gzip stream
+        raise DataError(path, f"truncated or corrupt gzip file ({exc})" if _is_gzip(path)
+                        else f"cannot read ({exc})") from None
     parts = (lines.select(pl.col("line").str.strip_chars().str.replace_all(r"\s+", " ")
                           .str.split(" ").alias("parts")))
     counts = parts.get_column("parts").list.len().to_numpy()
@@ -270,30 +365,69 @@ def _read_whitespace(path: Path, names: list[str], kinds: list[str], comment: st
 
 
 def read_csv_columns(path: Path, columns: CsvColumns) -> RawEvents:
-    """Generic CSV with a header; columns chosen by name. Ids may be integers or strings."""
+    """Generic CSV; columns chosen by header name or 0-based position. Ids may be integers or strings.
+
+    When every column is given by position and the first line's time field is a number, the file
+    has no header and every line is an event."""
     _check_nonempty(path)
-    names = [columns.src, columns.dst, columns.time]
-    if columns.label:
-        names.append(columns.label)
-    names += list(columns.features)
+    sep = columns.separator
+    has_label = columns.label not in (None, "")
+    specs = [columns.src, columns.dst, columns.time, *([columns.label] if has_label else []), *columns.features]
+    first = _header(path, sep)
+    headerless = (all(isinstance(c, int) for c in specs) and columns.time < len(first)
+                  and _is_number(first[columns.time]))
+    header = [str(i) for i in range(len(first))] if headerless else first
+    names = []
+    for c in specs:
+        if isinstance(c, int) and not 0 <= c < len(header):
+            raise DataError(path, f"column index {c} is out of range: the file has {len(header)} columns "
+                            f"(0..{len(header) - 1})", line=1)
+        names.append(header[c] if isinstance(c, int) else c)
     if len(set(names)) != len(names):
         raise DataError(path, f"a column is named twice in {names}")
-    _check_header_columns(path, names, columns.separator)
-    id_kind = _id_kind(path, columns)
-    kinds = [id_kind, id_kind, "float"] + (["int"] if columns.label else []) + ["f32"] * len(columns.features)
-    df = _read(path, names=names, kinds=kinds, separator=columns.separator, header_names=True)
-    return RawEvents(path=path, src=df.get_column(columns.src).to_numpy(),
-                     dst=df.get_column(columns.dst).to_numpy(), t=_numpy(df, columns.time, np.float64),
-                     label=_numpy(df, columns.label, np.int64) if columns.label else None,
-                     edge_feat=_features(df, list(columns.features)),
-                     edge_feat_path=path if columns.features else None, line_of=_row_counter(path, 1, None))
+    if not headerless:
+        if any(n not in header for n in names) and all(_is_number(h) for h in header):
+            raise DataError(path, "line 1 holds numbers, not column names: for a header-less file give every "
+                            "column by 0-based index, e.g. --src-col 0 --dst-col 1 --time-col 2", line=1)
+        _check_header_columns(path, names, sep)
+    id_kind = _id_kind(path, sep, [specs[0], specs[1]] if headerless else names[:2], has_header=not headerless)
+    kinds = [id_kind, id_kind, "float"] + (["int"] if has_label else []) + ["f32"] * len(columns.features)
+    if headerless:
+        all_kinds = dict.fromkeys(header, "str") | dict(zip(names, kinds))
+        df = _read(path, names=header, kinds=[all_kinds[n] for n in header], separator=sep).select(names)
+    else:
+        df = _read(path, names=names, kinds=kinds, separator=sep, header_names=True)
+    src, dst, time = names[:3]
+    label = names[3] if has_label else None
+    feat_names = names[3 + has_label:]
+    return RawEvents(path=path, src=df.get_column(src).to_numpy(), dst=df.get_column(dst).to_numpy(),
+                     t=_numpy(df, time, np.float64), label=_numpy(df, label, np.int64) if label else None,
+                     edge_feat=_features(df, feat_names), edge_feat_path=path if feat_names else None,
+                     line_of=_row_counter(path, 0 if headerless else 1, None))
 
 
-def _id_kind(path: Path, columns: CsvColumns) -> str:
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _header(path: Path, separator: str | None) -> list[str]:
+    """The first line's fields, stripped (a byte-order mark is dropped by :func:`_open_text`)."""
+    with _open_text(path) as fh:
+        return [h.strip() for h in _split_line(fh.readline(), separator)]
+
+
+def _id_kind(path: Path, separator: str, cols: list[str] | list[int], *, has_header: bool) -> str:
     """Integer ids when the first rows' id fields are integers, else string ids."""
-    sample = pl.read_csv(path, separator=columns.separator, n_rows=1000, columns=[columns.src, columns.dst],
-                         infer_schema=False)
-    for name in (columns.src, columns.dst):
+    try:
+        sample = pl.read_csv(path, separator=separator, n_rows=1000, columns=cols, has_header=has_header,
+                             infer_schema=False)
+    except (pl.exceptions.PolarsError, OSError):
+        return "str"  # the full read that follows names the problem and its line
+    for name in sample.columns:
         if not sample.get_column(name).str.contains(r"^\s*-?\d+\s*$").all():
             return "str"
     return "int"
@@ -303,8 +437,7 @@ def _named_header(path: Path, required: Sequence[str]) -> list[str]:
     """Column names of a comma-separated header that must hold ``required``; the unnamed pandas
     index column that TGL and TGN files start with is named ``_index<i>``."""
     _check_nonempty(path)
-    with _open_text(path) as fh:
-        header = [h.strip() for h in fh.readline().rstrip("\r\n").split(",")]
+    header = _header(path, ",")
     for name in required:
         if name not in header:
             raise DataError(path, f"missing column {name!r}; the header has {header}", line=1)
@@ -371,6 +504,11 @@ def read_tgn(paths: Sequence[Path]) -> RawEvents:
     if len(csvs) != 1:
         raise DataError(paths[0] if paths else None, "the tgn format needs exactly one ml_NAME.csv")
     path = csvs[0]
+    _check_nonempty(path)
+    if [h.lower() for h in _header(path, ",")[:2]] == ["user_id", "item_id"]:
+        # JODIE numbers users and items from 0 each; read as TGN they would share one id space
+        raise DataError(path, "this is a JODIE file (header user_id,item_id,timestamp,state_label,...), not "
+                        "TGN's ml_NAME.csv (,u,i,ts,label,idx); convert it with --format jodie", line=1)
     names = _named_header(path, ("u", "i", "ts"))
     kinds = ["float" if n == "ts" else "int" for n in names]
     df = _read(path, names=names, kinds=kinds, separator=",", skip_lines=1)
@@ -406,7 +544,8 @@ def _load_npy(path: Path) -> np.ndarray:
     return arr.astype(np.float32, copy=False)
 
 
-def read_events(paths: Sequence[str | os.PathLike], fmt: str, *, csv_columns: CsvColumns | None = None) -> RawEvents:
+def read_events(paths: Sequence[str | os.PathLike], fmt: str, *, csv_columns: CsvColumns | None = None,
+                snap_columns: SnapColumns | None = None) -> RawEvents:
     """Dispatch on ``fmt``; every reader validates its own files."""
     files = [Path(p) for p in paths]
     if not files:
@@ -418,7 +557,7 @@ def read_events(paths: Sequence[str | os.PathLike], fmt: str, *, csv_columns: Cs
     if fmt == "jodie":
         return read_jodie(files[0])
     if fmt == "snap":
-        return read_snap(files[0])
+        return read_snap(files[0], snap_columns)
     if fmt == "csv":
         return read_csv_columns(files[0], csv_columns or CsvColumns())
     if fmt == "tgl":

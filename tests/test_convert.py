@@ -350,3 +350,175 @@ def test_non_finite_time_line_in_every_headed_format(tmp_path, capsys, fmt, name
     err = capsys.readouterr().err
     assert f"line {line}" in err and "times must be finite" in err and str(f) in err
     assert not (tmp_path / "g.h5").exists()
+
+
+# ------------------------------------------------------------------------ SNAP signed networks, columns
+
+def _bitcoin(path, rng, n=60, positive=False):
+    """A Bitcoin-OTC/Alpha-style file: SOURCE,TARGET,RATING,TIME, no header, slightly unsorted."""
+    src = rng.integers(1, 30, n)
+    dst = rng.integers(1, 30, n)
+    rating = rng.integers(1 if positive else -10, 11, n)
+    if not positive:
+        rating[0] = -10  # a negative rating is what a time column never holds
+    t = 1289241911.72836 + np.cumsum(rng.uniform(1, 5000, n))
+    t[[3, 4]] = t[[4, 3]]
+    path.write_text("".join(f"{a},{b},{r},{ts:.5f}\n" for a, b, r, ts in zip(src, dst, rating, t)))
+    return src, dst, rating, t
+
+
+@pytest.mark.parametrize("positive", [False, True])
+def test_snap_signed_network_time_is_the_last_column(tmp_path, positive):
+    f = tmp_path / "soc-sign-bitcoinotc.csv"
+    src, dst, rating, t = _bitcoin(f, np.random.default_rng(0), positive=positive)
+    assert run_cli("convert", f, "--format", "snap", "--out", tmp_path / "g.h5") == 0
+    g = load_graph(tmp_path / "g.h5")
+    order = np.argsort(t, kind="stable")
+    np.testing.assert_allclose(g.t, t[order], rtol=0, atol=1e-4)  # the TIME column, sorted
+    assert g.edge_feat.shape == (len(t) + 1, 1)
+    np.testing.assert_array_equal(g.edge_feat[:-1, 0], rating[order])  # the rating, as an edge feature
+    np.testing.assert_array_equal(g.original_id[g.src], src[order])
+
+
+def test_snap_ambiguous_time_column_refused(tmp_path, capsys):
+    f = tmp_path / "weights.txt"
+    f.write_text("1 2 5 3\n2 3 1 7\n3 1 8 2\n")  # both extra columns non-negative, overlapping ranges
+    out = tmp_path / "g.h5"
+    assert run_cli("convert", f, "--format", "snap", "--out", out) == 2
+    err = capsys.readouterr().err
+    assert str(f) in err and "--time-col 2 or --time-col 3" in err
+    assert not out.exists()
+    # told which column holds the time, it converts; the other extra column is the edge feature
+    assert run_cli("convert", f, "--format", "snap", "--time-col", "3", "--out", out) == 0
+    g = load_graph(out)
+    np.testing.assert_array_equal(g.t, [2, 3, 7])
+    np.testing.assert_array_equal(g.edge_feat[:-1, 0], [8, 5, 1])
+
+
+def test_snap_column_indices_honoured(tmp_path, capsys):
+    f = tmp_path / "e.txt"
+    f.write_text("100 1 2\n200 2 3\n300 3 1\n")  # time first, then dst, then src
+    out = tmp_path / "g.h5"
+    assert run_cli("convert", f, "--format", "snap", "--time-col", "0", "--src-col", "2", "--dst-col", "1",
+                   "--out", out) == 0
+    g = load_graph(out)
+    np.testing.assert_array_equal(g.t, [100, 200, 300])
+    np.testing.assert_array_equal(g.original_id[g.src], [2, 3, 1])
+    np.testing.assert_array_equal(g.original_id[g.dst], [1, 2, 3])
+    assert g.edge_dim == 0
+    for args, message in ((("--time-col", "ts"), "--time-col 'ts': the snap format has no header"),
+                          (("--time-col", "3"), "--time-col 3 is out of range: the file has 3 columns"),
+                          (("--time-col", "0", "--src-col", "0"), "must be different columns"),
+                          (("--label-col", "2"), "apply to the csv format only")):
+        assert run_cli("convert", f, "--format", "snap", *args, "--out", tmp_path / "bad.h5") == 2
+        err = capsys.readouterr().err
+        assert message in err and str(f) in err, (args, err)
+    assert not (tmp_path / "bad.h5").exists()
+
+
+def test_csv_header_less_by_column_index(tmp_path, capsys):
+    f = tmp_path / "signed.csv"
+    f.write_text("6,2,-4,1289241911.5\n6,5,2,1289241941.5\n1,15,1,1289243140.5\n")
+    out = tmp_path / "g.h5"
+    assert run_cli("convert", f, "--format", "csv", "--src-col", "0", "--dst-col", "1", "--time-col", "3",
+                   "--feature-cols", "2", "--out", out) == 0
+    g = load_graph(out)
+    assert g.num_events == 3  # the first line is an event, not a header
+    np.testing.assert_allclose(g.t, [1289241911.5, 1289241941.5, 1289243140.5])
+    np.testing.assert_array_equal(g.edge_feat[:-1, 0], [-4, 2, 1])
+    np.testing.assert_array_equal(g.original_id[g.src], [6, 6, 1])
+    # a header-less file with a column given by name: say what to do instead of "missing column"
+    assert run_cli("convert", f, "--format", "csv", "--time-col", "3", "--out", tmp_path / "b.h5") == 2
+    assert "line 1 holds numbers, not column names" in capsys.readouterr().err
+
+
+def test_csv_index_into_a_header(tmp_path):
+    f = tmp_path / "log.csv"
+    f.write_text("when,who,what\n1.5,alice,book\n2.5,bob,book\n")
+    assert run_cli("convert", f, "--format", "csv", "--src-col", "1", "--dst-col", "2", "--time-col", "0",
+                   "--out", tmp_path / "g.h5") == 0
+    g = load_graph(tmp_path / "g.h5")
+    assert list(g.original_id[g.src]) == ["alice", "bob"] and list(g.t) == [1.5, 2.5]
+
+
+def test_column_options_refused_where_ignored(tmp_path, capsys):
+    f = tmp_path / "j.csv"
+    f.write_text("user_id,item_id,timestamp,state_label\n0,1,1.0,0\n1,2,2.0,0\n")
+    assert run_cli("convert", f, "--format", "jodie", "--time-col", "3", "--out", tmp_path / "g.h5") == 2
+    assert "--time-col: the jodie format names its own columns" in capsys.readouterr().err
+    assert not (tmp_path / "g.h5").exists()
+
+
+# ------------------------------------------------------------------------ damaged or unusual input files
+
+def test_gzip_input_plain_truncated_and_fake(tmp_path, capsys):
+    import gzip
+
+    rows = "".join(f"{i % 50} {(i * 7) % 50} {i}\n" for i in range(20000))
+    good = tmp_path / "e.txt.gz"
+    good.write_bytes(gzip.compress(rows.encode()))
+    assert run_cli("convert", good, "--format", "snap", "--out", tmp_path / "g.h5") == 0
+    assert load_graph(tmp_path / "g.h5").num_events == 20000
+    half = tmp_path / "half.txt.gz"
+    half.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    fake = tmp_path / "fake.csv.gz"
+    fake.write_text("src,dst,t\n1,2,3\n")
+    mixed = tmp_path / "mixed.txt.gz"  # runs of mixed whitespace take another read path
+    mixed.write_bytes(gzip.compress(rows.replace(" ", " \t ").encode())[:3000])
+    for f, fmt, message in ((half, "snap", "truncated or corrupt gzip file"),
+                            (mixed, "snap", "truncated or corrupt gzip file"),
+                            (fake, "csv", "named .gz but not gzip-compressed")):
+        out = tmp_path / "out" / f"{f.name}.h5"
+        assert run_cli("convert", f, "--format", fmt, "--out", out) == 2
+        err = capsys.readouterr().err
+        assert f"{f}: {message}" in err, err
+        assert not list((tmp_path / "out").glob("*"))
+    jodie = tmp_path / "j.csv.gz"
+    jodie.write_bytes(gzip.compress(("user_id,item_id,timestamp,state_label\n" + "".join(
+        f"{i % 9},{i % 4},{i}.0,0\n" for i in range(20000))).encode())[:5000])
+    assert run_cli("convert", jodie, "--format", "jodie", "--out", tmp_path / "j.h5") == 2
+    assert f"{jodie}: truncated or corrupt gzip file" in capsys.readouterr().err
+
+
+def test_utf8_bom_before_the_header_is_dropped(tmp_path):
+    bom = "\ufeff"
+    f = tmp_path / "bom.csv"
+    f.write_text(bom + "src,dst,t\n1,2,1.0\n2,3,2.0\n", encoding="utf-8")
+    assert run_cli("convert", f, "--format", "csv", "--out", tmp_path / "g.h5") == 0
+    np.testing.assert_array_equal(load_graph(tmp_path / "g.h5").t, [1, 2])
+    (tmp_path / "ml_b.csv").write_text(bom + ",u,i,ts,label,idx\n0,1,3,1.0,0,1\n1,2,3,2.0,1,2\n", encoding="utf-8")
+    g = convert([tmp_path / "ml_b.csv"], tmp_path / "t.h5", ConvertOptions(fmt="tgn"))
+    np.testing.assert_array_equal(g.label, [0, 1])
+    (tmp_path / "c.txt").write_text(bom + "# comment\n1 2 3\n2 3 4\n", encoding="utf-8")
+    assert convert([tmp_path / "c.txt"], tmp_path / "c.h5", ConvertOptions(fmt="snap")).num_events == 2
+
+
+def test_full_disk_while_writing_the_store(tmp_path, capsys, monkeypatch):
+    import errno
+
+    f = tmp_path / "e.txt"
+    f.write_text("1 2 1\n2 3 2\n3 1 3\n")
+    real = h5py.Group.create_dataset
+    calls = []
+
+    def full_disk(self, name, *args, **kwargs):
+        calls.append(name)
+        if len(calls) > 3:  # a few datasets in, as a real full disk would
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(self, name, *args, **kwargs)
+
+    monkeypatch.setattr(h5py.Group, "create_dataset", full_disk)
+    out = tmp_path / "out" / "g.h5"
+    assert run_cli("convert", f, "--format", "snap", "--out", out) == 2
+    assert f"no space left on device writing {out}" in capsys.readouterr().err
+    assert list((tmp_path / "out").iterdir()) == []  # no partial file under any name
+
+
+def test_jodie_file_given_as_tgn_refused(tmp_path, capsys):
+    f = tmp_path / "wikipedia.csv"
+    f.write_text("user_id,item_id,timestamp,state_label,comma_separated_list_of_features\n"
+                 "0,0,1.0,0,0.5\n1,0,2.0,1,0.6\n")
+    assert run_cli("convert", f, "--format", "tgn", "--out", tmp_path / "g.h5") == 2
+    err = capsys.readouterr().err
+    assert str(f) in err and "JODIE file" in err and "--format jodie" in err
+    assert not (tmp_path / "g.h5").exists()
