@@ -129,6 +129,10 @@ def test_j2_leaves_the_memory_trajectory_of_j1_and_validates_on_it_every_pass(da
     assert rows[0]["val_mrr"] == rows[1]["val_mrr"] and rows[0]["val_ap"] == rows[1]["val_ap"]
     summary = json.loads((data / "j2" / "summary.json").read_text())
     assert summary["parallelism"] == "1x2x1" and summary["world_size"] == 2 and summary["epochs_trained"] == 4
+    assert summary["best_unit"] == "pass" and summary["best_epochs_trained"] == 2 * summary["best_epoch"]
+    # the load each pass saw: both ranks' threads are this run's, the rest of the machine is others'
+    assert rows[0]["threads"] == 2 and rows[0]["other_cores_busy"] is not None
+    assert summary["machine"]["contended"] in (True, False)
     assert len(summary["rank_events_per_s"]) == 2 and all(r > 0 for r in summary["rank_events_per_s"])
 
 
