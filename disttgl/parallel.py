@@ -53,7 +53,7 @@ from disttgl.model import TGN
 from disttgl.run_lock import run_dir_lock
 from disttgl.runtime import keep_freed_memory
 from disttgl.schedule import Layout, Step, choose_parallelism, memory_batches, passes, step
-from disttgl.training import (TrainConfig, adam, evaluate, improves, load_features, model_config,
+from disttgl.training import (TrainConfig, adam, evaluate, improves, load_features, model_config, resolve_lr,
                               resumable_checkpoint, run_summary, save_checkpoint, seed_everything, train_epoch,
                               write_jsonl, write_summary)
 
@@ -298,7 +298,9 @@ class _Trainer:
             dist.broadcast(p.data, 0)
         self.it = 0  # current global iteration
         self.resume_it = 0
-        self.optimizer = AllReduceOptimizer(adam(self.params, cfg.lr * layout.world), self.params,
+        # DistTGL's rule: W ranks step on W batches' mean gradient, so the step grows with W
+        self.lr = resolve_lr(cfg, self.nb["train"], quiet=env.rank != 0) * layout.world
+        self.optimizer = AllReduceOptimizer(adam(self.params, self.lr), self.params,
                                             lambda: self.active(self.it))
         self.copy = layout.copy(env.rank)
         self.leader = env.rank == self.copy * layout.i * layout.j
@@ -431,7 +433,7 @@ def _run(cfg: TrainConfig, env: Env, layout: Layout, timeout: float, device: tor
             log.info("resuming %s after pass %d", out, done)
     if env.rank == 0:
         log.info("%s on %d ranks: T = %d memory batches, %d passes (%d epochs requested), lr %.2g",
-                 layout, layout.world, tr.T, tr.passes, cfg.epochs, cfg.lr * layout.world)
+                 layout, layout.world, tr.T, tr.passes, cfg.epochs, tr.lr)
 
     # the copy's memory server, started by its leader; the others find it through the store
     store = dist.distributed_c10d._get_default_store()
@@ -503,7 +505,7 @@ def _run(cfg: TrainConfig, env: Env, layout: Layout, timeout: float, device: tor
     dist.barrier()
     if env.rank != 0:
         return None
-    summary = _summary(cfg, layout, history, best)
+    summary = _summary(cfg, layout, history, best) | {"lr": tr.lr}  # base (or derived) lr · W
     write_summary(out, summary, "pass")
     return summary
 

@@ -26,7 +26,8 @@ from disttgl.training import (Features, NonFiniteError, TrainConfig, _config_cha
 from disttgl.model import TGN, ModelConfig
 
 REPO = Path(__file__).parents[1]
-SMALL = dict(epochs=2, dim=32, time_dim=32, lr=3e-3, threads=1, progress=False, prefetch=2)
+# loss "ce": the thresholds below were measured with it (the default is now "bce")
+SMALL = dict(epochs=2, dim=32, time_dim=32, lr=3e-3, loss="ce", threads=1, progress=False, prefetch=2)
 
 
 @pytest.fixture(scope="module")
@@ -154,7 +155,7 @@ def test_resume_after_sigkill_equals_uninterrupted_run(data, tmp_path):
     full = train(cfg(data, tmp_path / "full", epochs=3))
     out = tmp_path / "killed"
     args = ["train", str(data[0]), str(data[1]), "--out", str(out), "--epochs", "3", "--dim", "32",
-            "--time-dim", "32", "--lr", "3e-3", "--threads", "1", "--prefetch", "2", "--no-progress"]
+            "--time-dim", "32", "--lr", "3e-3", "--loss", "ce", "--threads", "1", "--prefetch", "2", "--no-progress"]
     proc = subprocess.run([sys.executable, "-c", KILLER, *args], cwd=REPO, capture_output=True, text=True,
                           env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=300)
     assert proc.returncode == -9, proc.stderr
@@ -388,3 +389,39 @@ def test_static_memory_with_nan_rows_or_without_checksum_is_refused(data, tmp_pa
         del f.attrs["table_sha256"]
     with pytest.raises(DataError, match="no checksum .*re-run `disttgl pretrain`"):
         load_static(tmp_path / "good.h5", 200)
+
+
+def test_derived_lr_follows_the_training_batches_an_epoch():
+    from disttgl.training import derive_lr
+
+    assert derive_lr(184) == pytest.approx(5e-4)  # Wikipedia at batch 600: the best measured
+    assert derive_lr(24) == pytest.approx(1e-3)  # the embedded set: capped at twice the base
+    assert derive_lr(5000) == pytest.approx(5e-4)  # large streams keep the base
+    lrs = [derive_lr(n) for n in (10, 30, 70, 120, 184, 400)]
+    assert lrs == sorted(lrs, reverse=True) and 5e-4 < derive_lr(70) < 1e-3
+
+
+def test_no_flags_give_the_measured_best_settings_and_the_preset_gives_disttgl(data, tmp_path, caplog):
+    import argparse
+
+    from disttgl.train import add_arguments, train_config
+
+    def parse(*flags):
+        p = argparse.ArgumentParser()
+        add_arguments(p)
+        return train_config(p.parse_args([str(data[0]), str(data[1]), "--out", str(tmp_path / "r"), *flags]))
+
+    plain = parse()
+    assert plain.lr is None and plain.loss == "bce"  # lr derived from the cache when the run starts
+    assert (parse("--preset", "disttgl").lr, parse("--preset", "disttgl").loss) == (1e-4, "ce")
+    assert parse("--preset", "disttgl", "--lr", "3e-4", "--loss", "bce").lr == 3e-4  # flags win
+    assert parse("--preset", "disttgl", "--lr", "3e-4", "--loss", "bce").loss == "bce"
+    from disttgl.batches import open_cache
+    from disttgl.training import derive_lr
+
+    with open_cache(data[1]) as c:
+        nb = c.num_batches("train")
+    with caplog.at_level("INFO", logger="disttgl.training"):
+        s = train(cfg(data, tmp_path / "derived", epochs=1, lr=None))
+    assert s["lr"] == pytest.approx(derive_lr(nb)) and s["config"]["lr"] is None
+    assert f"derived from {nb} training batches" in caplog.text
