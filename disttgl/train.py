@@ -20,7 +20,7 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=d.seed)
     parser.add_argument("--lr", type=float, default=None,
                         help="Adam's learning rate (default: derived from the training batches an epoch, "
-                             "5e-4 on Wikipedia-sized streams, up to 1e-3 on small ones; logged)")
+                             "5e-4, more on streams of under 60 batches, up to 1e-3; logged)")
     parser.add_argument("--dim", type=int, default=d.dim, help="memory/embedding size")
     parser.add_argument("--time-dim", type=int, default=d.time_dim)
     parser.add_argument("--heads", type=int, default=d.heads)

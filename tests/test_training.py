@@ -395,10 +395,11 @@ def test_derived_lr_follows_the_training_batches_an_epoch():
     from disttgl.training import derive_lr
 
     assert derive_lr(184) == pytest.approx(5e-4)  # Wikipedia at batch 600: the best measured
+    assert derive_lr(70) == pytest.approx(5e-4)  # CollegeMsg: mid-sized streams keep the base
     assert derive_lr(24) == pytest.approx(1e-3)  # the embedded set: capped at twice the base
-    assert derive_lr(5000) == pytest.approx(5e-4)  # large streams keep the base
-    lrs = [derive_lr(n) for n in (10, 30, 70, 120, 184, 400)]
-    assert lrs == sorted(lrs, reverse=True) and 5e-4 < derive_lr(70) < 1e-3
+    assert derive_lr(40) == pytest.approx(7.5e-4) and derive_lr(5000) == pytest.approx(5e-4)
+    lrs = [derive_lr(n) for n in (10, 30, 45, 70, 120, 184, 400)]
+    assert lrs == sorted(lrs, reverse=True)
 
 
 def test_no_flags_give_the_measured_best_settings_and_the_preset_gives_disttgl(data, tmp_path, caplog):
