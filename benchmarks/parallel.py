@@ -58,7 +58,9 @@ def train(d: Path, layout: str, args: argparse.Namespace) -> dict:
     layout, _, one_thread = layout.partition("/")
     i = int(layout.split("x")[0])
     common = [str(d / "graph.h5"), str(d / f"c{i}.h5"), "--out", str(out), "--parallelism", layout,
-              "--epochs", str(args.epochs), "--dim", str(args.dim), "--lr", str(args.lr), "--no-progress"]
+              "--epochs", str(args.epochs), "--dim", str(args.dim), "--no-progress",
+              *(["--lr", str(args.lr)] if args.lr is not None else []),
+              *(["--loss", args.loss] if args.loss else [])]
     if layout == "1x1x1":  # the single-process trainer with all the cores
         cmd = [sys.executable, "-m", "disttgl.parallel", *common, *(["--threads", "1"] if one_thread else [])]
     else:
@@ -74,7 +76,10 @@ def train(d: Path, layout: str, args: argparse.Namespace) -> dict:
         raise SystemExit(f"{layout} failed:\n{proc.stderr[-3000:]}")
     summary = json.loads((out / "summary.json").read_text())
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    machine = summary.get("machine") or {}
     return {"layout": layout + ("/1t" if one_thread else ""), "wall_s": wall, "train_events_per_s": summary["train_events_per_s"],
+            "lr": summary.get("lr"), "contended": machine.get("contended"),
+            "other_cores_busy_max": machine.get("other_cores_busy_max"),
             "best_val_mrr": summary["val_mrr"], "test_mrr": summary["test_mrr"], "rows": rows}
 
 
@@ -95,7 +100,8 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=600)
     p.add_argument("--neg-sets", type=int, default=8)
     p.add_argument("--dim", type=int, default=100)
-    p.add_argument("--lr", type=float, default=1e-4, help="base lr (parallel runs use lr·W)")
+    p.add_argument("--lr", type=float, default=None, help="base lr (parallel runs use lr·W; default: disttgl's derived lr)")
+    p.add_argument("--loss", choices=("ce", "bce"), default=None, help="default: disttgl's (bce)")
     p.add_argument("--target-frac", type=float, default=0.9, help="target = this fraction of the baseline's best val MRR")
     p.add_argument("--target-mrr", type=float, default=None, help="fixed target val MRR (overrides --target-frac)")
     p.add_argument("--layouts", default=",".join(LAYOUTS), help="the first is the baseline")
@@ -113,17 +119,20 @@ def main() -> None:
         target = args.target_mrr if args.target_mrr is not None else args.target_frac * base["best_val_mrr"]
         base_tt = time_to(base["rows"], target)
         print(f"\n{name}: {os.cpu_count()} CPUs, {args.epochs} epochs, target val MRR {target:.4f}")
-        print(f"{'layout':>7} {'events/s':>10} {'x':>5} {'wall s':>7} {'best val MRR':>12} {'test MRR':>8} "
-              f"{'t->target s':>11} {'x':>5}")
+        print(f"{'layout':>8} {'events/s':>10} {'x':>5} {'wall s':>7} {'best val MRR':>12} {'test MRR':>8} "
+              f"{'t->target s':>11} {'x':>5} {'others':>6}")
         for r in runs:
             r["target_val_mrr"] = target
             r["time_to_target_s"] = tt = time_to(r["rows"], target)
             r["speedup_events_per_s"] = r["train_events_per_s"] / base["train_events_per_s"]
             r["speedup_time_to_target"] = (base_tt / tt) if tt and base_tt else None
-            print(f"{r['layout']:>7} {r['train_events_per_s']:>10,.0f} {r['speedup_events_per_s']:>5.2f} "
+            print(f"{r['layout']:>8} {r['train_events_per_s']:>10,.0f} {r['speedup_events_per_s']:>5.2f} "
                   f"{r['wall_s']:>7.1f} {r['best_val_mrr']:>12.4f} {r['test_mrr']:>8.4f} "
                   f"{'never' if tt is None else f'{tt:.1f}':>11} "
-                  f"{'-' if r['speedup_time_to_target'] is None else format(r['speedup_time_to_target'], '.2f'):>5}")
+                  f"{'-' if r['speedup_time_to_target'] is None else format(r['speedup_time_to_target'], '.2f'):>5} "
+                  # cores other processes kept busy during training: above 0.5 the speed is no measurement
+                  f"{'?' if r['other_cores_busy_max'] is None else format(r['other_cores_busy_max'], '.2f'):>6}"
+                  f"{'  CONTENDED' if r['contended'] else ''}")
             del r["rows"]
         report["datasets"][name] = runs
     if args.json:
