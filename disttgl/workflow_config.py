@@ -48,3 +48,17 @@ def convert_arguments_for(config: dict[str, Any], dataset: str, inputs: list[str
     if custom.get("feature_cols"):
         args += ["--feature-cols", ",".join(custom["feature_cols"])]
     return shlex.join(args)
+
+
+# The batch cache's file name holds every disttgl.batches.BatchParams field (the content depends on
+# each; i is minibatch_parallelism), so a changed parameter never reuses a stale cache. The rule
+# `batches` reads them back from the name's wildcards. tests/test_workflow.py checks the field list.
+CACHE_NAME = "b{batch_size}-i{i}-n{neighbors}-{strategy}-s{seed}-neg{neg_sets}-ev{eval_negatives}-tgl{tgl_compat}"
+_CACHE_DEFAULTS = {"batch_size": 600, "neg_sets": 32, "eval_negatives": 49, "neighbors": 10,
+                   "strategy": "recent", "seed": 0, "tgl_compat": False}  # = the schema's defaults
+
+
+def batch_cache_name(batches: dict[str, Any], i: int) -> str:
+    """The cache file name (without .h5) for the ``batches:`` config and minibatch parallelism ``i``."""
+    b = {**_CACHE_DEFAULTS, **(batches or {})}
+    return CACHE_NAME.format(i=i, **{**b, "tgl_compat": int(bool(b["tgl_compat"]))})

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+import re
+import shlex
 import shutil
 import subprocess
 from pathlib import Path
@@ -10,7 +13,7 @@ import pytest
 import yaml
 
 from disttgl.errors import DataError
-from disttgl.workflow_config import check_config, convert_arguments_for
+from disttgl.workflow_config import CACHE_NAME, batch_cache_name, check_config, convert_arguments_for
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -105,3 +108,50 @@ def test_check_config_and_convert_arguments():
                                   "bipartite": False, "time_col": "ts", "feature_cols": ["a", "b"]}}},
                                  "m", [])
     assert args == "'my file.csv' --format csv --no-bipartite --time-col ts --feature-cols a,b"
+
+
+def _small(workdir: Path, **changes) -> dict:
+    """Shrink the default config to a pipeline of seconds (same rules and stages)."""
+    config = yaml.safe_load((workdir / "config.yaml").read_text())
+    config["synthetic"].update(events=3000, nodes=100)
+    config["batches"]["batch_size"] = 100
+    config["model"]["dim"] = 16
+    config["train"]["epochs"] = 2
+    config["pretrain"]["epochs"] = 2
+    for path, value in changes.items():
+        _edit(config, path, value)
+    (workdir / "config.yaml").write_text(yaml.safe_dump(config))
+    return config
+
+
+def _shell_commands(out: str) -> list[str]:
+    cmds = [line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Shell command:")]
+    return [c for c in cmds if c != "None"]  # rule all has none
+
+
+def test_batch_cache_name_holds_every_batch_parameter():
+    from disttgl.batches import BatchParams
+
+    fields = {f.name for f in dataclasses.fields(BatchParams)} - {"minibatch_parallelism"}
+    assert set(re.findall(r"{(\w+)}", CACHE_NAME)) == fields | {"i"}
+    base = {"batch_size": 600, "neg_sets": 32, "eval_negatives": 49, "neighbors": 10, "strategy": "recent",
+            "seed": 0, "tgl_compat": False}
+    other = {"batch_size": 300, "neg_sets": 8, "eval_negatives": 9, "neighbors": 5, "strategy": "uniform",
+             "seed": 1, "tgl_compat": True}
+    name = batch_cache_name(base, 1)
+    assert batch_cache_name({}, 1) == name  # the schema's defaults
+    assert batch_cache_name(base, 2) != name
+    for key in fields:
+        assert batch_cache_name({**base, key: other[key]}, 1) != name, key
+
+
+def test_changing_neg_sets_builds_a_new_cache(workdir):
+    paths = []
+    for neg_sets in (32, 8):
+        _small(workdir, **{"batches.neg_sets": neg_sets})
+        proc = snakemake(workdir, "-n", "-p", "results/synthetic/nostatic/summary.json")
+        assert proc.returncode == 0, proc.stderr
+        batches = [c for c in _shell_commands(proc.stdout + proc.stderr) if c.startswith("disttgl batches")]
+        assert len(batches) == 1 and f"--neg-sets {neg_sets} " in batches[0]
+        paths.append(shlex.split(batches[0])[shlex.split(batches[0]).index("--out") + 1])
+    assert paths[0] != paths[1]

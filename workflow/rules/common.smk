@@ -1,6 +1,6 @@
 # Configuration checks and path helpers shared by every stage.
 
-from disttgl.workflow_config import check_config
+from disttgl.workflow_config import batch_cache_name, check_config
 
 validate(config, "../schemas/config.schema.yaml")
 check_config(config)
@@ -11,6 +11,11 @@ RESULTS = config["results_dir"]
 
 def graph_path(dataset):
     return f"{DATA}/{dataset}/graph.h5"
+
+
+def batch_cache_path(dataset, i):
+    """The cache that training with minibatch parallelism ``i`` reads (keyed by every batch parameter)."""
+    return f"{DATA}/{dataset}/batches/{batch_cache_name(config['batches'], i)}.h5"
 
 
 def static_args(wildcards, input):
