@@ -69,6 +69,10 @@ def _edit(config: dict, path: str, value) -> None:
     ("bogus", 1, "bogus", "Additional properties are not allowed"),
     ("parallel.configs", ["2x2"], "['parallel']['configs']", "is not valid under any of the given schemas"),
     ("datasets", ["synthetic", "nosuch"], "datasets[1]", "unknown dataset 'nosuch'"),
+    ("custom_datasets", {"..": {"files": ["a.csv"], "format": "snap"}}, "custom_datasets..", "name '..' must"),
+    ("runs", {".hidden": {}}, "runs..hidden", "name '.hidden' must"),
+    ("parallel.configs", ["2x1x1", "3x1x1"], "parallel.configs[1]",
+     "3 trainers on parallel.nodes = 1 machine(s) need 3 per machine, but parallel.procs_per_node = 2"),
 ])
 def test_bad_config_fails_before_any_job_naming_the_key(workdir, path, value, key, message):
     config = yaml.safe_load((workdir / "config.yaml").read_text())
@@ -155,3 +159,25 @@ def test_changing_neg_sets_builds_a_new_cache(workdir):
         assert len(batches) == 1 and f"--neg-sets {neg_sets} " in batches[0]
         paths.append(shlex.split(batches[0])[shlex.split(batches[0]).index("--out") + 1])
     assert paths[0] != paths[1]
+
+
+def test_check_config_refuses_escaping_names_and_unlaunchable_layouts():
+    ok = {"datasets": ["synthetic"], "runs": {"a.b": {}}, "parallel": {"configs": ["1x1x1", "2x1x1", "1x1x2"],
+                                                                       "nodes": 1, "procs_per_node": 2}}
+    check_config(ok)
+    for bad, key in (({"datasets": [".."]}, r"datasets\[0\]"), ({"datasets": ["."]}, r"datasets\[0\]"),
+                     ({"custom_datasets": {".x": {"files": ["a"], "format": "snap"}}}, r"custom_datasets\.\.x"),
+                     ({"runs": {"..": {}}}, r"runs\.\.\."), ({"data_dir": "d{x}"}, "data_dir")):
+        with pytest.raises(DataError, match=key):
+            check_config({**ok, **bad})
+    par = ok["parallel"]
+    with pytest.raises(DataError, match=r"parallel.configs\[0\] = 3x1x1: 3 trainers .* need 3 per machine, "
+                                        r"but parallel.procs_per_node = 2"):
+        check_config({**ok, "parallel": {**par, "configs": ["3x1x1"]}})
+    with pytest.raises(DataError, match=r"parallel.configs\[1\] = 2x1x1: parallel.nodes = 2 must divide k = 1"):
+        check_config({**ok, "parallel": {**par, "configs": ["1x1x2", "2x1x1"], "nodes": 2}})
+    check_config({**ok, "parallel": {**par, "configs": ["2x1x2"], "nodes": 2}})  # 2 machines x 2
+    check_config({**ok, "parallel": {**par, "configs": ["4x1x1"], "procs_per_node": None}})  # room unknown
+    with pytest.raises(DataError, match="parallel.gpus_per_node = 1"):
+        check_config({**ok, "parallel": {**par, "configs": ["2x1x1"], "procs_per_node": None, "gpus_per_node": 1}})
+    check_config({**ok, "parallel": {**par, "configs": "auto"}})
