@@ -133,6 +133,59 @@ def _shell_commands(out: str) -> list[str]:
     return [c for c in cmds if c != "None"]  # rule all has none
 
 
+NASTY_DATA, NASTY_RESULTS, NASTY_MIRROR = "d x;touch pwned;y", "r $(touch pwned2)", "m x;touch pwned3"
+
+
+def test_shell_commands_quote_every_config_value(workdir):
+    """Config strings (data_dir, results_dir, data_mirror, custom file paths) reach each command as one
+    argument: no `touch` runs, a space splits nothing."""
+    events = workdir / "my log;touch pwned4.csv"
+    events.write_text("t;src;dst\n1;a;b\n")
+    config = yaml.safe_load((workdir / "config.yaml").read_text())
+    config.update(datasets=["synthetic", "WIKI", "mylog"], data_dir=NASTY_DATA, results_dir=NASTY_RESULTS,
+                  data_mirror=NASTY_MIRROR)
+    config["custom_datasets"] = {"mylog": {"files": [str(events)], "format": "csv", "time_col": "t",
+                                           "separator": ";"}}
+    (workdir / "config.yaml").write_text(yaml.safe_dump(config))
+    proc = snakemake(workdir, "-n", "-p")
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    out = proc.stdout + proc.stderr
+    assert {"synth", "fetch", "convert", "batches", "pretrain", "train", "train_parallel", "report"} <= set(
+        re.findall(r"^(?:local)?rule (\w+):", out, re.M))
+    values = (NASTY_DATA, NASTY_RESULTS, NASTY_MIRROR, str(events))
+    seen = set()
+    for cmd in _shell_commands(out):
+        args = shlex.split(cmd)
+        assert args[0] in ("disttgl", "python"), cmd
+        for arg in args:
+            if "pwned" in arg:  # a word holding a config value holds all of it (the value or a path under it)
+                value = next((v for v in values if arg == v or arg.startswith(v + "/")), None)
+                assert value is not None, (arg, cmd)
+                seen.add(value)
+        assert not {"touch", "y/synthetic/graph.h5", "x"} & set(args), cmd
+    assert seen == set(values)
+    assert not list(workdir.glob("pwned*"))
+
+
+def test_data_stage_in_directories_with_spaces_and_semicolons(workdir):
+    events = workdir / "my events;touch pwned.csv"
+    events.write_text("when,who,what\n" + "".join(f"{i}.0,u{i % 7},i{i % 5}\n" for i in range(60)))
+    config = yaml.safe_load((workdir / "config.yaml").read_text())
+    config.update(datasets=["synthetic", "mylog"], data_dir="my data;touch pwned")
+    config["synthetic"].update(events=500, nodes=50)
+    config["custom_datasets"] = {"mylog": {"files": [str(events)], "format": "csv", "bipartite": True,
+                                           "src_col": "who", "dst_col": "what", "time_col": "when"}}
+    (workdir / "config.yaml").write_text(yaml.safe_dump(config))
+    data = workdir / "my data;touch pwned"
+    proc = snakemake(workdir, "--cores", "1", f"{data.name}/synthetic/graph.h5", f"{data.name}/mylog/graph.h5")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    from disttgl.graph import graph_info
+
+    assert graph_info(data / "synthetic" / "graph.h5")["num_events"] == 500
+    assert graph_info(data / "mylog" / "graph.h5")["num_events"] == 60
+    assert not (workdir / "pwned").exists()
+
+
 def test_batch_cache_name_holds_every_batch_parameter():
     from disttgl.batches import BatchParams
 

@@ -26,7 +26,7 @@ rule batches:
     benchmark:
         f"logs/{{dataset}}/batches-{CACHE_NAME}.benchmark.tsv"
     shell:
-        "disttgl batches {input} --out {output} --batch-size {wildcards.batch_size}"
+        "disttgl batches {input:q} --out {output:q} --batch-size {wildcards.batch_size}"
         " --minibatch-parallelism {wildcards.i} --neg-sets {wildcards.neg_sets}"
         " --eval-negatives {wildcards.eval_negatives} --neighbors {wildcards.neighbors}"
-        " --strategy {wildcards.strategy} --seed {wildcards.seed} {params.compat} > {log} 2>&1"
+        " --strategy {wildcards.strategy} --seed {wildcards.seed} {params.compat} > {log:q} 2>&1"

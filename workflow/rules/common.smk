@@ -1,4 +1,8 @@
 # Configuration checks and path helpers shared by every stage.
+# Shell commands quote every value that comes from the config or a path ({x:q}); values built with
+# shlex.join (convert arguments, static_args, the fetch mirror) are already quoted and go in bare.
+
+import shlex
 
 from disttgl.workflow_config import batch_cache_name, check_config
 
@@ -22,4 +26,5 @@ def static_args(wildcards, input):
     """train/train_parallel: the frozen static memory and how often training leaves its rows out."""
     if not input.static:
         return ""
-    return f"--static {input.static} --static-dropout {config['model']['static_dropout']}"
+    return shlex.join(["--static", *map(str, input.static),
+                       "--static-dropout", str(config["model"]["static_dropout"])])
