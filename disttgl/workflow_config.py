@@ -119,3 +119,13 @@ def batch_cache_name(batches: dict[str, Any], i: int) -> str:
     """The cache file name (without .h5) for the ``batches:`` config and minibatch parallelism ``i``."""
     b = {**_CACHE_DEFAULTS, **(batches or {})}
     return CACHE_NAME.format(i=i, **{**b, "tgl_compat": int(bool(b["tgl_compat"]))})
+
+
+def timed_run_units(workflow: Any) -> int:
+    """The `timed_run` resource a training job takes: 1 when jobs run on this machine, 0 otherwise.
+
+    Training jobs report speeds, so locally they run one at a time (global limit timed_run = 1, set in
+    the Snakefile): side by side on shared cores both measure half a machine. Under a cluster executor
+    (SLURM) each job gets its own CPUs (cpus_per_task) or nodes, and Snakemake would still enforce the
+    global limit in the submitting process, serialising the whole cluster: there a job takes 0."""
+    return 1 if getattr(workflow, "local_exec", True) else 0

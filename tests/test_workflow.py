@@ -13,7 +13,8 @@ import pytest
 import yaml
 
 from disttgl.errors import DataError
-from disttgl.workflow_config import CACHE_NAME, batch_cache_name, check_config, convert_arguments_for
+from disttgl.workflow_config import (CACHE_NAME, batch_cache_name, check_config, convert_arguments_for,
+                                     timed_run_units)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -234,3 +235,41 @@ def test_check_config_refuses_escaping_names_and_unlaunchable_layouts():
     with pytest.raises(DataError, match="parallel.gpus_per_node = 1"):
         check_config({**ok, "parallel": {**par, "configs": ["2x1x1"], "procs_per_node": None, "gpus_per_node": 1}})
     check_config({**ok, "parallel": {**par, "configs": "auto"}})
+
+
+def test_timed_runs_take_the_timed_run_resource(workdir):
+    proc = snakemake(workdir, "-n")
+    assert proc.returncode == 0, proc.stderr
+    blocks = re.split(r"^\[.*\]$", proc.stdout, flags=re.M)  # a job's block starts with its timestamp
+    jobs = [(m.group(1), b) for b in blocks if (m := re.search(r"^(?:local)?rule (\w+):", b, re.M))]
+    assert {rule for rule, _ in jobs} >= {"synth", "batches", "train", "train_parallel", "pretrain", "report"}
+    timed = {rule for rule, body in jobs if re.search(r"^\s+resources: .*\btimed_run=1\b", body, re.M)}
+    assert timed == {"train", "train_parallel", "pretrain"}
+    # under a cluster executor (SLURM) each job has its own CPUs: the limit must not serialise them
+    assert timed_run_units(type("W", (), {"local_exec": False})()) == 0
+    assert timed_run_units(type("W", (), {"local_exec": True})()) == 1
+
+
+def _timed_overlaps(out: str) -> tuple[list[str], list[tuple[str, str]]]:
+    """Timed jobs started, and the pairs of timed jobs that ran at the same time, from Snakemake's log."""
+    running, started, overlaps = {}, [], []
+    for m in re.finditer(r"^(?:local)?rule (\w+):\n(?:.*\n)*?\s+jobid: (\d+)|^Finished jobid: (\d+)", out, re.M):
+        rule, jobid, done = m.groups()
+        if done:
+            running.pop(done, None)
+        elif rule in ("train", "train_parallel", "pretrain"):
+            overlaps += [(other, rule) for other in running.values()]
+            running[jobid] = rule
+            started.append(rule)
+    return started, overlaps
+
+
+def test_training_jobs_never_run_side_by_side(workdir):
+    """With cores to spare (2 cores, 1 thread each) Snakemake would start pretrain and a training run
+    together; the timed_run resource keeps them one at a time so each measures an idle machine."""
+    _small(workdir, **{"train.threads": 1, "parallel.configs": []})
+    proc = snakemake(workdir, "--cores", "2")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    started, overlaps = _timed_overlaps(proc.stdout + proc.stderr)
+    assert sorted(started) == ["pretrain", "train", "train"] and overlaps == []
+    assert (workdir / "results" / "report" / "accuracy.csv").exists()

@@ -4,13 +4,26 @@
 
 import shlex
 
-from disttgl.workflow_config import batch_cache_name, check_config
+from disttgl.workflow_config import batch_cache_name, check_config, timed_run_units
 
 validate(config, "../schemas/config.schema.yaml")
 check_config(config)
 
 DATA = config["data_dir"]
 RESULTS = config["results_dir"]
+
+# Timed runs (train, train_parallel, pretrain) take one `timed_run` each and at most one runs at a
+# time, so a reported speed is never measured beside another training job on the same cores. The
+# limit is set here rather than in a profile so that it holds for `snakemake --cores all` with any
+# profile (or none) and survives `--resources other=N`; `--resources timed_run=N` still overrides it.
+# Under SLURM a job takes 0 units (timed_run_units): the cluster gives each job its own CPUs, and the
+# submitting Snakemake would otherwise submit one training job at a time.
+if "timed_run" not in workflow.global_resources:
+    workflow.global_resources["timed_run"] = 1
+
+
+def timed_run(wildcards):
+    return timed_run_units(workflow)
 
 
 def graph_path(dataset):

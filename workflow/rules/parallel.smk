@@ -86,6 +86,7 @@ rule train_parallel:
         t=config["train"],
     threads: lambda w: _layout(w).world // _nodes(w) * PARALLEL["threads_per_rank"]
     resources:
+        timed_run=timed_run,
         **_slurm_resources(),
     log:
         "logs/{dataset}/train-{par}.log",

@@ -13,6 +13,8 @@ rule pretrain:
         p=config["pretrain"],
         t=config["train"],
     threads: config["train"].get("threads", 2)
+    resources:
+        timed_run=timed_run,
     log:
         "logs/{dataset}/pretrain.log",
     benchmark:

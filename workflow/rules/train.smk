@@ -34,6 +34,8 @@ rule train:
         m=config["model"],
         t=config["train"],
     threads: config["train"].get("threads", 2)
+    resources:
+        timed_run=timed_run,
     log:
         "logs/{dataset}/train-{run}.log",
     benchmark:
