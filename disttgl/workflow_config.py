@@ -3,8 +3,12 @@ logic is unit-tested. The JSON schema checks types; this checks what a schema ca
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import shlex
+import socket
+from pathlib import Path
 from typing import Any
 
 from disttgl.errors import DataError
@@ -129,3 +133,130 @@ def timed_run_units(workflow: Any) -> int:
     (SLURM) each job gets its own CPUs (cpus_per_task) or nodes, and Snakemake would still enforce the
     global limit in the submitting process, serialising the whole cluster: there a job takes 0."""
     return 1 if getattr(workflow, "local_exec", True) else 0
+
+
+# --------------------------------------------------------------------------- stale Snakemake locks
+# Snakemake (file persistence backend) locks a working directory with .snakemake/locks/N.{input,output}.lock
+# listing the files a run uses; they hold no process id, so after `kill -9` every rerun stops with
+# LockException until `snakemake --unlock`. The onstart hook records which process holds the lock
+# files present (owner record beside them; Snakemake's unlock deletes the whole directory, record
+# included), and the next run's Snakefile deletes only lock files whose recorded owners are all dead
+# on this host. A live run's locks, locks of another host and locks nobody recorded (a run killed
+# between locking and onstart, or locked by another tool) stay: Snakemake then refuses as before.
+
+LOCK_DIR = ".snakemake/locks"
+_OWNER = "disttgl-owner-"
+
+
+def _hostname() -> str:
+    return socket.gethostname()
+
+
+def _proc_stat(pid: int) -> list[str] | None:
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return text[text.rindex(")") + 2:].split()  # fields from 3 (state) on; the name may hold spaces
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs on this host (a zombie, killed but not yet reaped, is dead)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    stat = _proc_stat(pid)
+    return stat is None or stat[0] != "Z"
+
+
+def _start_time(pid: int) -> str | None:
+    stat = _proc_stat(pid)
+    return stat[19] if stat else None  # field 22: start time in clock ticks since boot (tells a reused pid)
+
+
+def _group_alive(pgid: int) -> bool:
+    """Whether a live (not zombie) process is in process group ``pgid``."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    if not Path("/proc").is_dir():
+        return True
+    for d in Path("/proc").iterdir():
+        stat = _proc_stat(int(d.name)) if d.name.isdigit() else None
+        if stat and stat[2] == str(pgid) and stat[0] != "Z":  # fields 3 (state) and 5 (process group)
+            return True
+    return False  # only zombies left (killed, not yet reaped)
+
+
+def _owner_alive(rec: dict[str, Any]) -> bool:
+    if rec.get("host") != _hostname():
+        return True  # cannot tell: keep
+    pid = rec.get("pid")
+    if not isinstance(pid, int):
+        return True
+    if pid_alive(pid) and rec.get("start") in (None, _start_time(pid)):
+        return True
+    # Snakemake's jobs run in its process group: when it led the group (a shell job), jobs that
+    # outlived it still write its outputs, so its locks still hold.
+    return rec.get("pgid") == pid and _group_alive(pid)
+
+
+def _lock_files(lock_dir: Path) -> dict[str, list[int]]:
+    out = {}
+    for f in sorted(lock_dir.glob("*.lock")) if lock_dir.is_dir() else []:
+        try:
+            st = f.stat()
+        except OSError:
+            continue
+        out[f.name] = [st.st_ino, st.st_mtime_ns]
+    return out
+
+
+def record_lock_owner(lock_dir: str | os.PathLike = LOCK_DIR, pid: int | None = None) -> Path | None:
+    """onstart (main process, locks taken): record this process as owner of the lock files present."""
+    lock_dir = Path(lock_dir)
+    pid = os.getpid() if pid is None else pid
+    locks = _lock_files(lock_dir)
+    if not locks:
+        return None  # --nolock, or nothing to lock
+    rec = {"pid": pid, "pgid": os.getpgid(pid), "start": _start_time(pid), "host": _hostname(), "locks": locks}
+    path = lock_dir / f"{_OWNER}{pid}.json"
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(rec))
+    os.replace(tmp, path)
+    return path
+
+
+def remove_stale_locks(lock_dir: str | os.PathLike = LOCK_DIR) -> list[str]:
+    """Delete the lock files left by dead Snakemake processes (see above); returns what it deleted."""
+    lock_dir = Path(lock_dir)
+    if not lock_dir.is_dir():
+        return []
+    present = _lock_files(lock_dir)
+    live: set[tuple[str, int, int]] = set()
+    dead: list[tuple[Path, dict[str, list[int]]]] = []
+    for path in sorted(lock_dir.glob(f"{_OWNER}*.json")):
+        try:
+            rec = json.loads(path.read_text())
+            locks = {str(k): list(v) for k, v in rec["locks"].items()}
+        except (OSError, ValueError, KeyError, AttributeError, TypeError):
+            continue
+        if _owner_alive(rec):
+            live.update((k, *v) for k, v in locks.items())
+        else:
+            dead.append((path, locks))
+    removed = []
+    for path, locks in dead:
+        for name, ident in locks.items():
+            # the very file the dead owner recorded (same inode and mtime), and no live run claims it
+            if present.get(name) == ident and (name, *ident) not in live:
+                (lock_dir / name).unlink(missing_ok=True)
+                removed.append(name)
+        path.unlink(missing_ok=True)
+    return removed

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -14,7 +17,7 @@ import yaml
 
 from disttgl.errors import DataError
 from disttgl.workflow_config import (CACHE_NAME, batch_cache_name, check_config, convert_arguments_for,
-                                     timed_run_units)
+                                     record_lock_owner, remove_stale_locks, timed_run_units)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -25,6 +28,7 @@ def workdir(tmp_path):
     shutil.copy(REPO / "Snakefile", tmp_path)
     shutil.copy(REPO / "config.yaml", tmp_path)
     shutil.copytree(REPO / "workflow", tmp_path / "workflow")
+    shutil.copytree(REPO / "profiles", tmp_path / "profiles")  # the workflow profile Snakemake loads by default
     return tmp_path
 
 
@@ -273,3 +277,96 @@ def test_training_jobs_never_run_side_by_side(workdir):
     started, overlaps = _timed_overlaps(proc.stdout + proc.stderr)
     assert sorted(started) == ["pretrain", "train", "train"] and overlaps == []
     assert (workdir / "results" / "report" / "accuracy.csv").exists()
+
+
+# ----------------------------------------------------------------------------- stale locks, kill -9
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid
+
+
+def _locks(tmp_path: Path, *names: str) -> Path:
+    d = tmp_path / ".snakemake" / "locks"
+    d.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        (d / name).write_text("results/x\n")
+    return d
+
+
+def _fake_owner(lock_dir: Path, pid: int, **rec) -> None:
+    import json
+
+    path = record_lock_owner(lock_dir, pid=os.getpid())  # a real record, then made someone else's
+    data = json.loads(path.read_text())
+    data.update(pid=pid, pgid=rec.pop("pgid", pid), start=None, **rec)
+    path.unlink()
+    (lock_dir / f"disttgl-owner-{pid}.json").write_text(json.dumps(data))
+
+
+def test_locks_of_a_dead_snakemake_are_removed(tmp_path):
+    d = _locks(tmp_path, "0.input.lock", "0.output.lock")
+    _fake_owner(d, _dead_pid())
+    assert sorted(remove_stale_locks(d)) == ["0.input.lock", "0.output.lock"]
+    assert list(d.iterdir()) == []
+
+
+def test_locks_of_a_live_run_or_unknown_owner_stay(tmp_path):
+    d = _locks(tmp_path, "0.input.lock", "0.output.lock")
+    assert record_lock_owner(d) is not None  # this (live) process holds them
+    assert remove_stale_locks(d) == [] and (d / "0.input.lock").exists()
+    for f in d.glob("disttgl-owner-*"):
+        f.unlink()
+    assert remove_stale_locks(d) == []  # nobody recorded: Snakemake's LockException, as before
+    _fake_owner(d, _dead_pid(), host="another-node")
+    assert remove_stale_locks(d) == []  # another host's process: cannot tell
+    # a lock file that changed since the dead owner recorded it is not the one it held
+    d2 = _locks(tmp_path / "b", "0.input.lock")
+    _fake_owner(d2, _dead_pid())
+    time.sleep(0.01)
+    (d2 / "0.input.lock").unlink()
+    (d2 / "0.input.lock").write_text("results/y\n")
+    assert remove_stale_locks(d2) == []
+
+
+def test_locks_stay_while_jobs_of_a_killed_snakemake_still_run(tmp_path):
+    """Snakemake killed alone (kill -9 PID): its jobs keep writing in its process group; not stale."""
+    leader = subprocess.Popen(["sh", "-c", "sleep 30 & echo $!"], stdout=subprocess.PIPE, text=True,
+                              start_new_session=True)
+    orphan = int(leader.stdout.readline())
+    leader.wait()  # the group leader (like snakemake) is gone, its job runs on
+    try:
+        d = _locks(tmp_path, "0.input.lock")
+        _fake_owner(d, leader.pid)
+        assert remove_stale_locks(d) == []
+    finally:
+        os.kill(orphan, signal.SIGKILL)
+    time.sleep(0.2)
+    assert remove_stale_locks(d) == ["0.input.lock"]
+
+
+@pytest.mark.slow
+def test_plain_rerun_after_kill_9_finishes(workdir):
+    """kill -9 of snakemake and its jobs while the batch cache is written, then the README's command
+    again: it must finish by itself (no IncompleteFilesException, no LockException, no `.part` left)."""
+    _small(workdir)
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    first = subprocess.Popen(["snakemake", "--cores", "1"], cwd=workdir, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL, env=env, start_new_session=True)
+    batches = workdir / "data" / "synthetic" / "batches"
+    deadline = time.monotonic() + 300
+    try:
+        while not list(batches.glob(".*.part")) and first.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert first.poll() is None, "snakemake ended before it wrote the batch cache"
+        assert list(batches.glob(".*.part")), "no batch cache being written after 300 s"
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)  # snakemake and every job it started (its process group)
+        first.wait()
+    assert list((workdir / ".snakemake" / "locks").glob("*.lock"))  # what kill -9 leaves
+    proc = snakemake(workdir, "--cores", "all")
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert "removed stale Snakemake lock" in proc.stderr
+    assert (workdir / "results" / "report" / "accuracy.html").exists()
+    assert not list(workdir.rglob("*.part"))  # the killed writer's temporary went with the rerun

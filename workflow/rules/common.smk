@@ -3,8 +3,10 @@
 # shlex.join (convert arguments, static_args, the fetch mirror) are already quoted and go in bare.
 
 import shlex
+import sys
 
-from disttgl.workflow_config import batch_cache_name, check_config, timed_run_units
+from disttgl.workflow_config import (batch_cache_name, check_config, record_lock_owner, remove_stale_locks,
+                                     timed_run_units)
 
 validate(config, "../schemas/config.schema.yaml")
 check_config(config)
@@ -24,6 +26,18 @@ if "timed_run" not in workflow.global_resources:
 
 def timed_run(wildcards):
     return timed_run_units(workflow)
+
+
+# After `kill -9` Snakemake's lock files stay behind; delete those whose recorded owner is dead (see
+# disttgl.workflow_config). Only the main process: job subprocesses parse this file too.
+if workflow.is_main_process:
+    for _name in remove_stale_locks():
+        print(f"removed stale Snakemake lock .snakemake/locks/{_name} (its snakemake process is gone)",
+              file=sys.stderr)
+
+
+onstart:
+    record_lock_owner()
 
 
 def graph_path(dataset):
