@@ -79,6 +79,43 @@ class RunResult:
         return max(vals) if vals else _num(self.summary.get("val_mrr"))
 
     @property
+    def is_parallel(self) -> bool:
+        """A distributed i x j x k run: its metrics and best_epoch count passes, each j·k epochs."""
+        return self.parallelism is not None and self.parallelism != (1, 1, 1)
+
+    @property
+    def best_epochs_trained(self) -> int | None:
+        """Data epochs trained up to the best epoch (single process) or pass (pass·j·k)."""
+        be = self.summary.get("best_epoch")
+        if not isinstance(be, int) or isinstance(be, bool):
+            return None
+        row = _epoch_row(self.epochs, be)
+        if row is not None:
+            return row.epochs_trained
+        return be * self.parallelism[1] * self.parallelism[2] if self.is_parallel else be
+
+    @property
+    def machine(self) -> dict[str, Any] | None:
+        """The trainer's load record (summary.json "machine"); None for runs that did not record it."""
+        m = self.summary.get("machine")
+        return m if isinstance(m, dict) and isinstance(m.get("contended"), bool) else None
+
+    @property
+    def contended(self) -> bool | None:
+        """Whether other processes used the cores while this run was timed (None: not recorded)."""
+        return None if self.machine is None else self.machine["contended"]
+
+    def contention_note(self) -> str:
+        m = self.machine
+        if not m or not m["contended"]:
+            return ""
+        busy, cpus, load = _num(m.get("other_busy_cores")), m.get("cpu_count"), _num(m.get("load_max"))
+        used = "?" if busy is None else f"{busy:.1f}"
+        of = f" of {cpus}" if isinstance(cpus, int) and not isinstance(cpus, bool) else ""
+        peak = "" if load is None else f", load up to {load:.1f}"
+        return f"speed measured while other processes used {used}{of} cores{peak}: not a measurement"
+
+    @property
     def time_to_best(self) -> float | None:
         best = _epoch_row(self.epochs, self.summary.get("best_epoch"))
         return None if best is None else best.cum_seconds
@@ -232,12 +269,14 @@ def _sort_key(r: RunResult) -> tuple:
 ACCURACY_COLUMNS = [
     # (csv name, display header)
     ("dataset", "dataset"), ("run", "run"), ("status", "status"), ("parallelism", "i x j x k"),
-    ("trainers", "trainers"), ("static_memory", "static memory"), ("best_epoch", "best epoch"),
+    ("trainers", "trainers"), ("static_memory", "static memory"),
+    # single-process runs count epochs; a parallel run's metrics count passes of j·k epochs each
+    ("best_epoch", "best epoch"), ("best_pass", "best pass"), ("epochs_to_best", "epochs trained to best"),
     ("test_mrr", "test MRR@49"), ("test_ap", "test AP"), ("test_ap_1neg", "test AP (1 neg)"),
     ("best_val_mrr", "best val MRR"), ("time_to_best_s", "time to best val MRR (s)"),
     ("train_events_per_s", "train events/s"), ("speedup_events_per_s", "events/s speed-up"),
     ("time_to_target_s", "time to target (s)"), ("speedup_tta", "time-to-accuracy speed-up"),
-    ("note", "note"),
+    ("contended", "cores shared"), ("note", "note"),
 ]
 
 
@@ -261,21 +300,30 @@ def accuracy_rows(runs: Sequence[RunResult], tta_fraction: float = DEFAULT_TTA_F
                    static_memory=None if r.static is None else ("yes" if r.static else "no"))
         if r.status == "ok":
             be = s.get("best_epoch")
-            row.update(best_epoch=be if isinstance(be, int) and not isinstance(be, bool) else None,
+            be = be if isinstance(be, int) and not isinstance(be, bool) else None
+            row.update(best_epoch=None if r.is_parallel else be, best_pass=be if r.is_parallel else None,
+                       epochs_to_best=r.best_epochs_trained,
                        test_mrr=_num(s.get("test_mrr")), test_ap=_num(s.get("test_ap")),
                        test_ap_1neg=_num(s.get("test_ap_1neg")), best_val_mrr=r.best_val_mrr,
-                       time_to_best_s=r.time_to_best, train_events_per_s=_num(s.get("train_events_per_s")))
+                       time_to_best_s=r.time_to_best, train_events_per_s=_num(s.get("train_events_per_s")),
+                       contended={True: "yes", False: "no", None: "load not recorded"}[r.contended])
+            notes = [r.reason, r.contention_note()]
             base = baseline_for(r, runs)
+            # A speed-up is a ratio of two speeds: neither may have been measured on shared cores.
+            refuse = r.contended or (base is not None and base.contended)
+            if base is not None and base.contended and base is not r:
+                notes.append(f"no speed-up: its 1x1x1 baseline {base.run} was measured on shared cores")
             if base is not None:
                 b_eps = _num(base.summary.get("train_events_per_s"))
-                if b_eps and row["train_events_per_s"] is not None:
+                if b_eps and row["train_events_per_s"] is not None and not refuse:
                     row["speedup_events_per_s"] = row["train_events_per_s"] / b_eps
                 if base.best_val_mrr is not None:
                     target = tta_fraction * base.best_val_mrr
                     row["time_to_target_s"] = mine = r.time_to(target)
                     theirs = base.time_to(target)
-                    if mine and theirs:
+                    if mine and theirs and not refuse:
                         row["speedup_tta"] = theirs / mine
+            row["note"] = "; ".join(n for n in notes if n)
         rows.append(row)
     return rows
 
@@ -372,6 +420,11 @@ def accuracy_notes(tta_fraction: float) -> list[str]:
         "Speed-ups are over the 1x1x1 run of the same dataset and static-memory setting: events/s ratio, "
         f"and time-to-accuracy ratio with the target {tta_fraction:g} x that run's best validation MRR "
         "(— where a run never reaches it).",
+        "Best epoch / best pass: a single-process run's metrics count epochs; a parallel i x j x k run's "
+        "count passes, each training j·k epochs (epochs trained to best = pass·j·k).",
+        "Cores shared: whether other processes kept the machine's cores busy while the run was timed "
+        "(recorded by the trainer; 'load not recorded' for older runs). No speed-up is computed from a "
+        "speed measured on shared cores, the run's own or its baseline's.",
         "Runs marked missing or failed were expected but have no readable summary.json.",
     ]
 
@@ -404,7 +457,8 @@ TEXT_CLASS = ' class="t"'
 
 
 def _html_table(rows: Sequence[dict], columns: Sequence[tuple[str, str]], caption: str) -> list[str]:
-    text_cols = {"dataset", "run", "status", "parallelism", "static_memory", "note", "run_static", "run_nostatic"}
+    text_cols = {"dataset", "run", "status", "parallelism", "static_memory", "note", "contended", "run_static",
+                 "run_nostatic"}
     out = [f"<table><caption>{html.escape(caption)}</caption>",
            "<tr>" + "".join(f"<th>{html.escape(h)}</th>" for _, h in columns) + "</tr>"]
     for row in rows:

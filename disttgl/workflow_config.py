@@ -3,16 +3,28 @@ logic is unit-tested. The JSON schema checks types; this checks what a schema ca
 
 from __future__ import annotations
 
+import json
+import os
+import re
 import shlex
+import socket
+from pathlib import Path
 from typing import Any
 
 from disttgl.errors import DataError
 
+# A dataset or run name becomes a directory under data_dir/results_dir: no "." or "..", nor a hidden
+# name (the schema's pattern alone lets both through, and "{dataset}" = ".." escapes data_dir).
+_NAME = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]*$")
+
 
 def check_config(config: dict[str, Any]) -> None:
-    """Every dataset named must be known: synthetic, a custom dataset, or a registry entry."""
+    """Every dataset named must be known: synthetic, a custom dataset, or a registry entry; names
+    stay inside their directories; every parallel layout fits the configured machines."""
     from disttgl.registry import get_dataset
 
+    check_names(config)
+    check_parallel(config)
     custom = config.get("custom_datasets") or {}
     for i, name in enumerate(config["datasets"]):
         if name == "synthetic" or name in custom:
@@ -48,3 +60,203 @@ def convert_arguments_for(config: dict[str, Any], dataset: str, inputs: list[str
     if custom.get("feature_cols"):
         args += ["--feature-cols", ",".join(custom["feature_cols"])]
     return shlex.join(args)
+
+
+def check_names(config: dict[str, Any]) -> None:
+    """Dataset and run names are directory names: refuse ``.``, ``..`` and names starting with ``.``;
+    refuse ``{``/``}`` in data_dir/results_dir (Snakemake would read them as wildcards)."""
+    named = [(f"datasets[{i}]", n) for i, n in enumerate(config.get("datasets") or [])]
+    named += [(f"custom_datasets.{n}", n) for n in (config.get("custom_datasets") or {})]
+    named += [(f"runs.{n}", n) for n in (config.get("runs") or {})]
+    for key, name in named:
+        if not _NAME.match(str(name)):
+            raise DataError("config.yaml", f"{key}: name {name!r} must start with a letter, digit, '_' or '-' and "
+                            "hold only letters, digits and _ . - (it names a directory; '.' and '..' would "
+                            "leave data_dir/results_dir)")
+    for key in ("data_dir", "results_dir"):
+        value = str(config.get(key) or "")
+        if "{" in value or "}" in value:
+            raise DataError("config.yaml", f"{key}: {value!r}: '{{' and '}}' are not allowed (Snakemake wildcards)")
+
+
+def check_parallel(config: dict[str, Any]) -> None:
+    """Each layout in ``parallel.configs`` must be launchable as the rule train_parallel launches it:
+    ``nodes`` torchruns of ``world / nodes`` trainers each (disttgl.launch). So ``nodes`` must divide k
+    (a memory copy, i·j consecutive ranks, never spans machines; this also makes world divisible by
+    nodes) and ``world / nodes`` must fit in ``procs_per_node`` (or ``gpus_per_node``), the trainers
+    one machine holds. Fewer is allowed (e.g. a 1x1x1 reference layout on a 2-trainer machine): the
+    launch only needs room, not a full machine. With neither set, only the first rule applies."""
+    from disttgl.schedule import Layout
+
+    par = config.get("parallel") or {}
+    configs = par.get("configs") or []
+    if configs == "auto" or configs == ["auto"]:
+        return
+    nodes = par.get("nodes") or 1
+    room, room_key = par.get("procs_per_node"), "parallel.procs_per_node"
+    if not room and par.get("gpus_per_node"):
+        room, room_key = par["gpus_per_node"], "parallel.gpus_per_node"
+    for n, text in enumerate(configs):
+        key = f"parallel.configs[{n}]"
+        try:
+            lay = Layout.parse(str(text))
+        except ValueError as exc:
+            raise DataError("config.yaml", f"{key}: {exc}") from None
+        if lay.k % nodes:
+            raise DataError("config.yaml", f"{key} = {lay}: parallel.nodes = {nodes} must divide k = {lay.k} "
+                            "(a memory copy never spans machines)")
+        per_node = lay.world // nodes
+        if room and per_node > room:
+            raise DataError("config.yaml", f"{key} = {lay}: {lay.world} trainers on parallel.nodes = {nodes} "
+                            f"machine(s) need {per_node} per machine, but {room_key} = {room}")
+
+
+# The batch cache's file name holds every disttgl.batches.BatchParams field (the content depends on
+# each; i is minibatch_parallelism), so a changed parameter never reuses a stale cache. The rule
+# `batches` reads them back from the name's wildcards. tests/test_workflow.py checks the field list.
+CACHE_NAME = "b{batch_size}-i{i}-n{neighbors}-{strategy}-s{seed}-neg{neg_sets}-ev{eval_negatives}-tgl{tgl_compat}"
+_CACHE_DEFAULTS = {"batch_size": 600, "neg_sets": 32, "eval_negatives": 49, "neighbors": 10,
+                   "strategy": "recent", "seed": 0, "tgl_compat": False}  # = the schema's defaults
+
+
+def batch_cache_name(batches: dict[str, Any], i: int) -> str:
+    """The cache file name (without .h5) for the ``batches:`` config and minibatch parallelism ``i``."""
+    b = {**_CACHE_DEFAULTS, **(batches or {})}
+    return CACHE_NAME.format(i=i, **{**b, "tgl_compat": int(bool(b["tgl_compat"]))})
+
+
+def timed_run_units(workflow: Any) -> int:
+    """The `timed_run` resource a training job takes: 1 when jobs run on this machine, 0 otherwise.
+
+    Training jobs report speeds, so locally they run one at a time (global limit timed_run = 1, set in
+    the Snakefile): side by side on shared cores both measure half a machine. Under a cluster executor
+    (SLURM) each job gets its own CPUs (cpus_per_task) or nodes, and Snakemake would still enforce the
+    global limit in the submitting process, serialising the whole cluster: there a job takes 0."""
+    return 1 if getattr(workflow, "local_exec", True) else 0
+
+
+# --------------------------------------------------------------------------- stale Snakemake locks
+# Snakemake (file persistence backend) locks a working directory with .snakemake/locks/N.{input,output}.lock
+# listing the files a run uses; they hold no process id, so after `kill -9` every rerun stops with
+# LockException until `snakemake --unlock`. The onstart hook records which process holds the lock
+# files present (owner record beside them; Snakemake's unlock deletes the whole directory, record
+# included), and the next run's Snakefile deletes only lock files whose recorded owners are all dead
+# on this host. A live run's locks, locks of another host and locks nobody recorded (a run killed
+# between locking and onstart, or locked by another tool) stay: Snakemake then refuses as before.
+
+LOCK_DIR = ".snakemake/locks"
+_OWNER = "disttgl-owner-"
+
+
+def _hostname() -> str:
+    return socket.gethostname()
+
+
+def _proc_stat(pid: int) -> list[str] | None:
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return text[text.rindex(")") + 2:].split()  # fields from 3 (state) on; the name may hold spaces
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs on this host (a zombie, killed but not yet reaped, is dead)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    stat = _proc_stat(pid)
+    return stat is None or stat[0] != "Z"
+
+
+def _start_time(pid: int) -> str | None:
+    stat = _proc_stat(pid)
+    return stat[19] if stat else None  # field 22: start time in clock ticks since boot (tells a reused pid)
+
+
+def _group_alive(pgid: int) -> bool:
+    """Whether a live (not zombie) process is in process group ``pgid``."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    if not Path("/proc").is_dir():
+        return True
+    for d in Path("/proc").iterdir():
+        stat = _proc_stat(int(d.name)) if d.name.isdigit() else None
+        if stat and stat[2] == str(pgid) and stat[0] != "Z":  # fields 3 (state) and 5 (process group)
+            return True
+    return False  # only zombies left (killed, not yet reaped)
+
+
+def _owner_alive(rec: dict[str, Any]) -> bool:
+    if rec.get("host") != _hostname():
+        return True  # cannot tell: keep
+    pid = rec.get("pid")
+    if not isinstance(pid, int):
+        return True
+    if pid_alive(pid) and rec.get("start") in (None, _start_time(pid)):
+        return True
+    # Snakemake's jobs run in its process group: when it led the group (a shell job), jobs that
+    # outlived it still write its outputs, so its locks still hold.
+    return rec.get("pgid") == pid and _group_alive(pid)
+
+
+def _lock_files(lock_dir: Path) -> dict[str, list[int]]:
+    out = {}
+    for f in sorted(lock_dir.glob("*.lock")) if lock_dir.is_dir() else []:
+        try:
+            st = f.stat()
+        except OSError:
+            continue
+        out[f.name] = [st.st_ino, st.st_mtime_ns]
+    return out
+
+
+def record_lock_owner(lock_dir: str | os.PathLike = LOCK_DIR, pid: int | None = None) -> Path | None:
+    """onstart (main process, locks taken): record this process as owner of the lock files present."""
+    lock_dir = Path(lock_dir)
+    pid = os.getpid() if pid is None else pid
+    locks = _lock_files(lock_dir)
+    if not locks:
+        return None  # --nolock, or nothing to lock
+    rec = {"pid": pid, "pgid": os.getpgid(pid), "start": _start_time(pid), "host": _hostname(), "locks": locks}
+    path = lock_dir / f"{_OWNER}{pid}.json"
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(rec))
+    os.replace(tmp, path)
+    return path
+
+
+def remove_stale_locks(lock_dir: str | os.PathLike = LOCK_DIR) -> list[str]:
+    """Delete the lock files left by dead Snakemake processes (see above); returns what it deleted."""
+    lock_dir = Path(lock_dir)
+    if not lock_dir.is_dir():
+        return []
+    present = _lock_files(lock_dir)
+    live: set[tuple[str, int, int]] = set()
+    dead: list[tuple[Path, dict[str, list[int]]]] = []
+    for path in sorted(lock_dir.glob(f"{_OWNER}*.json")):
+        try:
+            rec = json.loads(path.read_text())
+            locks = {str(k): list(v) for k, v in rec["locks"].items()}
+        except (OSError, ValueError, KeyError, AttributeError, TypeError):
+            continue
+        if _owner_alive(rec):
+            live.update((k, *v) for k, v in locks.items())
+        else:
+            dead.append((path, locks))
+    removed = []
+    for path, locks in dead:
+        for name, ident in locks.items():
+            # the very file the dead owner recorded (same inode and mtime), and no live run claims it
+            if present.get(name) == ident and (name, *ident) not in live:
+                (lock_dir / name).unlink(missing_ok=True)
+                removed.append(name)
+        path.unlink(missing_ok=True)
+    return removed

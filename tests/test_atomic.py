@@ -28,3 +28,44 @@ def test_atomic_path_removes_partial_file_on_failure(tmp_path):
             raise ValueError("killed")
     assert target.read_bytes() == b"old"  # the previous valid file is untouched
     assert [p.name for p in tmp_path.iterdir()] == ["out.bin"]
+
+
+def _dead_pid() -> int:
+    """The pid of a process that has exited and been reaped (so nothing runs under it now)."""
+    import subprocess
+
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid
+
+
+def test_rerun_removes_the_temporary_of_a_dead_writer_only(tmp_path):
+    import subprocess
+
+    from disttgl.atomic import writer_tag
+
+    target = tmp_path / "b600.h5"
+    dead = tmp_path / f".b600.h5.{writer_tag(_dead_pid())}.ab12cd34.part"
+    dead.write_bytes(b"x" * 1000)  # what `kill -9` of a cache build leaves
+    live_proc = subprocess.Popen(["sleep", "60"])
+    try:
+        live = tmp_path / f".b600.h5.{writer_tag(live_proc.pid)}.ef56gh78.part"
+        mine = tmp_path / f".b600.h5.{writer_tag()}.ij90kl12.part"  # another thread of this process
+        other_host = tmp_path / f".b600.h5.{_dead_pid()}@elsewhere@1.mn34op56.part"
+        untagged = tmp_path / ".b600.h5.qr78st90.part"  # written before temporaries were tagged
+        other_target = tmp_path / f".b600.h5.1.{writer_tag(_dead_pid())}.uv12wx34.part"
+        for f in (live, mine, other_host, untagged, other_target):
+            f.write_bytes(b"y")
+        with atomic_path(target) as tmp:
+            tmp.write_bytes(b"data")
+        assert target.read_bytes() == b"data"
+        assert not dead.exists()
+        for f in (live, mine, other_host, untagged, other_target):
+            assert f.exists(), f.name
+    finally:
+        live_proc.kill()
+        live_proc.wait()
+    # once its writer is gone, the next write of the target removes that one too
+    with atomic_path(target) as tmp:
+        tmp.write_bytes(b"again")
+    assert not live.exists() and mine.exists()

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import shutil
 import subprocess
 import sys
@@ -215,6 +216,8 @@ def test_snakemake_rule_and_html_report(tmp_path):
     (tmp_path / "Snakefile").write_text(textwrap.dedent(f"""\
         configfile: "config.yaml"
         report: "{REPO}/workflow/report/workflow.rst"
+        def parallel_layouts():  # what parallel.smk defines
+            return config["parallel"]["configs"]
         include: "{REPO}/workflow/rules/report.smk"
         """))
     (tmp_path / "config.yaml").write_text(textwrap.dedent("""\
@@ -222,9 +225,9 @@ def test_snakemake_rule_and_html_report(tmp_path):
         results_dir: res
         runs:
           static: {static_memory: true}
-          nostatic: {static_memory: false}
-          2x1x1: {static_memory: true, parallelism: 2x1x1}
+          nostatic: {static_memory: false, epochs: 3}
           broken: {static_memory: true}
+        parallel: {configs: [2x1x1], static_memory: true}
         model: {dim: 100, heads: 2, dropout: 0.2, lr: 0.0001, loss: ce}
         train: {epochs: 10, device: cpu, seed: 0}
         """))
@@ -242,7 +245,12 @@ def test_snakemake_rule_and_html_report(tmp_path):
     page = (tmp_path / "report.html").read_text()
     for name in ("accuracy.html", "accuracy.csv", "convergence.svg", "scaling.svg", "static_ablation.svg"):
         assert f'"{name}"' in page
-    assert "<strong>Datasets</strong>: synthetic." in page.replace('\\"', '"')
+    page = page.replace('\\"', '"')
+    assert "<strong>Datasets</strong>: synthetic." in page
+    # runs are single-process (the schema has no `parallelism` key); layouts come from parallel.configs
+    assert "parallelism 1x1x1" not in page and "one process (1x1x1), static memory no, 3 epochs" in page
+    assert "distributed, <em>i x j x k</em> = 2x1x1 trainers on 1 machine(s), static memory yes" in page
+    assert "best pass" in page
 
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -258,3 +266,56 @@ def test_html_renders_in_headless_browser(out, tmp_path):
     assert data[:8] == b"\x89PNG\r\n\x1a\n"
     # A blank page compresses to almost nothing; a rendered table does not.
     assert len(data) > 20_000
+
+
+def test_parallel_runs_report_best_pass_and_epochs_trained(out):
+    rows = _csv(out / "accuracy.csv")
+    st, jj, two = rows[("synthetic", "static")], rows[("synthetic", "1x2x1")], rows[("synthetic", "2x1x1")]
+    # single process: epochs; 1x2x1: its best_epoch 2 is a pass of j·k = 2 epochs (metrics: epochs_trained 4)
+    assert (st["best_epoch"], st["best_pass"], st["epochs_to_best"]) == ("2", "", "2")
+    assert (jj["best_epoch"], jj["best_pass"], jj["epochs_to_best"]) == ("", "2", "4")
+    assert (two["best_epoch"], two["best_pass"], two["epochs_to_best"]) == ("", "3", "3")
+    md = (out / "accuracy.md").read_text()
+    assert "| best epoch | best pass | epochs trained to best |" in md
+    assert "| 1x2x1 | ok | 1x2x1 | 2 | yes | — | 2 | 4 |" in md
+
+
+def _runs_with_machine(tmp_path, machines: dict) -> list:
+    shutil.copytree(FIXTURE / "synthetic", tmp_path / "synthetic")
+    for run, machine in machines.items():
+        path = tmp_path / "synthetic" / run / "summary.json"
+        summary = json.loads(path.read_text())
+        summary["machine"] = machine
+        path.write_text(json.dumps(summary))
+    return report.collect([tmp_path / "synthetic"])
+
+
+BUSY = {"contended": True, "load_max": 3.9, "other_busy_cores": 1.6, "cpu_count": 2}
+IDLE = {"contended": False, "load_max": 0.1, "other_busy_cores": 0.0, "cpu_count": 2}
+
+
+def test_speed_measured_on_shared_cores_is_flagged_and_gives_no_speed_up(tmp_path):
+    runs = _runs_with_machine(tmp_path, {"static": IDLE, "2x1x1": BUSY, "1x2x1": IDLE})
+    rows = {r["run"]: r for r in report.accuracy_rows(runs)}
+    two, jj, ns = rows["2x1x1"], rows["1x2x1"], rows["nostatic"]
+    assert two["contended"] == "yes" and two["speedup_events_per_s"] is None and two["speedup_tta"] is None
+    assert "speed measured while other processes used 1.6 of 2 cores, load up to 3.9: not a measurement" in two["note"]
+    assert two["train_events_per_s"] == 1800.0 and two["time_to_target_s"] == 12.0  # raw numbers stay
+    assert jj["contended"] == "no" and jj["speedup_events_per_s"] == pytest.approx(1.9)
+    # a run without the record (older trainer) says so and keeps its numbers
+    assert ns["contended"] == "load not recorded" and ns["speedup_events_per_s"] == 1.0
+    page = report.render_html(report.accuracy_rows(runs), [], 0.98)
+    assert "not a measurement" in page and "cores shared" in page
+
+
+def test_no_speed_up_against_a_baseline_measured_on_shared_cores(tmp_path):
+    runs = _runs_with_machine(tmp_path, {"static": BUSY, "2x1x1": IDLE, "1x2x1": IDLE})
+    rows = {r["run"]: r for r in report.accuracy_rows(runs)}
+    for run in ("2x1x1", "1x2x1", "static"):
+        assert rows[run]["speedup_events_per_s"] is None and rows[run]["speedup_tta"] is None, run
+    assert "no speed-up: its 1x1x1 baseline static was measured on shared cores" in rows["2x1x1"]["note"]
+    assert rows["nostatic"]["speedup_events_per_s"] == 1.0  # another baseline (no static memory)
+    # the scaling figure only draws measured speed-ups
+    report.write_report(runs, tmp_path / "out", machine=MACHINE)
+    ids = _ids(tmp_path / "out" / "scaling.svg", "scaling/")
+    assert "scaling/speedup_events_per_s/synthetic/static" not in ids

@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import dataclasses
+import os
+import re
+import shlex
 import shutil
+import signal
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
 import yaml
 
 from disttgl.errors import DataError
-from disttgl.workflow_config import check_config, convert_arguments_for
+from disttgl.workflow_config import (CACHE_NAME, batch_cache_name, check_config, convert_arguments_for,
+                                     record_lock_owner, remove_stale_locks, timed_run_units)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -21,6 +28,7 @@ def workdir(tmp_path):
     shutil.copy(REPO / "Snakefile", tmp_path)
     shutil.copy(REPO / "config.yaml", tmp_path)
     shutil.copytree(REPO / "workflow", tmp_path / "workflow")
+    shutil.copytree(REPO / "profiles", tmp_path / "profiles")  # the workflow profile Snakemake loads by default
     return tmp_path
 
 
@@ -66,6 +74,10 @@ def _edit(config: dict, path: str, value) -> None:
     ("bogus", 1, "bogus", "Additional properties are not allowed"),
     ("parallel.configs", ["2x2"], "['parallel']['configs']", "is not valid under any of the given schemas"),
     ("datasets", ["synthetic", "nosuch"], "datasets[1]", "unknown dataset 'nosuch'"),
+    ("custom_datasets", {"..": {"files": ["a.csv"], "format": "snap"}}, "custom_datasets..", "name '..' must"),
+    ("runs", {".hidden": {}}, "runs..hidden", "name '.hidden' must"),
+    ("parallel.configs", ["2x1x1", "3x1x1"], "parallel.configs[1]",
+     "3 trainers on parallel.nodes = 1 machine(s) need 3 per machine, but parallel.procs_per_node = 2"),
 ])
 def test_bad_config_fails_before_any_job_naming_the_key(workdir, path, value, key, message):
     config = yaml.safe_load((workdir / "config.yaml").read_text())
@@ -105,3 +117,256 @@ def test_check_config_and_convert_arguments():
                                   "bipartite": False, "time_col": "ts", "feature_cols": ["a", "b"]}}},
                                  "m", [])
     assert args == "'my file.csv' --format csv --no-bipartite --time-col ts --feature-cols a,b"
+
+
+def _small(workdir: Path, **changes) -> dict:
+    """Shrink the default config to a pipeline of seconds (same rules and stages)."""
+    config = yaml.safe_load((workdir / "config.yaml").read_text())
+    config["synthetic"].update(events=3000, nodes=100)
+    config["batches"]["batch_size"] = 100
+    config["model"]["dim"] = 16
+    config["train"]["epochs"] = 2
+    config["pretrain"]["epochs"] = 2
+    for path, value in changes.items():
+        _edit(config, path, value)
+    (workdir / "config.yaml").write_text(yaml.safe_dump(config))
+    return config
+
+
+def _shell_commands(out: str) -> list[str]:
+    cmds = [line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Shell command:")]
+    return [c for c in cmds if c != "None"]  # rule all has none
+
+
+NASTY_DATA, NASTY_RESULTS, NASTY_MIRROR = "d x;touch pwned;y", "r $(touch pwned2)", "m x;touch pwned3"
+
+
+def test_shell_commands_quote_every_config_value(workdir):
+    """Config strings (data_dir, results_dir, data_mirror, custom file paths) reach each command as one
+    argument: no `touch` runs, a space splits nothing."""
+    events = workdir / "my log;touch pwned4.csv"
+    events.write_text("t;src;dst\n1;a;b\n")
+    config = yaml.safe_load((workdir / "config.yaml").read_text())
+    config.update(datasets=["synthetic", "WIKI", "mylog"], data_dir=NASTY_DATA, results_dir=NASTY_RESULTS,
+                  data_mirror=NASTY_MIRROR)
+    config["custom_datasets"] = {"mylog": {"files": [str(events)], "format": "csv", "time_col": "t",
+                                           "separator": ";"}}
+    (workdir / "config.yaml").write_text(yaml.safe_dump(config))
+    proc = snakemake(workdir, "-n", "-p")
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    out = proc.stdout + proc.stderr
+    assert {"synth", "fetch", "convert", "batches", "pretrain", "train", "train_parallel", "report"} <= set(
+        re.findall(r"^(?:local)?rule (\w+):", out, re.M))
+    values = (NASTY_DATA, NASTY_RESULTS, NASTY_MIRROR, str(events))
+    seen = set()
+    for cmd in _shell_commands(out):
+        args = shlex.split(cmd)
+        assert args[0] in ("disttgl", "python"), cmd
+        for arg in args:
+            if "pwned" in arg:  # a word holding a config value holds all of it (the value or a path under it)
+                value = next((v for v in values if arg == v or arg.startswith(v + "/")), None)
+                assert value is not None, (arg, cmd)
+                seen.add(value)
+        assert not {"touch", "y/synthetic/graph.h5", "x"} & set(args), cmd
+    assert seen == set(values)
+    assert not list(workdir.glob("pwned*"))
+
+
+def test_data_stage_in_directories_with_spaces_and_semicolons(workdir):
+    events = workdir / "my events;touch pwned.csv"
+    events.write_text("when,who,what\n" + "".join(f"{i}.0,u{i % 7},i{i % 5}\n" for i in range(60)))
+    config = yaml.safe_load((workdir / "config.yaml").read_text())
+    config.update(datasets=["synthetic", "mylog"], data_dir="my data;touch pwned")
+    config["synthetic"].update(events=500, nodes=50)
+    config["custom_datasets"] = {"mylog": {"files": [str(events)], "format": "csv", "bipartite": True,
+                                           "src_col": "who", "dst_col": "what", "time_col": "when"}}
+    (workdir / "config.yaml").write_text(yaml.safe_dump(config))
+    data = workdir / "my data;touch pwned"
+    proc = snakemake(workdir, "--cores", "1", f"{data.name}/synthetic/graph.h5", f"{data.name}/mylog/graph.h5")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    from disttgl.graph import graph_info
+
+    assert graph_info(data / "synthetic" / "graph.h5")["num_events"] == 500
+    assert graph_info(data / "mylog" / "graph.h5")["num_events"] == 60
+    assert not (workdir / "pwned").exists()
+
+
+def test_batch_cache_name_holds_every_batch_parameter():
+    from disttgl.batches import BatchParams
+
+    fields = {f.name for f in dataclasses.fields(BatchParams)} - {"minibatch_parallelism"}
+    assert set(re.findall(r"{(\w+)}", CACHE_NAME)) == fields | {"i"}
+    base = {"batch_size": 600, "neg_sets": 32, "eval_negatives": 49, "neighbors": 10, "strategy": "recent",
+            "seed": 0, "tgl_compat": False}
+    other = {"batch_size": 300, "neg_sets": 8, "eval_negatives": 9, "neighbors": 5, "strategy": "uniform",
+             "seed": 1, "tgl_compat": True}
+    name = batch_cache_name(base, 1)
+    assert batch_cache_name({}, 1) == name  # the schema's defaults
+    assert batch_cache_name(base, 2) != name
+    for key in fields:
+        assert batch_cache_name({**base, key: other[key]}, 1) != name, key
+
+
+def test_changing_neg_sets_builds_a_new_cache(workdir):
+    paths = []
+    for neg_sets in (32, 8):
+        _small(workdir, **{"batches.neg_sets": neg_sets})
+        proc = snakemake(workdir, "-n", "-p", "results/synthetic/nostatic/summary.json")
+        assert proc.returncode == 0, proc.stderr
+        batches = [c for c in _shell_commands(proc.stdout + proc.stderr) if c.startswith("disttgl batches")]
+        assert len(batches) == 1 and f"--neg-sets {neg_sets} " in batches[0]
+        paths.append(shlex.split(batches[0])[shlex.split(batches[0]).index("--out") + 1])
+    assert paths[0] != paths[1]
+
+
+def test_check_config_refuses_escaping_names_and_unlaunchable_layouts():
+    ok = {"datasets": ["synthetic"], "runs": {"a.b": {}}, "parallel": {"configs": ["1x1x1", "2x1x1", "1x1x2"],
+                                                                       "nodes": 1, "procs_per_node": 2}}
+    check_config(ok)
+    for bad, key in (({"datasets": [".."]}, r"datasets\[0\]"), ({"datasets": ["."]}, r"datasets\[0\]"),
+                     ({"custom_datasets": {".x": {"files": ["a"], "format": "snap"}}}, r"custom_datasets\.\.x"),
+                     ({"runs": {"..": {}}}, r"runs\.\.\."), ({"data_dir": "d{x}"}, "data_dir")):
+        with pytest.raises(DataError, match=key):
+            check_config({**ok, **bad})
+    par = ok["parallel"]
+    with pytest.raises(DataError, match=r"parallel.configs\[0\] = 3x1x1: 3 trainers .* need 3 per machine, "
+                                        r"but parallel.procs_per_node = 2"):
+        check_config({**ok, "parallel": {**par, "configs": ["3x1x1"]}})
+    with pytest.raises(DataError, match=r"parallel.configs\[1\] = 2x1x1: parallel.nodes = 2 must divide k = 1"):
+        check_config({**ok, "parallel": {**par, "configs": ["1x1x2", "2x1x1"], "nodes": 2}})
+    check_config({**ok, "parallel": {**par, "configs": ["2x1x2"], "nodes": 2}})  # 2 machines x 2
+    check_config({**ok, "parallel": {**par, "configs": ["4x1x1"], "procs_per_node": None}})  # room unknown
+    with pytest.raises(DataError, match="parallel.gpus_per_node = 1"):
+        check_config({**ok, "parallel": {**par, "configs": ["2x1x1"], "procs_per_node": None, "gpus_per_node": 1}})
+    check_config({**ok, "parallel": {**par, "configs": "auto"}})
+
+
+def test_timed_runs_take_the_timed_run_resource(workdir):
+    proc = snakemake(workdir, "-n")
+    assert proc.returncode == 0, proc.stderr
+    blocks = re.split(r"^\[.*\]$", proc.stdout, flags=re.M)  # a job's block starts with its timestamp
+    jobs = [(m.group(1), b) for b in blocks if (m := re.search(r"^(?:local)?rule (\w+):", b, re.M))]
+    assert {rule for rule, _ in jobs} >= {"synth", "batches", "train", "train_parallel", "pretrain", "report"}
+    timed = {rule for rule, body in jobs if re.search(r"^\s+resources: .*\btimed_run=1\b", body, re.M)}
+    assert timed == {"train", "train_parallel", "pretrain"}
+    # under a cluster executor (SLURM) each job has its own CPUs: the limit must not serialise them
+    assert timed_run_units(type("W", (), {"local_exec": False})()) == 0
+    assert timed_run_units(type("W", (), {"local_exec": True})()) == 1
+
+
+def _timed_overlaps(out: str) -> tuple[list[str], list[tuple[str, str]]]:
+    """Timed jobs started, and the pairs of timed jobs that ran at the same time, from Snakemake's log."""
+    running, started, overlaps = {}, [], []
+    for m in re.finditer(r"^(?:local)?rule (\w+):\n(?:.*\n)*?\s+jobid: (\d+)|^Finished jobid: (\d+)", out, re.M):
+        rule, jobid, done = m.groups()
+        if done:
+            running.pop(done, None)
+        elif rule in ("train", "train_parallel", "pretrain"):
+            overlaps += [(other, rule) for other in running.values()]
+            running[jobid] = rule
+            started.append(rule)
+    return started, overlaps
+
+
+def test_training_jobs_never_run_side_by_side(workdir):
+    """With cores to spare (2 cores, 1 thread each) Snakemake would start pretrain and a training run
+    together; the timed_run resource keeps them one at a time so each measures an idle machine."""
+    _small(workdir, **{"train.threads": 1, "parallel.configs": []})
+    proc = snakemake(workdir, "--cores", "2")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    started, overlaps = _timed_overlaps(proc.stdout + proc.stderr)
+    assert sorted(started) == ["pretrain", "train", "train"] and overlaps == []
+    assert (workdir / "results" / "report" / "accuracy.csv").exists()
+
+
+# ----------------------------------------------------------------------------- stale locks, kill -9
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid
+
+
+def _locks(tmp_path: Path, *names: str) -> Path:
+    d = tmp_path / ".snakemake" / "locks"
+    d.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        (d / name).write_text("results/x\n")
+    return d
+
+
+def _fake_owner(lock_dir: Path, pid: int, **rec) -> None:
+    import json
+
+    path = record_lock_owner(lock_dir, pid=os.getpid())  # a real record, then made someone else's
+    data = json.loads(path.read_text())
+    data.update(pid=pid, pgid=rec.pop("pgid", pid), start=None, **rec)
+    path.unlink()
+    (lock_dir / f"disttgl-owner-{pid}.json").write_text(json.dumps(data))
+
+
+def test_locks_of_a_dead_snakemake_are_removed(tmp_path):
+    d = _locks(tmp_path, "0.input.lock", "0.output.lock")
+    _fake_owner(d, _dead_pid())
+    assert sorted(remove_stale_locks(d)) == ["0.input.lock", "0.output.lock"]
+    assert list(d.iterdir()) == []
+
+
+def test_locks_of_a_live_run_or_unknown_owner_stay(tmp_path):
+    d = _locks(tmp_path, "0.input.lock", "0.output.lock")
+    assert record_lock_owner(d) is not None  # this (live) process holds them
+    assert remove_stale_locks(d) == [] and (d / "0.input.lock").exists()
+    for f in d.glob("disttgl-owner-*"):
+        f.unlink()
+    assert remove_stale_locks(d) == []  # nobody recorded: Snakemake's LockException, as before
+    _fake_owner(d, _dead_pid(), host="another-node")
+    assert remove_stale_locks(d) == []  # another host's process: cannot tell
+    # a lock file that changed since the dead owner recorded it is not the one it held
+    d2 = _locks(tmp_path / "b", "0.input.lock")
+    _fake_owner(d2, _dead_pid())
+    time.sleep(0.01)
+    (d2 / "0.input.lock").unlink()
+    (d2 / "0.input.lock").write_text("results/y\n")
+    assert remove_stale_locks(d2) == []
+
+
+def test_locks_stay_while_jobs_of_a_killed_snakemake_still_run(tmp_path):
+    """Snakemake killed alone (kill -9 PID): its jobs keep writing in its process group; not stale."""
+    leader = subprocess.Popen(["sh", "-c", "sleep 30 & echo $!"], stdout=subprocess.PIPE, text=True,
+                              start_new_session=True)
+    orphan = int(leader.stdout.readline())
+    leader.wait()  # the group leader (like snakemake) is gone, its job runs on
+    try:
+        d = _locks(tmp_path, "0.input.lock")
+        _fake_owner(d, leader.pid)
+        assert remove_stale_locks(d) == []
+    finally:
+        os.kill(orphan, signal.SIGKILL)
+    time.sleep(0.2)
+    assert remove_stale_locks(d) == ["0.input.lock"]
+
+
+@pytest.mark.slow
+def test_plain_rerun_after_kill_9_finishes(workdir):
+    """kill -9 of snakemake and its jobs while the batch cache is written, then the README's command
+    again: it must finish by itself (no IncompleteFilesException, no LockException, no `.part` left)."""
+    _small(workdir)
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    first = subprocess.Popen(["snakemake", "--cores", "1"], cwd=workdir, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL, env=env, start_new_session=True)
+    batches = workdir / "data" / "synthetic" / "batches"
+    deadline = time.monotonic() + 300
+    try:
+        while not list(batches.glob(".*.part")) and first.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert first.poll() is None, "snakemake ended before it wrote the batch cache"
+        assert list(batches.glob(".*.part")), "no batch cache being written after 300 s"
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)  # snakemake and every job it started (its process group)
+        first.wait()
+    assert list((workdir / ".snakemake" / "locks").glob("*.lock"))  # what kill -9 leaves
+    proc = snakemake(workdir, "--cores", "all")
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert "removed stale Snakemake lock" in proc.stderr
+    assert (workdir / "results" / "report" / "accuracy.html").exists()
+    assert not list(workdir.rglob("*.part"))  # the killed writer's temporary went with the rerun

@@ -1,35 +1,32 @@
 # Mini-batch cache: one HDF5 file per (dataset, batch parameters, i), so several i values coexist.
+# The file name holds every parameter of the content (disttgl.workflow_config.CACHE_NAME), and the
+# command takes them from the name's wildcards, so a cache always holds what its name says.
 
-
-def batch_cache_path(dataset, i):
-    """The cache that training with minibatch parallelism ``i`` reads (keyed by every parameter)."""
-    b = config["batches"]
-    return (f"{config['data_dir']}/{dataset}/batches/"
-            f"b{b['batch_size']}-i{i}-n{b['neighbors']}-{b['strategy']}-s{b['seed']}.h5")
+from disttgl.workflow_config import CACHE_NAME
 
 
 rule batches:
     input:
-        f"{config['data_dir']}/{{dataset}}/graph.h5",
+        f"{DATA}/{{dataset}}/graph.h5",
     output:
-        f"{config['data_dir']}/{{dataset}}/batches/"
-        "b{batch_size}-i{i}-n{neighbors}-{strategy}-s{seed}.h5",
+        f"{DATA}/{{dataset}}/batches/{CACHE_NAME}.h5",
     wildcard_constraints:
         batch_size=r"\d+",
         i=r"\d+",
         neighbors=r"\d+",
         strategy="recent|uniform",
         seed=r"\d+",
+        neg_sets=r"\d+",
+        eval_negatives=r"\d+",
+        tgl_compat="0|1",
     params:
-        neg_sets=config["batches"]["neg_sets"],
-        eval_negatives=config["batches"]["eval_negatives"],
-        compat="--tgl-compat" if config["batches"].get("tgl_compat", False) else "",
+        compat=lambda w: "--tgl-compat" if w.tgl_compat == "1" else "",
     log:
-        "logs/{dataset}/batches-b{batch_size}-i{i}-n{neighbors}-{strategy}-s{seed}.log",
+        f"logs/{{dataset}}/batches-{CACHE_NAME}.log",
     benchmark:
-        "logs/{dataset}/batches-b{batch_size}-i{i}-n{neighbors}-{strategy}-s{seed}.benchmark.tsv"
+        f"logs/{{dataset}}/batches-{CACHE_NAME}.benchmark.tsv"
     shell:
-        "disttgl batches {input} --out {output} --batch-size {wildcards.batch_size}"
-        " --minibatch-parallelism {wildcards.i} --neg-sets {params.neg_sets}"
-        " --eval-negatives {params.eval_negatives} --neighbors {wildcards.neighbors}"
-        " --strategy {wildcards.strategy} --seed {wildcards.seed} {params.compat} > {log} 2>&1"
+        "disttgl batches {input:q} --out {output:q} --batch-size {wildcards.batch_size}"
+        " --minibatch-parallelism {wildcards.i} --neg-sets {wildcards.neg_sets}"
+        " --eval-negatives {wildcards.eval_negatives} --neighbors {wildcards.neighbors}"
+        " --strategy {wildcards.strategy} --seed {wildcards.seed} {params.compat} > {log:q} 2>&1"

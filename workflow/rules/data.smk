@@ -12,9 +12,9 @@ rule synth:
     log:
         "logs/synthetic/synth.log",
     shell:
-        "disttgl synth --out {output} --events {params.s[events]} --nodes {params.s[nodes]}"
-        " --edge-dim {params.s[edge_dim]} --seed {params.s[seed]}"
-        " {params.bipartite} > {log} 2>&1"
+        "disttgl synth --out {output:q} --events {params.s[events]:q} --nodes {params.s[nodes]:q}"
+        " --edge-dim {params.s[edge_dim]:q} --seed {params.s[seed]:q}"
+        " {params.bipartite} > {log:q} 2>&1"
 
 
 rule fetch:
@@ -23,12 +23,12 @@ rule fetch:
     wildcard_constraints:
         dataset="(?!synthetic$)[A-Za-z0-9_.-]+",
     params:
-        mirror=f"--mirror {config['data_mirror']}" if config.get("data_mirror") else "",
+        mirror=shlex.join(["--mirror", config["data_mirror"]]) if config.get("data_mirror") else "",
     log:
         "logs/{dataset}/fetch.log",
     retries: 1
     shell:
-        "disttgl fetch {wildcards.dataset} --out {output} {params.mirror} > {log} 2>&1"
+        "disttgl fetch {wildcards.dataset:q} --out {output:q} {params.mirror} > {log:q} 2>&1"
 
 
 def convert_inputs(wildcards):
@@ -50,4 +50,4 @@ rule convert:
     benchmark:
         "logs/{dataset}/convert.benchmark.tsv"
     shell:
-        "disttgl convert {params.args} --out {output} > {log} 2>&1"
+        "disttgl convert {params.args} --out {output:q} > {log:q} 2>&1"

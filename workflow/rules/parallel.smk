@@ -86,6 +86,7 @@ rule train_parallel:
         t=config["train"],
     threads: lambda w: _layout(w).world // _nodes(w) * PARALLEL["threads_per_rank"]
     resources:
+        timed_run=timed_run,
         **_slurm_resources(),
     log:
         "logs/{dataset}/train-{par}.log",
@@ -93,9 +94,9 @@ rule train_parallel:
         "logs/{dataset}/train-{par}.benchmark.tsv"
     shell:
         "python -m disttgl.launch --nodes {params.nodes} --nproc-per-node {params.nproc}"
-        " --max-restarts {params.p[max_restarts]} --"
-        " {input.graph} {input.cache} --out {params.out} {params.static}"
-        " --parallelism {wildcards.par} --epochs {params.t[epochs]} --timeout {params.p[timeout]}"
-        " --dim {params.m[dim]} --heads {params.m[heads]} --dropout {params.m[dropout]}"
-        " --lr {params.m[lr]} --loss {params.m[loss]} --device {params.t[device]} --seed {params.t[seed]}"
-        " --threads {params.p[threads_per_rank]} --no-progress --resume > {log} 2>&1"
+        " --max-restarts {params.p[max_restarts]:q} --"
+        " {input.graph:q} {input.cache:q} --out {params.out:q} {params.static}"
+        " --parallelism {wildcards.par} --epochs {params.t[epochs]:q} --timeout {params.p[timeout]:q}"
+        " --dim {params.m[dim]:q} --heads {params.m[heads]:q} --dropout {params.m[dropout]:q}"
+        " --lr {params.m[lr]:q} --loss {params.m[loss]:q} --device {params.t[device]:q} --seed {params.t[seed]:q}"
+        " --threads {params.p[threads_per_rank]:q} --no-progress --resume > {log:q} 2>&1"

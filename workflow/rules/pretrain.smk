@@ -13,13 +13,15 @@ rule pretrain:
         p=config["pretrain"],
         t=config["train"],
     threads: config["train"].get("threads", 2)
+    resources:
+        timed_run=timed_run,
     log:
         "logs/{dataset}/pretrain.log",
     benchmark:
         "logs/{dataset}/pretrain.benchmark.tsv"
     shell:
-        "disttgl pretrain {input.graph} {input.cache} --out {output}"
-        " --epochs {params.p[epochs]} --patience {params.p[patience]}"
-        " --dim {params.m[dim]} --heads {params.m[heads]} --dropout {params.m[dropout]}"
-        " --lr {params.m[lr]} --loss {params.m[loss]}"
-        " --device {params.t[device]} --seed {params.t[seed]} --threads {threads} > {log} 2>&1"
+        "disttgl pretrain {input.graph:q} {input.cache:q} --out {output:q}"
+        " --epochs {params.p[epochs]:q} --patience {params.p[patience]:q}"
+        " --dim {params.m[dim]:q} --heads {params.m[heads]:q} --dropout {params.m[dropout]:q}"
+        " --lr {params.m[lr]:q} --loss {params.m[loss]:q}"
+        " --device {params.t[device]:q} --seed {params.t[seed]:q} --threads {threads} > {log:q} 2>&1"

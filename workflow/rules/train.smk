@@ -34,13 +34,15 @@ rule train:
         m=config["model"],
         t=config["train"],
     threads: config["train"].get("threads", 2)
+    resources:
+        timed_run=timed_run,
     log:
         "logs/{dataset}/train-{run}.log",
     benchmark:
         "logs/{dataset}/train-{run}.benchmark.tsv"
     shell:
-        "disttgl train {input.graph} {input.cache} --out {params.out} {params.static}"
-        " --epochs {params.epochs}"
-        " --dim {params.m[dim]} --heads {params.m[heads]} --dropout {params.m[dropout]}"
-        " --lr {params.m[lr]} --loss {params.m[loss]}"
-        " --device {params.t[device]} --seed {params.t[seed]} --threads {threads} --resume > {log} 2>&1"
+        "disttgl train {input.graph:q} {input.cache:q} --out {params.out:q} {params.static}"
+        " --epochs {params.epochs:q}"
+        " --dim {params.m[dim]:q} --heads {params.m[heads]:q} --dropout {params.m[dropout]:q}"
+        " --lr {params.m[lr]:q} --loss {params.m[loss]:q}"
+        " --device {params.t[device]:q} --seed {params.t[seed]:q} --threads {threads} --resume > {log:q} 2>&1"
