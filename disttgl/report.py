@@ -109,7 +109,8 @@ class RunResult:
         m = self.machine
         if not m or not m["contended"]:
             return ""
-        busy, cpus, load = _num(m.get("other_busy_cores")), m.get("cpu_count"), _num(m.get("load_max"))
+        # the fields disttgl.machine_load.summarize writes
+        busy, cpus, load = _num(m.get("other_cores_busy_max")), m.get("cpu_count"), _num(m.get("load_avg_max"))
         used = "?" if busy is None else f"{busy:.1f}"
         of = f" of {cpus}" if isinstance(cpus, int) and not isinstance(cpus, bool) else ""
         peak = "" if load is None else f", load up to {load:.1f}"

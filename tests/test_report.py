@@ -290,8 +290,8 @@ def _runs_with_machine(tmp_path, machines: dict) -> list:
     return report.collect([tmp_path / "synthetic"])
 
 
-BUSY = {"contended": True, "load_max": 3.9, "other_busy_cores": 1.6, "cpu_count": 2}
-IDLE = {"contended": False, "load_max": 0.1, "other_busy_cores": 0.0, "cpu_count": 2}
+BUSY = {"contended": True, "load_avg_max": 3.9, "other_cores_busy_max": 1.6, "cpu_count": 2}
+IDLE = {"contended": False, "load_avg_max": 0.1, "other_cores_busy_max": 0.0, "cpu_count": 2}
 
 
 def test_speed_measured_on_shared_cores_is_flagged_and_gives_no_speed_up(tmp_path):

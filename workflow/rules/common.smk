@@ -24,6 +24,20 @@ if "timed_run" not in workflow.global_resources:
     workflow.global_resources["timed_run"] = 1
 
 
+def model_args():
+    """The model and optimiser flags of train, pretrain and train_parallel, in one place (quoted).
+    `lr`/`loss` null leave them to disttgl (or to `preset`): the lr derived from the training batches
+    (logged), the loss binary CE."""
+    m = config["model"]
+    args = ["--dim", m["dim"], "--heads", m["heads"], "--dropout", m["dropout"]]
+    for key in ("lr", "loss"):
+        if m.get(key) is not None:
+            args += [f"--{key}", m[key]]
+    if m.get("preset"):
+        args += ["--preset", m["preset"]]
+    return shlex.join(map(str, args))
+
+
 def timed_run(wildcards):
     return timed_run_units(workflow)
 

@@ -82,7 +82,7 @@ rule train_parallel:
         nodes=_nodes,
         nproc=lambda w: _layout(w).world // _nodes(w),
         p=PARALLEL,
-        m=config["model"],
+        model=model_args(),
         t=config["train"],
     threads: lambda w: _layout(w).world // _nodes(w) * PARALLEL["threads_per_rank"]
     resources:
@@ -97,6 +97,6 @@ rule train_parallel:
         " --max-restarts {params.p[max_restarts]:q} --"
         " {input.graph:q} {input.cache:q} --out {params.out:q} {params.static}"
         " --parallelism {wildcards.par} --epochs {params.t[epochs]:q} --timeout {params.p[timeout]:q}"
-        " --dim {params.m[dim]:q} --heads {params.m[heads]:q} --dropout {params.m[dropout]:q}"
-        " --lr {params.m[lr]:q} --loss {params.m[loss]:q} --device {params.t[device]:q} --seed {params.t[seed]:q}"
+        " {params.model}"
+        " --device {params.t[device]:q} --seed {params.t[seed]:q}"
         " --threads {params.p[threads_per_rank]:q} --no-progress --resume > {log:q} 2>&1"

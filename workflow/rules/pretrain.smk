@@ -9,7 +9,7 @@ rule pretrain:
     output:
         f"{DATA}/{{dataset}}/static_memory.h5",
     params:
-        m=config["model"],
+        model=model_args(),
         p=config["pretrain"],
         t=config["train"],
     threads: config["train"].get("threads", 2)
@@ -22,6 +22,5 @@ rule pretrain:
     shell:
         "disttgl pretrain {input.graph:q} {input.cache:q} --out {output:q}"
         " --epochs {params.p[epochs]:q} --patience {params.p[patience]:q}"
-        " --dim {params.m[dim]:q} --heads {params.m[heads]:q} --dropout {params.m[dropout]:q}"
-        " --lr {params.m[lr]:q} --loss {params.m[loss]:q}"
+        " {params.model}"
         " --device {params.t[device]:q} --seed {params.t[seed]:q} --threads {threads} > {log:q} 2>&1"

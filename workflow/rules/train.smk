@@ -31,7 +31,7 @@ rule train:
         out=lambda w: f"{RESULTS}/{w.dataset}/{w.run}",
         static=static_args,
         epochs=lambda w: _run_config(w).get("epochs", config["train"]["epochs"]),
-        m=config["model"],
+        model=model_args(),
         t=config["train"],
     threads: config["train"].get("threads", 2)
     resources:
@@ -43,6 +43,5 @@ rule train:
     shell:
         "disttgl train {input.graph:q} {input.cache:q} --out {params.out:q} {params.static}"
         " --epochs {params.epochs:q}"
-        " --dim {params.m[dim]:q} --heads {params.m[heads]:q} --dropout {params.m[dropout]:q}"
-        " --lr {params.m[lr]:q} --loss {params.m[loss]:q}"
+        " {params.model}"
         " --device {params.t[device]:q} --seed {params.t[seed]:q} --threads {threads} --resume > {log:q} 2>&1"
