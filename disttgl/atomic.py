@@ -10,6 +10,7 @@ writer instead: HDF5 takes its own exclusive flock on the file it writes, and wo
 from __future__ import annotations
 
 import contextlib
+import errno
 import glob
 import logging
 import os
@@ -53,8 +54,11 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         # mkstemp makes the file owner-only; give it the mode a plain open() would (shared data folders)
         os.chmod(tmp_path, 0o666 & ~_umask())
         os.replace(tmp_path, target)
-    except BaseException:
+    except BaseException as exc:
         tmp_path.unlink(missing_ok=True)
+        if isinstance(exc, OSError) and not isinstance(exc, DataError) and exc.errno == errno.ENOSPC:
+            # any writer (the graph store, the batch cache, a checkpoint): say what filled up
+            raise DataError(target, "no space left on device while writing it") from None
         raise
 
 

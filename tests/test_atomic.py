@@ -69,3 +69,16 @@ def test_rerun_removes_the_temporary_of_a_dead_writer_only(tmp_path):
     with atomic_path(target) as tmp:
         tmp.write_bytes(b"again")
     assert not live.exists() and mine.exists()
+
+
+def test_a_full_disk_is_an_error_naming_the_file_and_leaves_nothing(tmp_path):
+    import errno
+
+    from disttgl.errors import DataError
+
+    target = tmp_path / "cache.h5"
+    with pytest.raises(DataError, match="cache.h5: no space left on device"):
+        with atomic_path(target) as tmp:
+            tmp.write_bytes(b"half")
+            raise OSError(errno.ENOSPC, "No space left on device")
+    assert list(tmp_path.iterdir()) == []
