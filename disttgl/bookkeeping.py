@@ -1,4 +1,4 @@
-"""Weight-independent memory bookkeeping (DESIGN §4), precomputed with the mini-batches.
+"""Weight-independent memory bookkeeping (docs/design.md §4), precomputed with the mini-batches.
 
 Every node has a memory time ``mem_t``, and a pending mail (``mail_t``, ``mail_eid``); a node with no
 mail yet has ``mail_t = mem_t = 0`` and ``mail_eid = E`` (the zero row of ``edge_feat``).

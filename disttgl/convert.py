@@ -1,4 +1,4 @@
-"""``disttgl convert``: raw event files -> the HDF5 graph store (DESIGN §3).
+"""``disttgl convert``: raw event files -> the HDF5 graph store (docs/design.md §3).
 
 Steps: read (``disttgl.readers``), validate, compact ids to 0..N-1 (bipartite: items after users),
 sort stably by time, split, add the zero sentinel edge-feature row, build the T-CSR, write atomically.

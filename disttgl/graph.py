@@ -1,6 +1,6 @@
 """The graph store: one HDF5 file per dataset holding events, features and the T-CSR.
 
-Layout (DESIGN §3), written once by ``disttgl convert``/``disttgl synth`` and read by every later stage:
+Layout (docs/design.md §3), written once by ``disttgl convert``/``disttgl synth`` and read by every later stage:
 
 - ``events/src``, ``events/dst`` int64 [E]; ``events/t`` float64 [E] (sorted, stable);
   ``events/split`` int8 [E] (0 train, 1 val, 2 test); optional ``events/label`` [E].

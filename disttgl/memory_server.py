@@ -1,5 +1,5 @@
 """Memory server: one process per memory copy owns node memory and mail, in shared memory, and
-serialises the copy's reads and writes in schedule order (DESIGN §4).
+serialises the copy's reads and writes in schedule order (docs/design.md §5).
 
 For every stream step ``u`` of its copy (see :mod:`disttgl.schedule`) the server: zeroes the memory
 when the copy wraps to batch 0, serves ``read(u)`` to the ``i`` trainers holding step ``u`` (all

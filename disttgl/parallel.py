@@ -1,4 +1,4 @@
-"""Distributed i x j x k training (DESIGN §4-5): one process per trainer, launched by torchrun.
+"""Distributed i x j x k training (docs/design.md §5): one process per trainer, launched by torchrun.
 
 ``torchrun --nproc-per-node W -m disttgl.train GRAPH CACHE --out DIR --parallelism IxJxK``.
 Every rank follows the pure schedule (:mod:`disttgl.schedule`); each memory copy has a local

@@ -1,4 +1,4 @@
-"""Temporal neighbour sampling and negative sampling (DESIGN §4), vectorised over all roots.
+"""Temporal neighbour sampling and negative sampling (docs/design.md §4), vectorised over all roots.
 
 For a root (node n, time t) the candidates are the edges of T-CSR row n with edge time strictly
 before t; because rows are sorted by (t, eid) they form the prefix ``[indptr[n], p)`` of the row.

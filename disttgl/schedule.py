@@ -1,4 +1,4 @@
-"""The i x j x k training schedule as a pure function (DESIGN §4), and ``parallelism: auto``.
+"""The i x j x k training schedule as a pure function (docs/design.md §5), and ``parallelism: auto``.
 
 W = i·j·k ranks. Rank layout: memory copy ``g = rank // (i·j)``; inside the copy, epoch slot
 ``r = (rank % (i·j)) // i`` and mini-batch offset ``m = rank % i``. ``T`` memory batches make one

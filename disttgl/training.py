@@ -1,6 +1,6 @@
 """Single-process training, evaluation, static-memory pretraining, checkpoints and resume.
 
-One epoch (DESIGN §4): reset memory; train over the cached batches in order, each with a
+One epoch (docs/design.md §4): reset memory; train over the cached batches in order, each with a
 negative set drawn by a seeded RNG; predict first, then write the batch's memory (detached);
 validate with memory carried on from training; when validation MRR improves, test right away with
 memory carried on from validation. The run directory holds ``metrics.jsonl`` (one line per
