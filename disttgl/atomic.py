@@ -58,7 +58,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         tmp_path.unlink(missing_ok=True)
         if isinstance(exc, OSError) and not isinstance(exc, DataError) and exc.errno == errno.ENOSPC:
             # any writer (the graph store, the batch cache, a checkpoint): say what filled up
-            raise DataError(target, "no space left on device while writing it") from None
+            raise DataError(None, f"no space left on device writing {target}") from None
         raise
 
 
