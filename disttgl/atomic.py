@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Iterator
 
 from disttgl.errors import DataError
+from disttgl.lifetime import pid_alive
 
 log = logging.getLogger(__name__)
 
@@ -85,20 +86,6 @@ def writer_tag(pid: int | None = None) -> str:
     return f"{os.getpid() if pid is None else pid}@{_host()}@{_pid_namespace()}"
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # another user's live process
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        return stat[stat.rindex(")") + 2] != "Z"  # a zombie writes nothing
-    except (OSError, ValueError, IndexError):
-        return True
-
-
 _TAG = re.compile(r"^(\d+)@([A-Za-z0-9._-]+)@(\d+)\.[^.]+$")
 
 
@@ -119,7 +106,7 @@ def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
                 unknown.append(tmp)
             continue  # else another target's temporary (this name + ".something")
         pid, host, ns = int(m.group(1)), m.group(2), m.group(3)
-        if (host, ns) != here or _alive(pid):
+        if (host, ns) != here or pid_alive(pid):
             continue
         try:
             size = tmp.stat().st_size

@@ -14,6 +14,7 @@ import os
 import signal
 import sys
 import threading
+from pathlib import Path
 
 log = logging.getLogger(__name__)
 
@@ -54,3 +55,26 @@ def child_exits_with_parent() -> None:
     """``preexec_fn`` for a child that must die with the process starting it (Linux only; a no-op
     elsewhere). Runs between fork and exec, so it only calls prctl."""
     _prctl_pdeathsig(signal.SIGTERM)
+
+
+def proc_stat(pid: int) -> list[str] | None:
+    """Fields 3 on (state first) of ``/proc/PID/stat``; None where it cannot be read (no such
+    process, or no /proc). The command name before them may hold spaces, so split after its ')'."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+        return text[text.rindex(")") + 2:].split()
+    except (OSError, ValueError):
+        return None
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs on this host; a zombie (killed, not yet reaped) is dead, another
+    user's process counts as alive."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    stat = proc_stat(pid)
+    return stat is None or stat[0] not in ("Z", "X")

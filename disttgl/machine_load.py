@@ -23,6 +23,8 @@ import os
 import time
 from typing import Any, Iterable
 
+from disttgl.lifetime import proc_stat
+
 CONTENDED_CORES = 0.5  # other processes busy on more than half a core
 # the fields of Interval.stop() that go into a metrics row (the others are raw inputs)
 ROW_FIELDS = ("load_avg", "cpu_count", "threads", "own_cores_busy", "other_cores_busy")
@@ -68,11 +70,10 @@ def busy_cpu_seconds(cores: Iterable[int] | None = None) -> float | None:
 
 def process_cpu_seconds(pid: int) -> float | None:
     """User + system CPU seconds of process ``pid`` so far (Linux ``/proc``); None if unknown."""
+    stat = proc_stat(pid)
     try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError, AttributeError):
+        return (int(stat[11]) + int(stat[12])) / os.sysconf("SC_CLK_TCK")  # fields 14, 15
+    except (TypeError, ValueError, IndexError, AttributeError):
         return None
 
 

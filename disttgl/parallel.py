@@ -45,7 +45,7 @@ from disttgl.atomic import atomic_path
 from disttgl.batch import Batch
 from disttgl.batches import BatchLoader, open_cache
 from disttgl.errors import DataError
-from disttgl.lifetime import exit_with_parent
+from disttgl.lifetime import exit_with_parent, pid_alive
 from disttgl.machine_load import Interval, others_busy, process_cpu_seconds
 from disttgl.memory import MemoryState, write_rows
 from disttgl.memory_server import MemoryClient, MemoryServerError, ServerPlan, start_server
@@ -156,7 +156,7 @@ class Liveness:
                 continue
             host, pid = info.split()
             if host == self.host:
-                if not _alive(int(pid)):
+                if not pid_alive(int(pid)):
                     dead.append(r)
             else:
                 remote.append(r)
@@ -165,20 +165,6 @@ class Liveness:
         before = {r: self._get(f"{self.prefix}/hb/{r}") for r in remote}
         time.sleep(4 * self.interval)
         return [r for r in remote if self._get(f"{self.prefix}/hb/{r}") == before[r]]
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-    except OSError:
-        try:
-            os.kill(pid, 0)
-            return True
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
 
 
 # ---------------------------------------------------------------------- gradients and memory

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from disttgl.errors import DataError
+from disttgl.lifetime import pid_alive, proc_stat
 
 # A dataset or run name becomes a directory under data_dir/results_dir: no "." or "..", nor a hidden
 # name (the schema's pattern alone lets both through, and "{dataset}" = ".." escapes data_dir).
@@ -152,28 +153,8 @@ def _hostname() -> str:
     return socket.gethostname()
 
 
-def _proc_stat(pid: int) -> list[str] | None:
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return text[text.rindex(")") + 2:].split()  # fields from 3 (state) on; the name may hold spaces
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether process ``pid`` runs on this host (a zombie, killed but not yet reaped, is dead)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    stat = _proc_stat(pid)
-    return stat is None or stat[0] != "Z"
-
-
 def _start_time(pid: int) -> str | None:
-    stat = _proc_stat(pid)
+    stat = proc_stat(pid)
     return stat[19] if stat else None  # field 22: start time in clock ticks since boot (tells a reused pid)
 
 
@@ -188,7 +169,7 @@ def _group_alive(pgid: int) -> bool:
     if not Path("/proc").is_dir():
         return True
     for d in Path("/proc").iterdir():
-        stat = _proc_stat(int(d.name)) if d.name.isdigit() else None
+        stat = proc_stat(int(d.name)) if d.name.isdigit() else None
         if stat and stat[2] == str(pgid) and stat[0] != "Z":  # fields 3 (state) and 5 (process group)
             return True
     return False  # only zombies left (killed, not yet reaped)
