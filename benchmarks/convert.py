@@ -25,7 +25,7 @@ import h5py
 import numpy as np
 import polars as pl
 
-from disttgl.convert import ConvertOptions, convert
+from disttgl.data.convert import ConvertOptions, convert
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 
@@ -119,7 +119,7 @@ def compare(name: str, path: Path, fmt: str, rows: int, tmp: Path, sep: str | No
 
 
 def peak_rss(path: Path, out: Path) -> dict:
-    code = ("import resource, time; from disttgl.convert import ConvertOptions, convert; s = time.perf_counter(); "
+    code = ("import resource, time; from disttgl.data.convert import ConvertOptions, convert; s = time.perf_counter(); "
             f"convert([{str(path)!r}], {str(out)!r}, ConvertOptions(fmt='snap')); "
             "print(time.perf_counter() - s, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

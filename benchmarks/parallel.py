@@ -62,10 +62,10 @@ def train(d: Path, layout: str, args: argparse.Namespace) -> dict:
               *(["--lr", str(args.lr)] if args.lr is not None else []),
               *(["--loss", args.loss] if args.loss else [])]
     if layout == "1x1x1":  # the single-process trainer with all the cores
-        cmd = [sys.executable, "-m", "disttgl.parallel", *common, *(["--threads", "1"] if one_thread else [])]
+        cmd = [sys.executable, "-m", "disttgl.train", *common, *(["--threads", "1"] if one_thread else [])]
     else:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
-               "-m", "disttgl.parallel", *common, "--threads", str(max(1, (os.cpu_count() or 2) // 2))]
+               "-m", "disttgl.train", *common, "--threads", str(max(1, (os.cpu_count() or 2) // 2))]
     if out.exists():
         for f in out.iterdir():
             f.unlink()

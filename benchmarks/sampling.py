@@ -26,10 +26,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from disttgl.batches import BatchLoader, BatchParams, BatchSampler, build_cache, open_cache
-from disttgl.bookkeeping import plan
-from disttgl.graph import Graph, build_tcsr, chronological_split, sha256_files, write_graph
-from disttgl.sampling import negative_candidates, prepare, recent_neighbors, sample_negatives
+from disttgl.cache.batch_cache import BatchLoader, BatchParams, BatchSampler, build_cache, open_cache
+from disttgl.cache.memory_clock import plan
+from disttgl.data.graph_store import Graph, build_tcsr, chronological_split, sha256_files, write_graph
+from disttgl.cache.sampling import negative_candidates, prepare, recent_neighbors, sample_negatives
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 WIKI = SHARED / "wikipedia" / "wikipedia.csv"
@@ -96,8 +96,8 @@ def best_of(fn, reps: int = 3) -> float:
 def train_step_time(cache_path: Path, g: Graph, batches: list[int]) -> float | None:
     """Median forward + backward + Adam step of the default TGN on cached batches (CPU)."""
     try:
-        from disttgl.memory import MemoryState
-        from disttgl.model import TGN, Features, ModelConfig, link_loss
+        from disttgl.models.memory import MemoryState
+        from disttgl.models.tgn import TGN, Features, ModelConfig, link_loss
     except ImportError:
         return None
     torch.manual_seed(0)

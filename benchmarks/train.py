@@ -8,9 +8,9 @@ graph store and batch cache in a temporary folder when they are not given. Repor
    load / forward / backward / memory write; peak RSS.
 2. The same steps with a straightforward attention (one Linear over the concatenated
    [h_u ‖ e ‖ phi(dt)] per neighbour slot, scatter softmax, advanced indexing) measured in the same
-   run: the baseline the per-root projections and hand-written backward passes of ``disttgl.model``
+   run: the baseline the per-root projections and hand-written backward passes of ``disttgl.models.tgn``
    are compared against. Rounds alternate the two and the best round of each counts.
-3. On CPU, when the fused C kernels (``disttgl.native``) built: the same steps with the model's
+3. On CPU, when the fused C kernels (``disttgl.models.native``) built: the same steps with the model's
    pure-torch attention path (``attn.fused = False``), also alternated, to show what they add.
 4. Eval events/s (49 negatives per positive, no gradient).
 
@@ -33,12 +33,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from disttgl import native
-from disttgl.batches import BatchLoader, BatchParams, build_cache, open_cache
-from disttgl.memory import MemoryState
-from disttgl.model import TGN, ModelConfig, TemporalAttention
+from disttgl.models import native
+from disttgl.cache.batch_cache import BatchLoader, BatchParams, build_cache, open_cache
+from disttgl.models.memory import MemoryState
+from disttgl.models.tgn import TGN, ModelConfig, TemporalAttention
 from disttgl.runtime import keep_freed_memory
-from disttgl.training import adam, evaluate, load_features, train_epoch
+from disttgl.train.fit import adam, evaluate, load_features, train_epoch
 
 WIKI = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "wikipedia" / "wikipedia.csv"
 

@@ -16,16 +16,16 @@ from disttgl.errors import DataError
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "fetch": ("disttgl.fetch", "download a registered dataset (checksummed, retried, atomic)"),
-    "convert": ("disttgl.convert", "convert raw event files into the HDF5 graph store"),
-    "synth": ("disttgl.synth", "generate the embedded synthetic dataset"),
-    "info": ("disttgl.info", "summarise a graph store"),
-    "datasets": ("disttgl.registry", "list the registered datasets"),
-    "batches": ("disttgl.batches", "precompute the mini-batch cache"),
-    "pretrain": ("disttgl.pretrain", "pretrain the static node memory"),
-    "train": ("disttgl.train", "train a TGN with (optional) static memory"),
-    "launch": ("disttgl.launch", "start i x j x k training: torchrun on one node, srun + torchrun per node under SLURM"),
-    "report": ("disttgl.report", "collect results into tables and plots"),
+    "fetch": ("disttgl.data.fetch", "download a registered dataset (checksummed, retried, atomic)"),
+    "convert": ("disttgl.data.convert", "convert raw event files into the HDF5 graph store"),
+    "synth": ("disttgl.data.synth", "generate the embedded synthetic dataset"),
+    "info": ("disttgl.data.info", "summarise a graph store"),
+    "datasets": ("disttgl.data.registry", "list the registered datasets"),
+    "batches": ("disttgl.cache.batch_cache", "precompute the mini-batch cache"),
+    "pretrain": ("disttgl.train.pretrain_command", "pretrain the static node memory"),
+    "train": ("disttgl.train.command", "train a TGN with (optional) static memory"),
+    "launch": ("disttgl.parallel.launch", "start i x j x k training: torchrun on one node, srun + torchrun per node under SLURM"),
+    "report": ("disttgl.report.tables", "collect results into tables and plots"),
 }
 
 

@@ -22,7 +22,7 @@ _NAME = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]*$")
 def check_config(config: dict[str, Any]) -> None:
     """Every dataset named must be known: synthetic, a custom dataset, or a registry entry; names
     stay inside their directories; every parallel layout fits the configured machines."""
-    from disttgl.registry import get_dataset
+    from disttgl.data.registry import get_dataset
 
     check_names(config)
     check_parallel(config)
@@ -45,7 +45,7 @@ def convert_arguments_for(config: dict[str, Any], dataset: str, inputs: list[str
     """The `disttgl convert` arguments (inputs and flags, without --out) for one dataset, shell-quoted."""
     custom = (config.get("custom_datasets") or {}).get(dataset)
     if custom is None:
-        from disttgl.registry import convert_arguments
+        from disttgl.data.registry import convert_arguments
 
         return shlex.join(convert_arguments(dataset, inputs[0]))
     args = [*custom["files"], "--format", custom["format"]]
@@ -82,12 +82,12 @@ def check_names(config: dict[str, Any]) -> None:
 
 def check_parallel(config: dict[str, Any]) -> None:
     """Each layout in ``parallel.configs`` must be launchable as the rule train_parallel launches it:
-    ``nodes`` torchruns of ``world / nodes`` trainers each (disttgl.launch). So ``nodes`` must divide k
+    ``nodes`` torchruns of ``world / nodes`` trainers each (disttgl.parallel.launch). So ``nodes`` must divide k
     (a memory copy, i·j consecutive ranks, never spans machines; this also makes world divisible by
     nodes) and ``world / nodes`` must fit in ``procs_per_node`` (or ``gpus_per_node``), the trainers
     one machine holds. Fewer is allowed (e.g. a 1x1x1 reference layout on a 2-trainer machine): the
     launch only needs room, not a full machine. With neither set, only the first rule applies."""
-    from disttgl.schedule import Layout
+    from disttgl.parallel.schedule import Layout
 
     par = config.get("parallel") or {}
     configs = par.get("configs") or []
@@ -112,7 +112,7 @@ def check_parallel(config: dict[str, Any]) -> None:
                             f"machine(s) need {per_node} per machine, but {room_key} = {room}")
 
 
-# The batch cache's file name holds every disttgl.batches.BatchParams field (the content depends on
+# The batch cache's file name holds every disttgl.cache.batch_cache.BatchParams field (the content depends on
 # each; i is minibatch_parallelism), so a changed parameter never reuses a stale cache. The rule
 # `batches` reads them back from the name's wildcards. tests/test_workflow.py checks the field list.
 CACHE_NAME = "b{batch_size}-i{i}-n{neighbors}-{strategy}-s{seed}-neg{neg_sets}-ev{eval_negatives}-tgl{tgl_compat}"

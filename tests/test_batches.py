@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 import torch
 
-from disttgl.batch import Batch
-from disttgl.batches import BatchLoader, BatchParams, build_cache, open_cache
-from disttgl.bookkeeping import plan
+from disttgl.cache.batch import Batch
+from disttgl.cache.batch_cache import BatchLoader, BatchParams, build_cache, open_cache
+from disttgl.cache.memory_clock import plan
 from disttgl.cli import main
 from disttgl.errors import DataError
-from disttgl.graph import Graph, build_tcsr, chronological_split, write_graph
-from disttgl.sampling import recent_neighbors
+from disttgl.data.graph_store import Graph, build_tcsr, chronological_split, write_graph
+from disttgl.cache.sampling import recent_neighbors
 
 SPLITS = ("train", "val", "test")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from disttgl.bookkeeping import MemoryState, groups, plan, split_batches, write_masks
+from disttgl.cache.memory_clock import MemoryState, groups, plan, split_batches, write_masks
 
 
 def _events(seed: int, e: int = 257, n: int = 15):

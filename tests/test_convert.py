@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from disttgl.cli import main
-from disttgl.convert import ConvertOptions, convert
-from disttgl.graph import build_tcsr, graph_info, load_graph
+from disttgl.data.convert import ConvertOptions, convert
+from disttgl.data.graph_store import build_tcsr, graph_info, load_graph
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 
@@ -271,7 +271,7 @@ def test_unknown_format(tmp_path, capsys):
     assert exc.value.code != 0
     assert "parquet" in capsys.readouterr().err
     from disttgl.errors import DataError
-    from disttgl.readers import read_events
+    from disttgl.data.readers import read_events
 
     with pytest.raises(DataError, match="unknown format 'parquet'"):
         read_events([f], "parquet")
@@ -308,7 +308,7 @@ def test_killed_write_leaves_no_valid_file(tmp_path, monkeypatch):
     """A failure while writing the store removes the partial file: nothing at the final path."""
     f = tmp_path / "e.txt"
     f.write_text("1 2 1\n2 3 2\n")
-    import disttgl.graph as graph_mod
+    import disttgl.data.graph_store as graph_mod
 
     def boom(*a, **k):
         raise RuntimeError("killed")

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 
-import disttgl.registry
+import disttgl.data.registry
 from disttgl.cli import main
 from disttgl.errors import DataError
-from disttgl.fetch import fetch
-from disttgl.registry import Dataset, RemoteFile
+from disttgl.data.fetch import fetch
+from disttgl.data.registry import Dataset, RemoteFile
 
 PAYLOAD = b"u,i,ts,label\n" + b"".join(b"%d,%d,%d.0,0\n" % (i % 7, 7 + i % 3, i) for i in range(500))
 OTHER = b"1 2 10\n2 3 11\n3 1 12\n"
@@ -192,7 +192,7 @@ def test_gzip_entry_is_decompressed_and_unknown_hash_is_recorded(server, tmp_pat
     (server.root / "msgs.txt.gz").write_bytes(packed)
     out = tmp_path / "out"
     reg = one_file(server.url, "msgs.txt.gz", None, gz=True)
-    with caplog.at_level(logging.WARNING, logger="disttgl.fetch"):
+    with caplog.at_level(logging.WARNING, logger="disttgl.data.fetch"):
         paths = fetch("TESTSET", out, registry=reg, retries=0)
     assert paths == [out / "msgs.txt"]
     assert paths[0].read_bytes() == OTHER
@@ -243,13 +243,13 @@ def test_unknown_dataset(tmp_path, capsys):
 
 def test_cli(server, tmp_path, monkeypatch, capsys):
     (server.root / "data.csv").write_bytes(PAYLOAD)
-    monkeypatch.setattr(disttgl.registry, "DATASETS", one_file(unused_url(), "data.csv", sha(PAYLOAD)))
+    monkeypatch.setattr(disttgl.data.registry, "DATASETS", one_file(unused_url(), "data.csv", sha(PAYLOAD)))
     out = tmp_path / "out"
     assert main(["fetch", "testalias", "--out", str(out), "--mirror", server.url, "--retries", "0"]) == 0
     assert capsys.readouterr().out.split() == [str(out / "data.csv")]
     assert (out / "data.csv").read_bytes() == PAYLOAD
     # checksum mismatch through the CLI: non-zero exit, message names the file, nothing left
-    monkeypatch.setattr(disttgl.registry, "DATASETS", one_file(server.url, "data.csv", "2" * 64))
+    monkeypatch.setattr(disttgl.data.registry, "DATASETS", one_file(server.url, "data.csv", "2" * 64))
     bad = tmp_path / "bad"
     assert main(["fetch", "TESTSET", "--out", str(bad), "--retries", "0"]) == 2
     assert "data.csv" in capsys.readouterr().err
@@ -265,13 +265,13 @@ def test_fetch_then_convert_collegemsg(server, tmp_path, capsys):
     raw = SHARED / "collegemsg" / "CollegeMsg.txt"
     if not raw.exists():
         pytest.skip(f"{raw} not present (real datasets live in ../shared/datasets)")
-    pytest.importorskip("disttgl.convert")
+    pytest.importorskip("disttgl.data.convert")
     (server.root / "CollegeMsg.txt.gz").write_bytes(gzip.compress(raw.read_bytes()))
     out = tmp_path / "raw"
     assert main(["fetch", "collegemsg", "--out", str(out), "--mirror", server.url, "--retries", "0"]) == 0
     assert (out / "CollegeMsg.txt").read_bytes() == raw.read_bytes()
     graph = tmp_path / "graph.h5"
-    assert main(["convert", *disttgl.registry.convert_arguments("uci", out), "--out", str(graph)]) == 0
+    assert main(["convert", *disttgl.data.registry.convert_arguments("uci", out), "--out", str(graph)]) == 0
     capsys.readouterr()
     assert main(["info", str(graph), "--json"]) == 0
     info = json.loads(capsys.readouterr().out)

@@ -11,8 +11,8 @@ import pytest
 
 from disttgl.cli import main
 from disttgl.errors import DataError
-from disttgl.graph import graph_info, load_graph, load_tcsr, read_attrs, write_graph
-from disttgl.synth import SynthConfig, generate
+from disttgl.data.graph_store import graph_info, load_graph, load_tcsr, read_attrs, write_graph
+from disttgl.data.synth import SynthConfig, generate
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 
@@ -46,7 +46,7 @@ def _first_row_with(path, at_least):
 
 
 def test_valid_store_loads_and_checks(store):
-    from disttgl.graph import check_graph
+    from disttgl.data.graph_store import check_graph
 
     g = load_graph(store)
     check_graph(g, store)
@@ -198,7 +198,7 @@ def test_batches_cli_refuses_a_truncated_store(copy, capsys):
 @pytest.mark.skipif(not (SHARED / "wikipedia" / "wikipedia.csv").exists(),
                     reason="../shared/datasets/wikipedia is absent")
 def test_real_store_passes_the_checks(tmp_path):
-    from disttgl.convert import ConvertOptions, convert
+    from disttgl.data.convert import ConvertOptions, convert
 
     for directed in (False, True):
         out = tmp_path / f"wiki{directed}.h5"

@@ -7,8 +7,8 @@ import os
 import pytest
 import torch
 
-from disttgl import native
-from disttgl.kernels import cos_encoding, dense_slots, dropout, dropout_scale, slot_attention, slot_layout
+from disttgl.models import native
+from disttgl.models.kernels import cos_encoding, dense_slots, dropout, dropout_scale, slot_attention, slot_layout
 
 
 def _double(*shape, seed=0, grad=True):
@@ -122,7 +122,7 @@ def test_dropout_rate_scale_determinism_and_gradient():
     assert torch.equal(x.grad, y.detach())  # d/dx (x * mask * 1.25) with x = 1
 
 
-# ----------------------------------------------------------------- fused C kernels (disttgl.native)
+# ----------------------------------------------------------------- fused C kernels (disttgl.models.native)
 
 @pytest.fixture(scope="module")
 def kernels():
@@ -227,7 +227,7 @@ def test_without_native_kernels_the_model_falls_back(monkeypatch, caplog):
 
 
 def test_fused_link_scores_match_the_predictor(kernels):
-    from disttgl.model import LinkPredictor
+    from disttgl.models.tgn import LinkPredictor
 
     torch.manual_seed(0)
     predictor = LinkPredictor(16)

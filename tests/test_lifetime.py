@@ -13,7 +13,7 @@ import psutil
 import pytest
 
 from disttgl.errors import DataError
-from disttgl.run_lock import run_dir_lock
+from disttgl.train.run_lock import run_dir_lock
 
 CHILD = """
 import time
@@ -49,7 +49,7 @@ def test_a_child_exits_when_its_parent_is_killed(fallback):
 
 HOLDER = textwrap.dedent("""
     import sys, time
-    from disttgl.run_lock import run_dir_lock
+    from disttgl.train.run_lock import run_dir_lock
     with run_dir_lock(sys.argv[1], wait=0):
         print("locked", flush=True)
         time.sleep(float(sys.argv[2]))

@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from disttgl import machine_load
-from disttgl.machine_load import Interval, summarize
+from disttgl.train import machine_load
+from disttgl.train.machine_load import Interval, summarize
 
 SPIN = "import time\nt = time.time()\nwhile time.time() - t < 5: pass\n"
 

@@ -9,8 +9,8 @@ import time
 import numpy as np
 import pytest
 
-from disttgl.memory_server import MemoryClient, MemoryServerError, ServerPlan, start_server, stream_ranks
-from disttgl.schedule import Layout, step
+from disttgl.parallel.memory_server import MemoryClient, MemoryServerError, ServerPlan, start_server, stream_ranks
+from disttgl.parallel.schedule import Layout, step
 
 N, DIM = 12, 2
 

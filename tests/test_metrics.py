@@ -7,7 +7,7 @@ import pytest
 import torch
 from sklearn.metrics import average_precision_score
 
-from disttgl.metrics import NonFiniteScores, RankingMetrics, average_precision, ranking_metrics, reciprocal_ranks
+from disttgl.train.metrics import NonFiniteScores, RankingMetrics, average_precision, ranking_metrics, reciprocal_ranks
 
 
 @pytest.mark.parametrize("seed", range(5))

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from disttgl.batch import Batch
-from disttgl.memory import MemoryState
-from disttgl.model import TGN, Features, ModelConfig, TimeEncode, link_loss
+from disttgl.cache.batch import Batch
+from disttgl.models.memory import MemoryState
+from disttgl.models.tgn import TGN, Features, ModelConfig, TimeEncode, link_loss
 
 N, E = 12, 40
 
@@ -207,7 +207,7 @@ def test_cuda_matches_cpu():
 
 
 def test_attention_gradients_match_finite_differences():
-    """The attention's hand-written backward passes (disttgl.kernels) against numerical gradients."""
+    """The attention's hand-written backward passes (disttgl.models.kernels) against numerical gradients."""
     m = model().double().eval()
     batch, feats = small_batch(), features()
     a = m.attn

@@ -15,13 +15,13 @@ import numpy as np
 import pytest
 import torch
 
-from disttgl.batches import BatchLoader, open_cache
+from disttgl.cache.batch_cache import BatchLoader, open_cache
 from disttgl.errors import DataError
-from disttgl.memory import MemoryState
-from disttgl.model import TGN
-from disttgl.parallel import Env, allreduce_grads, resolve_layout, table_state
-from disttgl.schedule import Layout
-from disttgl.training import TrainConfig, evaluate, load_features, model_config
+from disttgl.models.memory import MemoryState
+from disttgl.models.tgn import TGN
+from disttgl.parallel.scheduled import Env, allreduce_grads, resolve_layout, table_state
+from disttgl.parallel.schedule import Layout
+from disttgl.train.fit import TrainConfig, evaluate, load_features, model_config
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL = ["--dim", "16", "--time-dim", "16", "--heads", "2", "--no-progress", "--timeout", "60"]
@@ -154,7 +154,7 @@ def _grad_worker(rank: int, path: str, init: str, batches: list) -> None:
     torch.manual_seed(0)
     model, feats, batch, state = batches[0], batches[1], batches[2 + rank], batches[4]
     pos, neg, _ = model(batch, feats, *state.gather(batch))
-    from disttgl.model import link_loss
+    from disttgl.models.tgn import link_loss
 
     link_loss(pos, neg).backward()
     params = [p for p in model.parameters()]
@@ -177,7 +177,7 @@ def test_allreduced_gradient_is_the_mean_of_single_process_gradients(data, tmp_p
     for b in (b0, b1):
         model.zero_grad()
         pos, neg, _ = model(b, feats, *state.gather(b))
-        from disttgl.model import link_loss
+        from disttgl.models.tgn import link_loss
 
         link_loss(pos, neg).backward()
         grads.append([p.grad.clone() for p in model.parameters()])
@@ -241,7 +241,7 @@ def test_two_nodes_on_localhost_with_two_memory_copies(data):
     cmds = []
     for n in range(2):
         cmds.append([sys.executable, "-m", "torch.distributed.run", *launcher(n), "--nproc-per-node=1",
-                     "-m", "disttgl.parallel", "g.h5", "c1.h5", "--out", "twonode", "--parallelism", "1x1x2",
+                     "-m", "disttgl.train", "g.h5", "c1.h5", "--out", "twonode", "--parallelism", "1x1x2",
                      "--epochs", "2", "--threads", "1", *MODEL])  # two "machines" share 2 cores
     procs = [subprocess.Popen(c, cwd=data, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
              for c in cmds]
@@ -273,7 +273,7 @@ def test_needs_torchrun_for_more_than_one_rank(data, tmp_path):
 
 
 def test_launch_command_one_node_and_slurm():
-    from disttgl.launch import command
+    from disttgl.parallel.launch import command
 
     one = command(1, 2, ["g.h5", "c.h5", "--out", "o", "--parallelism", "1x2x1"], env={})
     assert "--standalone" in one and "--nproc-per-node=2" in one and one[-6:] == ["g.h5", "c.h5", "--out", "o",
@@ -290,7 +290,7 @@ def test_ranks_and_memory_servers_exit_when_torchrun_is_killed(data):
     memory server) training into a run directory that a rerun uses."""
     import psutil
 
-    from disttgl.run_lock import run_dir_lock
+    from disttgl.train.run_lock import run_dir_lock
 
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
            "-m", "disttgl.train", "g.h5", "c1.h5", "--out", "orphans", "--parallelism", "1x2x1",
@@ -301,7 +301,7 @@ def test_ranks_and_memory_servers_exit_when_torchrun_is_killed(data):
         kids: list = []
         while time.monotonic() < deadline:  # two ranks and copy 0's memory server
             kids = psutil.Process(proc.pid).children(recursive=True)
-            if sum("disttgl.memory_server" in " ".join(k.cmdline()) for k in kids) == 1 and len(kids) >= 3:
+            if sum("disttgl.parallel.memory_server" in " ".join(k.cmdline()) for k in kids) == 1 and len(kids) >= 3:
                 break
             time.sleep(0.5)
         else:

@@ -11,7 +11,7 @@ import pytest
 
 from disttgl.cli import main
 from disttgl.errors import DataError
-from disttgl.registry import DATASETS, FORMATS, convert_arguments, get_dataset, raw_paths
+from disttgl.data.registry import DATASETS, FORMATS, convert_arguments, get_dataset, raw_paths
 
 
 def test_entries_are_consistent():
@@ -87,7 +87,7 @@ def test_convert_arguments():
 
 
 def test_convert_arguments_parse_with_convert():
-    convert = pytest.importorskip("disttgl.convert")
+    convert = pytest.importorskip("disttgl.data.convert")
     import argparse
     parser = argparse.ArgumentParser()
     convert.add_arguments(parser)

@@ -6,7 +6,7 @@ import itertools
 
 import pytest
 
-from disttgl.schedule import Layout, choose_parallelism, passes, schedule, step
+from disttgl.parallel.schedule import Layout, choose_parallelism, passes, schedule, step
 
 
 def row(steps, n=None):

@@ -9,8 +9,8 @@ import pytest
 
 from disttgl import cli
 from disttgl.errors import DataError
-from disttgl.graph import load_graph, write_graph
-from disttgl.synth import SynthConfig, generate, plant
+from disttgl.data.graph_store import load_graph, write_graph
+from disttgl.data.synth import SynthConfig, generate, plant
 
 SMALL = SynthConfig(events=3000, nodes=80, edge_dim=8, seed=3)
 

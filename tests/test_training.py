@@ -14,16 +14,16 @@ import numpy as np
 import pytest
 import torch
 
-from disttgl.batches import BatchParams, build_cache, open_cache
+from disttgl.cache.batch_cache import BatchParams, build_cache, open_cache
 from disttgl.cli import main
-from disttgl.memory import MemoryState
-from disttgl.synth import SynthConfig, generate
-from disttgl.graph import build_tcsr, load_graph, write_graph
+from disttgl.models.memory import MemoryState
+from disttgl.data.synth import SynthConfig, generate
+from disttgl.data.graph_store import build_tcsr, load_graph, write_graph
 from disttgl.errors import DataError
-from disttgl.training import (Features, NonFiniteError, TrainConfig, _config_changes, evaluate, improves,
+from disttgl.train.fit import (Features, NonFiniteError, TrainConfig, _config_changes, evaluate, improves,
                               load_features, load_static, nodes_with_training_events, pretrain,
                               resumable_checkpoint, save_static, train, train_epoch)
-from disttgl.model import TGN, ModelConfig
+from disttgl.models.tgn import TGN, ModelConfig
 
 REPO = Path(__file__).parents[1]
 # loss "ce": the thresholds below were measured with it (the default is now "bce")
@@ -132,7 +132,7 @@ def test_train_epoch_reads_before_writing_each_batch(data):
 
 KILLER = """
 import os, signal, sys
-from disttgl import training
+from disttgl.train import fit as training
 orig, calls = training.train_epoch, []
 def killing(model, memory, batches, *a, **kw):
     calls.append(1)
@@ -392,7 +392,7 @@ def test_static_memory_with_nan_rows_or_without_checksum_is_refused(data, tmp_pa
 
 
 def test_derived_lr_follows_the_training_batches_an_epoch():
-    from disttgl.training import derive_lr
+    from disttgl.train.fit import derive_lr
 
     assert derive_lr(184) == pytest.approx(5e-4)  # Wikipedia at batch 600: the best measured
     assert derive_lr(70) == pytest.approx(5e-4)  # CollegeMsg: mid-sized streams keep the base
@@ -405,7 +405,7 @@ def test_derived_lr_follows_the_training_batches_an_epoch():
 def test_no_flags_give_the_measured_best_settings_and_the_preset_gives_disttgl(data, tmp_path, caplog):
     import argparse
 
-    from disttgl.train import add_arguments, train_config
+    from disttgl.train.command import add_arguments, train_config
 
     def parse(*flags):
         p = argparse.ArgumentParser()
@@ -417,12 +417,12 @@ def test_no_flags_give_the_measured_best_settings_and_the_preset_gives_disttgl(d
     assert (parse("--preset", "disttgl").lr, parse("--preset", "disttgl").loss) == (1e-4, "ce")
     assert parse("--preset", "disttgl", "--lr", "3e-4", "--loss", "bce").lr == 3e-4  # flags win
     assert parse("--preset", "disttgl", "--lr", "3e-4", "--loss", "bce").loss == "bce"
-    from disttgl.batches import open_cache
-    from disttgl.training import derive_lr
+    from disttgl.cache.batch_cache import open_cache
+    from disttgl.train.fit import derive_lr
 
     with open_cache(data[1]) as c:
         nb = c.num_batches("train")
-    with caplog.at_level("INFO", logger="disttgl.training"):
+    with caplog.at_level("INFO", logger="disttgl.train.fit"):
         s = train(cfg(data, tmp_path / "derived", epochs=1, lr=None))
     assert s["lr"] == pytest.approx(derive_lr(nb)) and s["config"]["lr"] is None
     assert f"derived from {nb} training batches" in caplog.text

@@ -51,7 +51,7 @@ def test_dry_run_lists_fetch_and_convert_for_a_registry_dataset(workdir):
 def test_data_stage_builds_the_synthetic_store(workdir):
     proc = snakemake(workdir, "--cores", "2", "data/synthetic/graph.h5")
     assert proc.returncode == 0, proc.stderr
-    from disttgl.graph import graph_info
+    from disttgl.data.graph_store import graph_info
 
     info = graph_info(workdir / "data" / "synthetic" / "graph.h5")
     config = yaml.safe_load((REPO / "config.yaml").read_text())
@@ -100,7 +100,7 @@ def test_custom_dataset_through_the_workflow(workdir):
     (workdir / "config.yaml").write_text(yaml.safe_dump(config))
     proc = snakemake(workdir, "--cores", "1", "data/mylog/graph.h5")
     assert proc.returncode == 0, proc.stderr
-    from disttgl.graph import graph_info
+    from disttgl.data.graph_store import graph_info
 
     info = graph_info(workdir / "data" / "mylog" / "graph.h5")
     assert info["num_events"] == 60 and info["num_nodes"] == 12 and info["bipartite"]
@@ -184,7 +184,7 @@ def test_data_stage_in_directories_with_spaces_and_semicolons(workdir):
     data = workdir / "my data;touch pwned"
     proc = snakemake(workdir, "--cores", "1", f"{data.name}/synthetic/graph.h5", f"{data.name}/mylog/graph.h5")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    from disttgl.graph import graph_info
+    from disttgl.data.graph_store import graph_info
 
     assert graph_info(data / "synthetic" / "graph.h5")["num_events"] == 500
     assert graph_info(data / "mylog" / "graph.h5")["num_events"] == 60
@@ -192,7 +192,7 @@ def test_data_stage_in_directories_with_spaces_and_semicolons(workdir):
 
 
 def test_batch_cache_name_holds_every_batch_parameter():
-    from disttgl.batches import BatchParams
+    from disttgl.cache.batch_cache import BatchParams
 
     fields = {f.name for f in dataclasses.fields(BatchParams)} - {"minibatch_parallelism"}
     assert set(re.findall(r"{(\w+)}", CACHE_NAME)) == fields | {"i"}

@@ -109,7 +109,7 @@ class RunResult:
         m = self.machine
         if not m or not m["contended"]:
             return ""
-        # the fields disttgl.machine_load.summarize writes
+        # the fields disttgl.train.machine_load.summarize writes
         busy, cpus, load = _num(m.get("other_cores_busy_max")), m.get("cpu_count"), _num(m.get("load_avg_max"))
         used = "?" if busy is None else f"{busy:.1f}"
         of = f" of {cpus}" if isinstance(cpus, int) and not isinstance(cpus, bool) else ""
@@ -534,7 +534,7 @@ def _write_text(path: Path, text: str) -> None:
 def write_report(runs: Sequence[RunResult], out: str | os.PathLike, tta_fraction: float = DEFAULT_TTA_FRACTION,
                  machine: dict[str, str] | None = None) -> list[Path]:
     """Write every report file into ``out``; returns their paths (``OUTPUTS`` order)."""
-    from disttgl import plots  # matplotlib only when figures are drawn
+    from disttgl.report import plots  # matplotlib only when figures are drawn
 
     out = Path(out)
     acc, abl = accuracy_rows(runs, tta_fraction), ablation_rows(runs)

@@ -1,7 +1,7 @@
 """Memory server: one process per memory copy owns node memory and mail, in shared memory, and
 serialises the copy's reads and writes in schedule order (docs/design.md §5).
 
-For every stream step ``u`` of its copy (see :mod:`disttgl.schedule`) the server: zeroes the memory
+For every stream step ``u`` of its copy (see :mod:`disttgl.parallel.schedule`) the server: zeroes the memory
 when the copy wraps to batch 0, serves ``read(u)`` to the ``i`` trainers holding step ``u`` (all
 before any of their writes, so the ``i`` sub-batches see the same state), then applies their
 ``write(u)``; at the end of every pass it answers the copy leader's ``flush`` (the leader copies the
@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from disttgl.lifetime import exit_with_parent
-from disttgl.schedule import Layout, step
+from disttgl.parallel.schedule import Layout, step
 
 log = logging.getLogger(__name__)
 
@@ -258,7 +258,7 @@ def start_server(plan: ServerPlan, directory: str | os.PathLike | None = None) -
     d = Path(directory or tempfile.gettempdir())
     address = str(d / f"disttgl-mem-{os.getpid()}-{plan.copy}-{secrets.token_hex(4)}.sock")
     authkey = secrets.token_bytes(16)
-    proc = subprocess.Popen([sys.executable, "-m", "disttgl.memory_server", json.dumps(asdict(plan)), address],
+    proc = subprocess.Popen([sys.executable, "-m", "disttgl.parallel.memory_server", json.dumps(asdict(plan)), address],
                             stdin=subprocess.PIPE)
     proc.stdin.write(authkey.hex().encode() + b"\n")  # the key never shows in `ps`
     proc.stdin.close()

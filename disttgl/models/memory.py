@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from disttgl.batch import Batch
+from disttgl.cache.batch import Batch
 
 
 @dataclass

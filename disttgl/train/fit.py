@@ -30,16 +30,16 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from disttgl import machine_load
+from disttgl.train import machine_load
 from disttgl.atomic import atomic_path
-from disttgl.batch import Batch
-from disttgl.batches import BatchLoader, open_cache
+from disttgl.cache.batch import Batch
+from disttgl.cache.batch_cache import BatchLoader, open_cache
 from disttgl.errors import DataError
-from disttgl.graph import load_graph, read_attrs
-from disttgl.memory import MemoryState
-from disttgl.metrics import RankingMetrics
-from disttgl.model import TGN, Features, ModelConfig, link_loss
-from disttgl.run_lock import run_dir_lock
+from disttgl.data.graph_store import load_graph, read_attrs
+from disttgl.models.memory import MemoryState
+from disttgl.train.metrics import RankingMetrics
+from disttgl.models.tgn import TGN, Features, ModelConfig, link_loss
+from disttgl.train.run_lock import run_dir_lock
 from disttgl.runtime import keep_freed_memory
 
 log = logging.getLogger(__name__)
@@ -417,7 +417,7 @@ def _train(cfg: TrainConfig) -> dict[str, Any]:
 def run_summary(history: list[dict[str, Any]], best: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
     """``summary.json`` fields shared by the single-process and distributed trainers.
 
-    ``machine``: :func:`disttgl.machine_load.summarize` of the rows' load fields, so a speed measured
+    ``machine``: :func:`disttgl.train.machine_load.summarize` of the rows' load fields, so a speed measured
     while other processes used our cores is flagged (``contended``)."""
     rates = [r["train_events_per_s"] for r in history]
     return {"best_epoch": best["best_epoch"], "test_ap": best.get("test_ap"), "test_mrr": best.get("test_mrr"),

@@ -1,9 +1,9 @@
 """Distributed i x j x k training (docs/design.md §5): one process per trainer, launched by torchrun.
 
 ``torchrun --nproc-per-node W -m disttgl.train GRAPH CACHE --out DIR --parallelism IxJxK``.
-Every rank follows the pure schedule (:mod:`disttgl.schedule`); each memory copy has a local
-memory server (:mod:`disttgl.memory_server`) started by its first rank. The training step itself is
-the single-process one (:func:`disttgl.training.train_epoch`): this module only feeds it the
+Every rank follows the pure schedule (:mod:`disttgl.parallel.schedule`); each memory copy has a local
+memory server (:mod:`disttgl.parallel.memory_server`) started by its first rank. The training step itself is
+the single-process one (:func:`disttgl.train.fit.train_epoch`): this module only feeds it the
 scheduled batches, a memory adapter that reads and writes through the server, and an optimizer
 wrapper that all-reduces gradients over all W ranks before every step (lr = base·W). Idle ranks
 (warm-up, a short last memory batch) join the all-reduce with zero gradients and take the same
@@ -42,18 +42,18 @@ import torch
 import torch.distributed as dist
 
 from disttgl.atomic import atomic_path
-from disttgl.batch import Batch
-from disttgl.batches import BatchLoader, open_cache
+from disttgl.cache.batch import Batch
+from disttgl.cache.batch_cache import BatchLoader, open_cache
 from disttgl.errors import DataError
 from disttgl.lifetime import exit_with_parent, pid_alive
-from disttgl.machine_load import Interval, others_busy, process_cpu_seconds
-from disttgl.memory import MemoryState, write_rows
-from disttgl.memory_server import MemoryClient, MemoryServerError, ServerPlan, start_server
-from disttgl.model import TGN
-from disttgl.run_lock import run_dir_lock
+from disttgl.train.machine_load import Interval, others_busy, process_cpu_seconds
+from disttgl.models.memory import MemoryState, write_rows
+from disttgl.parallel.memory_server import MemoryClient, MemoryServerError, ServerPlan, start_server
+from disttgl.models.tgn import TGN
+from disttgl.train.run_lock import run_dir_lock
 from disttgl.runtime import keep_freed_memory
-from disttgl.schedule import Layout, Step, choose_parallelism, memory_batches, passes, step
-from disttgl.training import (TrainConfig, adam, evaluate, improves, load_features, model_config, resolve_lr,
+from disttgl.parallel.schedule import Layout, Step, choose_parallelism, memory_batches, passes, step
+from disttgl.train.fit import (TrainConfig, adam, evaluate, improves, load_features, model_config, resolve_lr,
                               resumable_checkpoint, run_summary, save_checkpoint, seed_everything, train_epoch,
                               write_jsonl, write_summary)
 
@@ -556,14 +556,14 @@ def _summary(cfg: TrainConfig, layout: Layout, history: list[dict[str, Any]], be
 # ----------------------------------------------------------------------------------------- CLI
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from disttgl.train import add_arguments as add_train_arguments  # includes --parallelism, --timeout
+    from disttgl.train.command import add_arguments as add_train_arguments  # includes --parallelism, --timeout
 
     add_train_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
-    """Entry for ``disttgl train --parallelism`` and ``python -m disttgl.parallel``."""
-    from disttgl.train import train_config
+    """Entry for ``disttgl train --parallelism`` and ``python -m disttgl.train``."""
+    from disttgl.train.command import train_config
 
     cfg = train_config(args)
     replace(cfg, parallelism="1x1x1").check()
@@ -574,7 +574,7 @@ def run(args: argparse.Namespace) -> int:
     if spec in ("1x1x1", "1"):  # no server, no process group
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:
             raise DataError(None, f"--parallelism 1x1x1 is one process, torchrun started {os.environ['WORLD_SIZE']}")
-        from disttgl.training import train
+        from disttgl.train.fit import train
 
         train(replace(cfg, parallelism="1x1x1"))
         return 0
@@ -584,22 +584,3 @@ def run(args: argparse.Namespace) -> int:
         print(f"disttgl train: error: {exc}", file=sys.stderr, flush=True)
         return 1
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m disttgl.parallel", description=__doc__.splitlines()[0])
-    add_arguments(parser)
-    parser.add_argument("-v", "--verbose", action="store_true")
-    args = parser.parse_args(argv)
-    rank = os.environ.get("RANK", "-")
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format=f"%(asctime)s rank {rank} %(levelname)s %(name)s: %(message)s")
-    try:
-        return run(args)
-    except DataError as exc:
-        print(f"disttgl train: error: {exc}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

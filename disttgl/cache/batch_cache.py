@@ -44,11 +44,11 @@ import numpy as np
 import torch
 
 from disttgl.atomic import atomic_path
-from disttgl.batch import Batch
-from disttgl.bookkeeping import MemoryState, plan
+from disttgl.cache.batch import Batch
+from disttgl.cache.memory_clock import MemoryState, plan
 from disttgl.errors import DataError
-from disttgl.graph import SPLIT_NAMES, load_graph, read_attrs
-from disttgl.sampling import SamplerIndex, negative_candidates, prepare, sample_negatives, sample_neighbors
+from disttgl.data.graph_store import SPLIT_NAMES, load_graph, read_attrs
+from disttgl.cache.sampling import SamplerIndex, negative_candidates, prepare, sample_negatives, sample_neighbors
 
 log = logging.getLogger(__name__)
 

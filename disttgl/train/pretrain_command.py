@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 
-from disttgl.train import DEFAULTS, add_common_arguments, config_from_args
+from disttgl.train.command import DEFAULTS, add_common_arguments, config_from_args
 
 PRETRAIN_EPOCHS = 30  # Wikipedia's best table came at epoch 19, early stop at 22
 
@@ -26,13 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from disttgl.training import pretrain
+    from disttgl.train.fit import pretrain
 
     pretrain(config_from_args(args, patience=args.patience))
     return 0
-
-
-if __name__ == "__main__":
-    from disttgl.cli import main
-
-    raise SystemExit(main(["pretrain", *__import__("sys").argv[1:]]))

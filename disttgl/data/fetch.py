@@ -26,7 +26,7 @@ import pooch
 
 from disttgl.atomic import atomic_path, check_writable_dir
 from disttgl.errors import DataError
-from disttgl.registry import Dataset, RemoteFile, get_dataset
+from disttgl.data.registry import Dataset, RemoteFile, get_dataset
 
 log = logging.getLogger(__name__)
 

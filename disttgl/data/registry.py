@@ -17,8 +17,8 @@ from typing import Mapping
 
 from disttgl.errors import DataError
 
-from disttgl.convert import SPLIT_RULES as SPLITS
-from disttgl.readers import FORMATS
+from disttgl.data.convert import SPLIT_RULES as SPLITS
+from disttgl.data.readers import FORMATS
 
 
 @dataclass(frozen=True)

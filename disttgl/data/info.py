@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from disttgl.graph import graph_info
+from disttgl.data.graph_store import graph_info
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

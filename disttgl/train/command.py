@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from disttgl.training import PRESETS, TrainConfig
+from disttgl.train.fit import PRESETS, TrainConfig
 
 DEFAULTS = TrainConfig(graph="", cache="", out="")  # the CLI's defaults are the config's
 
@@ -67,16 +67,10 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
 
 def run(args: argparse.Namespace) -> int:
     if args.parallelism.replace(" ", "") not in ("1x1x1", "1") or int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        from disttgl.parallel import run as run_parallel  # i x j x k trainers, memory servers
+        from disttgl.parallel.scheduled import run as run_parallel  # i x j x k trainers, memory servers
 
         return run_parallel(args)
-    from disttgl.training import train
+    from disttgl.train.fit import train
 
     train(train_config(args))
     return 0
-
-
-if __name__ == "__main__":
-    from disttgl.cli import main
-
-    raise SystemExit(main(["train", *__import__("sys").argv[1:]]))

@@ -1,17 +1,17 @@
 """TGN with static node memory (DistTGL): GRU memory, one-layer temporal attention, link predictor.
 
-The model holds weights only. Node memory/mail (``disttgl.memory``), edge/node features and the
+The model holds weights only. Node memory/mail (``disttgl.models.memory``), edge/node features and the
 frozen static memory are passed in, so parallel trainers can read them from a memory server.
 
 Speed (CPU training is bound by passes over the per-neighbour-slot tensors):
 - the attention never builds keys and values per slot. With slots x = [h_u ‖ e_uv ‖ phi(dt)],
   q.k = (W_k^T q).x + q.b_k and sum(att v) = W_v sum(att x) + b_v sum(att), so the projections run
-  once per root and per slot only one dot product and one weighted sum remain (``disttgl.kernels``);
+  once per root and per slot only one dot product and one weighted sum remain (``disttgl.models.kernels``);
 - the slots sit in a padded [R, K] layout, so the softmax is dense instead of scatter ops;
 - the backward pass never builds per-slot gradients of h_u and phi(dt): they go straight into the
   gradients of h and of the time encoding's w and b (``_SlotAttention``);
 - on CPU that per-slot core runs in C kernels, one pass per root with its slots in cache
-  (``disttgl.native``), and so do evaluation's link scores over 49 negatives;
+  (``disttgl.models.native``), and so do evaluation's link scores over 49 negatives;
 - the GRU's input projection is split so that the mail (data) needs no input gradient.
 """
 
@@ -23,10 +23,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from disttgl import native
-from disttgl.batch import Batch
-from disttgl.kernels import cos_encoding, dropout_scale, slot_attention, slot_layout
-from disttgl.kernels import dropout as apply_dropout
+from disttgl.models import native
+from disttgl.cache.batch import Batch
+from disttgl.models.kernels import cos_encoding, dropout_scale, slot_attention, slot_layout
+from disttgl.models.kernels import dropout as apply_dropout
 
 
 @dataclass(frozen=True)
@@ -113,7 +113,7 @@ class TemporalAttention(nn.Module):
     # evaluation batch (30,600 roots) are 120 MiB each, and pieces under the allocator's 32 MiB
     # mmap threshold are reused instead of page-faulted in afresh
     eval_chunk = 4096
-    fused = True  # CPU float32: the C kernels of disttgl.native when they build (False: torch ops only)
+    fused = True  # CPU float32: the C kernels of disttgl.models.native when they build (False: torch ops only)
 
     def forward(self, h: torch.Tensor, root_idx: torch.Tensor, nbr_root: torch.Tensor,
                 nbr_idx: torch.Tensor, nbr_feat: torch.Tensor | None, nbr_dt: torch.Tensor) -> torch.Tensor:
@@ -165,7 +165,7 @@ class TemporalAttention(nn.Module):
 class LinkPredictor(nn.Module):
     """score(u, v) = out(ReLU(W_s z_u + W_d z_v))."""
 
-    fused = True  # without gradients on CPU: the C kernel of disttgl.native when it builds
+    fused = True  # without gradients on CPU: the C kernel of disttgl.models.native when it builds
 
     def __init__(self, dim: int):
         super().__init__()

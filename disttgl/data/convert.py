@@ -1,6 +1,6 @@
 """``disttgl convert``: raw event files -> the HDF5 graph store (docs/design.md §3).
 
-Steps: read (``disttgl.readers``), validate, compact ids to 0..N-1 (bipartite: items after users),
+Steps: read (``disttgl.data.readers``), validate, compact ids to 0..N-1 (bipartite: items after users),
 sort stably by time, split, add the zero sentinel edge-feature row, build the T-CSR, write atomically.
 """
 
@@ -16,8 +16,8 @@ from typing import Sequence
 import numpy as np
 
 from disttgl.errors import DataError
-from disttgl.graph import Graph, build_tcsr, chronological_split, sha256_files, write_graph
-from disttgl.readers import FORMATS, CsvColumns, RawEvents, SnapColumns, read_events
+from disttgl.data.graph_store import Graph, build_tcsr, chronological_split, sha256_files, write_graph
+from disttgl.data.readers import FORMATS, CsvColumns, RawEvents, SnapColumns, read_events
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ A training step is bound by passes over the [R, K, *] neighbour-slot tensors (R 
 slots each) and by cos/sin of the time encoding. Autograd's default chains make several passes
 where one will do, and ``bmm`` is slow when its inner dimension is small (the number of heads).
 The tests check each function against the plain autograd formula (values, and gradients by
-gradcheck). On CPU the attention core runs in the C kernels of ``disttgl.native`` when they build
+gradcheck). On CPU the attention core runs in the C kernels of ``disttgl.models.native`` when they build
 (``_FusedSlotAttention``, tested against ``_SlotAttention``); the torch version is the fallback
 and the only one on CUDA.
 """
@@ -19,8 +19,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from disttgl.graph import stable_argsort_ids
-from disttgl.native import NativeKernels, SlotInputs, ptr
+from disttgl.data.graph_store import stable_argsort_ids
+from disttgl.models.native import NativeKernels, SlotInputs, ptr
 
 
 class _CosEncoding(torch.autograd.Function):
@@ -200,7 +200,7 @@ def _time_part_grad(coef: torch.Tensor, values: torch.Tensor, dt: torch.Tensor,
 
 
 class _FusedSlotAttention(torch.autograd.Function):
-    """``_SlotAttention`` by the C kernels of ``disttgl.native``: one pass per root over its slots,
+    """``_SlotAttention`` by the C kernels of ``disttgl.models.native``: one pass per root over its slots,
     which stay in cache, instead of a dozen passes over [R, K, D] tensors; the time part is
     recomputed in the backward pass instead of stored. Float32 on CPU, at most one data part, which
     gets no gradient. The node part's gradient is the sum of ``_SlotAttention`` (A V, A sparse), taken
@@ -303,7 +303,7 @@ def slot_attention(layout: SlotLayout, c: torch.Tensor, keep: torch.Tensor | Non
 
     node = (src [S, D], q [R, H, D]); time = (dt [R * K] padded, w [D_t], b [D_t], q [R, H, D_t]);
     data = ((x [R, K, D_e], q [R, H, D_e]), ...). See ``_SlotAttention``. With ``native`` kernels
-    (``disttgl.native.kernels()``) CPU float32 inputs take the fused path, ``_FusedSlotAttention``.
+    (``disttgl.models.native.kernels()``) CPU float32 inputs take the fused path, ``_FusedSlotAttention``.
     """
     flat = (*node, *time, *(t for pair in data for t in pair))
     if _can_fuse(native, [c, *flat], data):

@@ -46,7 +46,7 @@ from dataclasses import asdict, dataclass, fields
 import numpy as np
 
 from disttgl.errors import DataError
-from disttgl.graph import Graph, build_tcsr, chronological_split, write_graph
+from disttgl.data.graph_store import Graph, build_tcsr, chronological_split, write_graph
 
 log = logging.getLogger(__name__)
 
