@@ -96,7 +96,7 @@ def best_of(fn, reps: int = 3) -> float:
 def train_step_time(cache_path: Path, g: Graph, batches: list[int]) -> float | None:
     """Median forward + backward + Adam step of the default TGN on cached batches (CPU)."""
     try:
-        from disttgl.models.memory import MemoryState
+        from disttgl.models.memory import NodeMemory
         from disttgl.models.tgn import TGN, Features, ModelConfig, link_loss
     except ImportError:
         return None
@@ -104,7 +104,7 @@ def train_step_time(cache_path: Path, g: Graph, batches: list[int]) -> float | N
     model = TGN(ModelConfig(edge_dim=g.edge_dim))
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
     feats = Features(edge_feat=torch.from_numpy(g.edge_feat))
-    mem = MemoryState.zeros(g.num_nodes, model.cfg.dim)
+    mem = NodeMemory.zeros(g.num_nodes, model.cfg.dim)
     times = []
     with open_cache(cache_path) as cache:
         for b in batches:

@@ -35,10 +35,10 @@ import torch.nn.functional as F
 
 from disttgl.models import native
 from disttgl.cache.batch_cache import BatchLoader, BatchParams, build_cache, open_cache
-from disttgl.models.memory import MemoryState
+from disttgl.models.memory import NodeMemory
 from disttgl.models.tgn import TGN, ModelConfig, TemporalAttention
 from disttgl.runtime import keep_freed_memory
-from disttgl.train.fit import adam, evaluate, load_features, train_epoch
+from disttgl.train.epoch import adam, evaluate, load_features, train_epoch
 
 WIKI = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "wikipedia" / "wikipedia.csv"
 
@@ -93,7 +93,7 @@ def build_inputs(tmp: Path) -> tuple[str, str]:
 
 
 def run_steps(model, feats, num_nodes, cache, items, device, sync):
-    memory = MemoryState.zeros(num_nodes, model.cfg.dim, device)
+    memory = NodeMemory.zeros(num_nodes, model.cfg.dim, device)
     opt = adam(model.parameters(), 1e-4)
     warm = BatchLoader(cache, "train", items[:3], device=device)
     train_epoch(model, memory, warm, opt, feats)
@@ -106,7 +106,7 @@ def run_steps(model, feats, num_nodes, cache, items, device, sync):
 
 
 def eval_speed(model, feats, num_nodes, cache, items, device) -> float:
-    memory = MemoryState.zeros(num_nodes, model.cfg.dim, device)
+    memory = NodeMemory.zeros(num_nodes, model.cfg.dim, device)
     batches = list(BatchLoader(cache, "val", items, device=device))
     t0 = time.perf_counter()
     evaluate(model, memory, batches, feats)

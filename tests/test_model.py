@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from disttgl.cache.batch import Batch
-from disttgl.models.memory import MemoryState
+from disttgl.models.memory import NodeMemory
 from disttgl.models.tgn import TGN, Features, ModelConfig, TimeEncode, link_loss
 
 N, E = 12, 40
@@ -63,7 +63,7 @@ def test_time_encoding_init_and_shape():
 @pytest.mark.parametrize("edge_dim,static_dim", [(4, 0), (0, 0), (4, 8), (4, 5)])
 def test_shapes_and_every_parameter_gets_a_gradient(edge_dim, static_dim):
     m, batch, feats = model(edge_dim, static_dim), small_batch(), features(edge_dim, static_dim)
-    mem = MemoryState.zeros(N, 8)
+    mem = NodeMemory.zeros(N, 8)
     mem.memory.normal_()
     mem.mail.normal_()
     pos, neg, new_mem = m(batch, feats, *mem.gather(batch))
@@ -126,7 +126,7 @@ def test_attention_matches_per_root_reference():
 
 def test_memory_written_only_for_masked_roots_with_partner_mail():
     batch = small_batch(write_mask=[True, False, False, True])  # write src 0 (event 0) and dst 6 (event 1)
-    mem = MemoryState.zeros(N, 8)
+    mem = NodeMemory.zeros(N, 8)
     new = torch.randn(len(batch.nodes), 8, requires_grad=True)
     mem.write(batch, new)
     idx = {int(n): i for i, n in enumerate(batch.nodes)}
@@ -140,7 +140,7 @@ def test_memory_written_only_for_masked_roots_with_partner_mail():
 
 def test_gru_input_uses_mail_edge_feature_and_time_gap():
     m, batch, feats = model(), small_batch(), features()
-    mem = MemoryState.zeros(N, 8)
+    mem = NodeMemory.zeros(N, 8)
     _, _, a = m(batch, feats, *mem.gather(batch))
     feats.edge_feat[batch.mail_eid[0]] += 1.0 if batch.mail_eid[0] < E else 0.0
     batch.mail_t[1] += 5.0
@@ -165,7 +165,7 @@ def test_static_memory_is_added_frozen():
     m, batch = model(static_dim=8), small_batch()
     assert isinstance(m.static_proj, torch.nn.Identity)  # same dims: added as is
     f1, f2 = features(static_dim=8), features(static_dim=8, seed=1)
-    mem = MemoryState.zeros(N, 8)
+    mem = NodeMemory.zeros(N, 8)
     m.eval()
     p1, _, _ = m(batch, f1, *mem.gather(batch))
     p2, _, _ = m(batch, f2, *mem.gather(batch))
@@ -198,11 +198,11 @@ def test_cuda_matches_cpu():
     if not torch.cuda.is_available():
         pytest.skip("no CUDA device")
     m, batch, feats = model().eval(), small_batch(), features()
-    mem = MemoryState.zeros(N, 8)
+    mem = NodeMemory.zeros(N, 8)
     cpu = m(batch, feats, *mem.gather(batch))[0]
     mc = m.cuda()
     fc = Features(edge_feat=feats.edge_feat.cuda())
-    gpu = mc(batch.to("cuda"), fc, *MemoryState.zeros(N, 8, "cuda").gather(batch.to("cuda")))[0]
+    gpu = mc(batch.to("cuda"), fc, *NodeMemory.zeros(N, 8, "cuda").gather(batch.to("cuda")))[0]
     assert torch.allclose(cpu, gpu.cpu(), atol=1e-5)
 
 

@@ -17,11 +17,14 @@ import torch
 
 from disttgl.cache.batch_cache import BatchLoader, open_cache
 from disttgl.errors import DataError
-from disttgl.models.memory import MemoryState
+from disttgl.models.memory import NodeMemory
 from disttgl.models.tgn import TGN
-from disttgl.parallel.scheduled import Env, allreduce_grads, resolve_layout, table_state
+from disttgl.parallel.gradients import allreduce_grads
+from disttgl.parallel.served_memory import table_state
+from disttgl.parallel.torchrun import Env, resolve_layout
 from disttgl.parallel.schedule import Layout
-from disttgl.train.fit import TrainConfig, evaluate, load_features, model_config
+from disttgl.train.config import TrainConfig
+from disttgl.train.epoch import evaluate, load_features, model_config
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL = ["--dim", "16", "--time-dim", "16", "--heads", "2", "--no-progress", "--timeout", "60"]
@@ -68,7 +71,7 @@ def sweep(model, feats, n: int, cache: Path, batches: list[int], group: int) -> 
     """One trainer's memory after training ``batches`` in order, ``group`` at a time reading the state
     before the group (a memory batch of group·B events); returns the [N, 3d] memory‖mail table."""
     torch.set_num_threads(1)
-    mem = MemoryState.zeros(n, 16)
+    mem = NodeMemory.zeros(n, 16)
     with open_cache(cache) as c:
         for g0 in range(0, len(batches), group):
             part = [c.batch("train", b, 0) for b in batches[g0:g0 + group]]
@@ -168,7 +171,7 @@ def test_allreduced_gradient_is_the_mean_of_single_process_gradients(data, tmp_p
     feats, graph = load_features(cfg.graph, torch.device("cpu"))
     torch.manual_seed(0)
     model = TGN(model_config(cfg, graph, feats))
-    state = MemoryState.zeros(graph.num_nodes, 16)
+    state = NodeMemory.zeros(graph.num_nodes, 16)
     state.memory.normal_()
     state.mail.normal_()
     with open_cache(data / "c1.h5") as c:

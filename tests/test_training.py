@@ -16,13 +16,18 @@ import torch
 
 from disttgl.cache.batch_cache import BatchParams, build_cache, open_cache
 from disttgl.cli import main
-from disttgl.models.memory import MemoryState
+from disttgl.models.memory import NodeMemory
 from disttgl.data.synth import SynthConfig, generate
 from disttgl.data.graph_store import build_tcsr, load_graph, write_graph
 from disttgl.errors import DataError
-from disttgl.train.fit import (Features, NonFiniteError, TrainConfig, _config_changes, evaluate, improves,
-                              load_features, load_static, nodes_with_training_events, pretrain,
-                              resumable_checkpoint, save_static, train, train_epoch)
+from disttgl.models.tgn import Features
+from disttgl.train.config import PretrainConfig, TrainConfig
+from disttgl.train.epoch import NonFiniteError, evaluate, load_features, train_epoch
+from disttgl.train.fit import improves
+from disttgl.train.pretrain import pretrain
+from disttgl.train.run_files import _config_changes, resumable_checkpoint
+from disttgl.train.single import train
+from disttgl.train.static_table import load_static, nodes_with_training_events, save_static
 from disttgl.models.tgn import TGN, ModelConfig
 
 REPO = Path(__file__).parents[1]
@@ -40,8 +45,8 @@ def data(tmp_path_factory):
     return graph, cache
 
 
-def cfg(data, out, **kw):
-    return TrainConfig(graph=str(data[0]), cache=str(data[1]), out=str(out), **{**SMALL, **kw})
+def cfg(data, out, config=TrainConfig, **kw):
+    return config(graph=str(data[0]), cache=str(data[1]), out=str(out), **{**SMALL, **kw})
 
 
 def test_two_epochs_beat_a_random_scorer(data, tmp_path):
@@ -71,7 +76,7 @@ def test_prediction_never_sees_its_own_batch(data):
     feats, graph = load_features(str(data[0]), torch.device("cpu"))
     torch.manual_seed(0)
     model = TGN(ModelConfig(dim=16, time_dim=16, edge_dim=graph.edge_dim, dropout=0.0)).eval()
-    mem = MemoryState.zeros(graph.num_nodes, 16)
+    mem = NodeMemory.zeros(graph.num_nodes, 16)
     with open_cache(data[1]) as cache:
         batches = [cache.batch("train", b, 0) for b in range(6)]
     with torch.no_grad():
@@ -97,7 +102,7 @@ def test_prediction_never_sees_its_own_batch(data):
         assert not torch.equal(pos, pos3)
 
 
-class SpyMemory(MemoryState):
+class SpyMemory(NodeMemory):
     """Records the order of reads and writes."""
 
     def __init__(self, *a, **kw):
@@ -132,7 +137,7 @@ def test_train_epoch_reads_before_writing_each_batch(data):
 
 KILLER = """
 import os, signal, sys
-from disttgl.train import fit as training
+from disttgl.train import single as training  # the module whose train_epoch the loop calls
 orig, calls = training.train_epoch, []
 def killing(model, memory, batches, *a, **kw):
     calls.append(1)
@@ -172,7 +177,7 @@ def test_resume_after_sigkill_equals_uninterrupted_run(data, tmp_path):
 
 def test_pretrain_then_train_with_static_memory(data, tmp_path):
     static = tmp_path / "static.h5"
-    res = pretrain(cfg(data, static, epochs=3, patience=1))
+    res = pretrain(cfg(data, static, PretrainConfig, epochs=3, patience=1))
     import h5py
     with h5py.File(static) as f:
         table = f["static_memory"][()]
@@ -203,7 +208,7 @@ def test_static_memory_rows_are_zero_for_nodes_without_a_training_event(tmp_path
     trained = nodes_with_training_events(load_graph(graph))
     assert not trained[200:].any() and trained.sum() > 150
     static = tmp_path / "static.h5"
-    pretrain(TrainConfig(graph=str(graph), cache=str(cache), out=str(static), **{**SMALL, "epochs": 1}))
+    pretrain(PretrainConfig(graph=str(graph), cache=str(cache), out=str(static), **{**SMALL, "epochs": 1}))
     import h5py
     with h5py.File(static) as f:
         table, attrs = f["static_memory"][()], dict(f.attrs)
@@ -274,7 +279,7 @@ def test_non_finite_loss_names_the_step_and_the_source(data):
     feats = Features(edge_feat=feats.edge_feat, static=static)
     torch.manual_seed(0)
     model = TGN(ModelConfig(dim=16, time_dim=16, edge_dim=graph.edge_dim, static_dim=16, static_dropout=0.0))
-    mem = MemoryState.zeros(graph.num_nodes, 16)
+    mem = NodeMemory.zeros(graph.num_nodes, 16)
     opt = torch.optim.Adam(model.parameters())
     with pytest.raises(NonFiniteError, match=r"training loss \(nan\) at epoch 3, batch 1, train split: "
                                              r"non-finite values in the static memory table \(--static\) "
@@ -293,7 +298,7 @@ def test_non_finite_scores_in_evaluation_name_the_split(data):
         batches = [cache.batch("val", b, 0) for b in range(2)]
     with pytest.raises(NonFiniteError, match=r"scores at epoch 2, batch 0, val split: .*model parameters "
                                              r"\(1 of \d+: predict.out.bias"):
-        evaluate(model, MemoryState.zeros(graph.num_nodes, 16), batches, feats, split="val", epoch=2)
+        evaluate(model, NodeMemory.zeros(graph.num_nodes, 16), batches, feats, split="val", epoch=2)
 
 
 def test_resume_from_a_checkpoint_with_nan_parameters_stops(data, tmp_path, capsys):
@@ -392,7 +397,7 @@ def test_static_memory_with_nan_rows_or_without_checksum_is_refused(data, tmp_pa
 
 
 def test_derived_lr_follows_the_training_batches_an_epoch():
-    from disttgl.train.fit import derive_lr
+    from disttgl.train.config import derive_lr
 
     assert derive_lr(184) == pytest.approx(5e-4)  # Wikipedia at batch 600: the best measured
     assert derive_lr(70) == pytest.approx(5e-4)  # CollegeMsg: mid-sized streams keep the base
@@ -418,11 +423,11 @@ def test_no_flags_give_the_measured_best_settings_and_the_preset_gives_disttgl(d
     assert parse("--preset", "disttgl", "--lr", "3e-4", "--loss", "bce").lr == 3e-4  # flags win
     assert parse("--preset", "disttgl", "--lr", "3e-4", "--loss", "bce").loss == "bce"
     from disttgl.cache.batch_cache import open_cache
-    from disttgl.train.fit import derive_lr
+    from disttgl.train.config import derive_lr
 
     with open_cache(data[1]) as c:
         nb = c.num_batches("train")
-    with caplog.at_level("INFO", logger="disttgl.train.fit"):
+    with caplog.at_level("INFO", logger="disttgl.train"):
         s = train(cfg(data, tmp_path / "derived", epochs=1, lr=None))
     assert s["lr"] == pytest.approx(derive_lr(nb)) and s["config"]["lr"] is None
     assert f"derived from {nb} training batches" in caplog.text

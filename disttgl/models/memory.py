@@ -2,26 +2,42 @@
 
 ``memory`` [N, d] and ``mail`` [N, 2d] are plain tensors; the per-node times and mail edges
 (``mem_t``, ``mail_t``, ``mail_eid``) depend only on the data and come precomputed with every
-batch. Anything with ``gather``/``write``/``reset`` can stand in (the parallel trainers' memory
-server implements the same three calls over shared memory).
+batch. :class:`Memory` is what training needs of a memory: ``gather``/``write``/``reset``.
+:class:`NodeMemory` holds it in this process; the i x j x k trainers' served memory
+(:mod:`disttgl.parallel.served_memory`) implements the same three calls over the copy's memory
+server, and later memories (staleness-bounded, per-partition) plug in at the same place.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 
 from disttgl.cache.batch import Batch
 
 
+class Memory(Protocol):
+    """The node memory a training or evaluation pass reads and writes."""
+
+    def gather(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Memory [U, d] and mail [U, 2d] of the batch's unique nodes (``batch.nodes``)."""
+
+    def write(self, batch: Batch, new_memory: torch.Tensor) -> None:
+        """Store the batch's updated memory [U, d] (detached) for the nodes it writes."""
+
+    def reset(self) -> None:
+        """Forget everything: the start of an epoch."""
+
+
 @dataclass
-class MemoryState:
+class NodeMemory:
     memory: torch.Tensor  # float32 [N, d]
     mail: torch.Tensor  # float32 [N, 2d]: [own memory ‖ partner's memory] after the node's last event
 
     @classmethod
-    def zeros(cls, num_nodes: int, dim: int, device: torch.device | str | None = None) -> "MemoryState":
+    def zeros(cls, num_nodes: int, dim: int, device: torch.device | str | None = None) -> "NodeMemory":
         return cls(torch.zeros(num_nodes, dim, device=device), torch.zeros(num_nodes, 2 * dim, device=device))
 
     @property

@@ -72,5 +72,5 @@ def run(args: argparse.Namespace) -> int:
     print(shlex.join(cmd), file=sys.stderr if not args.dry_run else sys.stdout, flush=True)
     if args.dry_run:
         return 0
-    # torchrun dies with us (and its ranks with it: disttgl.parallel.scheduled), never orphaned by a kill
+    # torchrun dies with us (and its ranks with it: disttgl.parallel.torchrun), never orphaned by a kill
     return subprocess.run(cmd, preexec_fn=child_exits_with_parent).returncode

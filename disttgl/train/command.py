@@ -1,76 +1,108 @@
-"""``disttgl train GRAPH CACHE --out RUN_DIR``: train a TGN (optionally with frozen static memory)."""
+"""``disttgl train GRAPH CACHE --out RUN_DIR``: train a TGN (optionally with frozen static memory).
+
+One process by default; ``--parallelism IxJxK`` under torchrun runs one rank of DistTGL's i x j x k
+training (``torchrun --nproc-per-node W -m disttgl.train ...``, or ``disttgl launch``). Every flag's
+default is the field's default in :class:`~disttgl.train.config.TrainConfig`.
+"""
 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
+from dataclasses import fields
+from typing import Any
 
-from disttgl.train.fit import PRESETS, TrainConfig
+from disttgl.errors import DataError
+from disttgl.train.config import PRESETS, PretrainConfig, TrainConfig
 
-DEFAULTS = TrainConfig(graph="", cache="", out="")  # the CLI's defaults are the config's
+log = logging.getLogger(__name__)
+
+# flag -> help; type and default come from the dataclass field of the same name
+_COMMON_HELP = {
+    "epochs": "epochs to train",
+    "device": "cpu, cuda or cuda:N",
+    "seed": "seed of every RNG (negative sets, dropout, weights)",
+    "lr": "Adam's learning rate (default: derived from the training batches an epoch, 5e-4, more on "
+          "streams of under 60 batches, up to 1e-3; logged)",
+    "dim": "memory/embedding size",
+    "time_dim": "time encoding size",
+    "heads": "attention heads",
+    "dropout": "dropout of the attention and output layers",
+    "threads": "torch CPU threads (default: torch's; i x j x k: the cores shared between a machine's trainers)",
+    "prefetch": "batches read ahead",
+}
+_TRAIN_HELP = {
+    "static": "frozen static memory (.h5 from `disttgl pretrain`)",
+    "static_dropout": "training: chance that a node's static memory row is left out",
+    "parallelism": "i x j x k or auto; more than one rank runs under torchrun: "
+                   "torchrun --nproc-per-node W -m disttgl.train ... --parallelism IxJxK",
+    "timeout": "i x j x k: seconds a rank waits for another (collectives, memory server)",
+}
 
 
-def add_common_arguments(parser: argparse.ArgumentParser) -> None:
+def _add_fields(parser: argparse.ArgumentParser, config: type, helps: dict[str, str]) -> None:
+    """One ``--name`` per field in ``helps``, typed and defaulted by the dataclass."""
+    by_name = {f.name: f for f in fields(config)}
+    for name, help_text in helps.items():
+        f = by_name[name]
+        kind = {"int": int, "float": float}.get(str(f.type).split(" | ")[0].strip("'"), str)
+        parser.add_argument(f"--{name.replace('_', '-')}", type=kind, default=f.default, help=help_text)
+
+
+def add_common_arguments(parser: argparse.ArgumentParser, config: type = TrainConfig) -> None:
     """Arguments shared by ``train`` and ``pretrain``."""
-    d = DEFAULTS
     parser.add_argument("graph", help="graph store (graph.h5)")
     parser.add_argument("cache", help="batch cache (.h5 from `disttgl batches`)")
-    parser.add_argument("--epochs", type=int, default=d.epochs)
-    parser.add_argument("--device", default=d.device, help="cpu, cuda or cuda:N")
-    parser.add_argument("--seed", type=int, default=d.seed)
-    parser.add_argument("--lr", type=float, default=None,
-                        help="Adam's learning rate (default: derived from the training batches an epoch, "
-                             "5e-4, more on streams of under 60 batches, up to 1e-3; logged)")
-    parser.add_argument("--dim", type=int, default=d.dim, help="memory/embedding size")
-    parser.add_argument("--time-dim", type=int, default=d.time_dim)
-    parser.add_argument("--heads", type=int, default=d.heads)
-    parser.add_argument("--dropout", type=float, default=d.dropout)
+    _add_fields(parser, config, _COMMON_HELP)
     parser.add_argument("--loss", choices=("ce", "bce"), default=None,
-                        help=f"binary CE (TGN; default: {d.loss}) or softmax cross-entropy over [pos, negs] (DistTGL)")
+                        help=f"binary CE (TGN; default: {TrainConfig.loss}) or softmax cross-entropy over "
+                             "[pos, negs] (DistTGL)")
     parser.add_argument("--preset", choices=sorted(PRESETS), default=None,
                         help="a published system's settings, under any flag given (disttgl: lr 1e-4, loss ce)")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
-    parser.add_argument("--prefetch", type=int, default=d.prefetch, help="batches read ahead")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_common_arguments(parser)
     parser.add_argument("--out", required=True, help="run directory (metrics.jsonl, checkpoint.pt, summary.json)")
-    parser.add_argument("--static", default=None, help="frozen static memory (.h5 from `disttgl pretrain`)")
-    parser.add_argument("--static-dropout", type=float, default=DEFAULTS.static_dropout,
-                        help="training: chance that a node's static memory row is left out")
+    _add_fields(parser, TrainConfig, _TRAIN_HELP)
     parser.add_argument("--resume", action="store_true", help="continue from RUN_DIR/checkpoint.pt")
-    parser.add_argument("--parallelism", default="1x1x1",
-                        help="i x j x k or auto; more than one rank runs under torchrun: "
-                             "torchrun --nproc-per-node W -m disttgl.train ... --parallelism IxJxK")
-    parser.add_argument("--timeout", type=float, default=300.0,
-                        help="parallel runs: seconds a rank waits for another (collectives, memory server)")
 
 
-def config_from_args(args: argparse.Namespace, **extra: object) -> TrainConfig:
+def config_from_args(args: argparse.Namespace, config: type = TrainConfig, **extra: Any) -> Any:
     """The configuration: a flag given wins, then ``--preset``, then the dataclass's default."""
     preset = PRESETS.get(args.preset or "", {})
-    lr = args.lr if args.lr is not None else preset.get("lr", DEFAULTS.lr)
-    loss = args.loss or preset.get("loss", DEFAULTS.loss)
-    return TrainConfig(graph=args.graph, cache=args.cache, out=args.out, epochs=args.epochs, device=args.device,
-                       seed=args.seed, lr=lr, dim=args.dim, time_dim=args.time_dim, heads=args.heads,
-                       dropout=args.dropout, loss=loss, threads=args.threads, prefetch=args.prefetch,
-                       progress=not args.no_progress, **extra)
+    lr = args.lr if args.lr is not None else preset.get("lr", config.lr)
+    loss = args.loss or preset.get("loss", config.loss)
+    common = {k: getattr(args, k) for k in _COMMON_HELP}
+    return config(graph=args.graph, cache=args.cache, out=args.out, **{**common, "lr": lr}, loss=loss,
+                  progress=not args.no_progress, **extra)
 
 
 def train_config(args: argparse.Namespace) -> TrainConfig:
     """The ``train`` command's configuration (single process or one rank of i x j x k)."""
-    return config_from_args(args, static=args.static, static_dropout=args.static_dropout, resume=args.resume,
-                            parallelism=args.parallelism)
+    return config_from_args(args, resume=args.resume, **{k: getattr(args, k) for k in _TRAIN_HELP})
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.parallelism.replace(" ", "") not in ("1x1x1", "1") or int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        from disttgl.parallel.scheduled import run as run_parallel  # i x j x k trainers, memory servers
+    cfg = train_config(args)
+    cfg.check()  # a bad setting leaves no run directory behind
+    ranks = int(os.environ.get("WORLD_SIZE", "1"))
+    layout = cfg.layout
+    if layout is None and ranks == 1:
+        log.info("parallelism auto -> 1x1x1: one process (start more with torchrun --nproc-per-node)")
+    if (layout is None and ranks == 1) or (layout is not None and layout.world == 1):
+        if ranks > 1:
+            raise DataError(None, f"--parallelism {layout} is one process, torchrun started {ranks}")
+        from disttgl.train.single import train
 
-        return run_parallel(args)
-    from disttgl.train.fit import train
+        train(cfg)
+        return 0
+    from disttgl.parallel.strategy import train_parallel  # i x j x k trainers, memory servers
 
-    train(train_config(args))
-    return 0
+    return train_parallel(cfg)
+
+
+def pretrain_config(args: argparse.Namespace) -> PretrainConfig:
+    return config_from_args(args, PretrainConfig, patience=args.patience)

@@ -1,0 +1,104 @@
+"""The run directory's files: ``metrics.jsonl`` (one row per epoch or pass), ``checkpoint.pt``
+(after every epoch or pass, atomically) and ``summary.json``; and which checkpoint a run resumes.
+
+Checkpoints hold only tensors and plain values and are loaded with ``weights_only=True``, so a
+planted ``checkpoint.pt`` cannot run code on ``--resume``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import pickle
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from disttgl.atomic import atomic_path
+from disttgl.errors import DataError
+from disttgl.train import machine_load
+from disttgl.train.config import TrainConfig
+
+log = logging.getLogger(__name__)
+
+
+def run_summary(history: list[dict[str, Any]], best: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
+    """``summary.json`` fields shared by the single-process and distributed trainers.
+
+    ``machine``: :func:`disttgl.train.machine_load.summarize` of the rows' load fields, so a speed measured
+    while other processes used our cores is flagged (``contended``)."""
+    rates = [r["train_events_per_s"] for r in history]
+    return {"best_epoch": best["best_epoch"], "test_ap": best.get("test_ap"), "test_mrr": best.get("test_mrr"),
+            "test_ap_1neg": best.get("test_ap_1neg"), "val_mrr": best.get("val_mrr"),
+            "val_ap": best.get("val_ap"), "epochs": len(history),
+            "train_events_per_s": float(np.mean(rates)) if rates else 0.0,
+            "total_seconds": float(sum(r["seconds"] for r in history)),
+            "machine": machine_load.summarize(history), "config": config}
+
+
+def write_summary(out: Path, summary: dict[str, Any], unit: str) -> None:
+    with atomic_path(out / "summary.json") as tmp:
+        tmp.write_text(json.dumps(summary, indent=2) + "\n")
+    log.info("best %s %d: test AP %.4f MRR %.4f AP(1 neg) %.4f", unit, summary["best_epoch"],
+             summary["test_ap"], summary["test_mrr"], summary["test_ap_1neg"])
+
+
+def resumable_checkpoint(path: Path, cfg: TrainConfig,
+                         extra_changes: Callable[[dict[str, Any]], list[str]] | None = None,
+                         quiet: bool = False) -> dict[str, Any] | None:
+    """The checkpoint to continue from with ``cfg.resume``; None (start afresh) when there is none or
+    it was made with settings that change the run (``extra_changes`` names the caller's own)."""
+    ckpt = load_checkpoint(path) if cfg.resume and path.exists() else None
+    if ckpt is None:
+        return None
+    saved = ckpt.get("config")
+    changed = _config_changes(saved if isinstance(saved, dict) else {}, cfg) + (extra_changes(ckpt) if extra_changes else [])
+    if changed:
+        if not quiet:
+            log.warning("checkpoint in %s was made with different settings (%s): starting from scratch",
+                        path.parent, ", ".join(changed))
+        return None
+    return ckpt
+
+
+# settings that may change between a run and its resumption
+_RESUMABLE = {"epochs", "resume", "progress", "threads", "prefetch", "device", "out", "graph", "cache", "timeout"}
+
+
+def _config_changes(saved: dict[str, Any], cfg: TrainConfig) -> list[str]:
+    now = asdict(cfg)
+    ignored = _RESUMABLE | ({"static_dropout"} if cfg.static is None else set())  # no table: no effect
+    return [k for k in now if k not in ignored and saved.get(k) != now[k]]
+
+
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """The checkpoint's dict, read with ``weights_only=True``: tensors and plain values only, so a
+    planted file cannot run code (the workflow always passes --resume)."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        # torch's message says how to load it unsafely; name only what was refused
+        why = next((ln.strip() for ln in str(exc).splitlines() if "unsupported" in ln.lower()),
+                   str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        raise DataError(path, f"refused checkpoint: it holds more than tensors and plain values ({why}), and "
+                              "loading it could run code. A checkpoint of an older disttgl looks like this too: "
+                              "delete it or run without --resume") from None
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is the same user error
+        raise DataError(path, f"unreadable checkpoint ({type(exc).__name__}: {exc}); delete it or run "
+                              "without --resume") from None
+    if not isinstance(ckpt, dict) or "epoch" not in ckpt:
+        raise DataError(path, "not a disttgl checkpoint (no epoch); delete it or run without --resume")
+    return ckpt
+
+
+def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
