@@ -45,7 +45,7 @@ import torch
 
 from disttgl.atomic import atomic_path
 from disttgl.cache.batch import Batch
-from disttgl.cache.memory_clock import MemoryState, plan
+from disttgl.cache.memory_clock import ClockState, plan
 from disttgl.errors import DataError
 from disttgl.data.graph_store import SPLIT_NAMES, load_graph, read_attrs
 from disttgl.cache.sampling import SamplerIndex, negative_candidates, prepare, sample_negatives, sample_neighbors
@@ -132,7 +132,7 @@ class BatchSampler:
         return np.nonzero(valid)[0], valid.sum(1), nbr[valid], eid[valid]
 
     def batch(self, split: int, b: int, eids: np.ndarray, src: np.ndarray, dst: np.ndarray, t: np.ndarray,
-              mask: np.ndarray, state: MemoryState, num_sets: int, q: int) -> dict[str, np.ndarray]:
+              mask: np.ndarray, state: ClockState, num_sets: int, q: int) -> dict[str, np.ndarray]:
         nb = len(eids)
         it = self.itype
         out: dict[str, Any] = {"events": np.stack([eids, src, dst], 1), "t": t}
