@@ -43,7 +43,8 @@ import torch.distributed as dist
 
 from disttgl.atomic import atomic_path
 from disttgl.cache.batch import Batch
-from disttgl.cache.batch_cache import BatchLoader, open_cache
+from disttgl.cache.loader import BatchLoader
+from disttgl.cache.reader import open_cache
 from disttgl.errors import DataError
 from disttgl.lifetime import exit_with_parent, pid_alive
 from disttgl.train.machine_load import Interval, others_busy, process_cpu_seconds

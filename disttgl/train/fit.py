@@ -33,7 +33,8 @@ from tqdm import tqdm
 from disttgl.train import machine_load
 from disttgl.atomic import atomic_path
 from disttgl.cache.batch import Batch
-from disttgl.cache.batch_cache import BatchLoader, open_cache
+from disttgl.cache.loader import BatchLoader
+from disttgl.cache.reader import open_cache
 from disttgl.errors import DataError
 from disttgl.data.graph_store import load_graph, read_attrs
 from disttgl.models.memory import MemoryState
