@@ -25,7 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "pretrain": ("disttgl.train.pretrain_command", "pretrain the static node memory"),
     "train": ("disttgl.train.command", "train a TGN with (optional) static memory"),
     "launch": ("disttgl.parallel.launch", "start i x j x k training: torchrun on one node, srun + torchrun per node under SLURM"),
-    "report": ("disttgl.report.tables", "collect results into tables and plots"),
+    "report": ("disttgl.report.command", "collect results into tables and plots"),
 }
 
 
