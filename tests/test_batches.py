@@ -18,7 +18,8 @@ from disttgl.cache.reader import open_cache
 from disttgl.cache.memory_clock import plan
 from disttgl.cli import main
 from disttgl.errors import DataError
-from disttgl.data.graph_store import Graph, build_tcsr, chronological_split, write_graph
+from disttgl.data.graph import Graph, build_tcsr, chronological_split
+from disttgl.data.graph_store import write_graph
 from disttgl.cache.sampling import recent_neighbors
 
 SPLITS = ("train", "val", "test")

@@ -20,7 +20,8 @@ from disttgl.cache.reader import open_cache
 from disttgl.cli import main
 from disttgl.models.memory import MemoryState
 from disttgl.data.synth import SynthConfig, generate
-from disttgl.data.graph_store import build_tcsr, load_graph, write_graph
+from disttgl.data.graph import build_tcsr
+from disttgl.data.graph_store import load_graph, write_graph
 from disttgl.errors import DataError
 from disttgl.train.fit import (Features, NonFiniteError, TrainConfig, _config_changes, evaluate, improves,
                               load_features, load_static, nodes_with_training_events, pretrain,

@@ -17,7 +17,8 @@ from disttgl.cache.format import (CACHE_FORMAT_VERSION, CACHE_KIND, NEGATIVE_PAR
                                   BatchParams, CacheMeta, parts_crc)
 from disttgl.cache.memory_clock import ClockState, plan
 from disttgl.cache.sampling import SamplerIndex, negative_candidates, prepare, sample_negatives, sample_neighbors
-from disttgl.data.graph_store import SPLIT_NAMES, load_graph
+from disttgl.data.graph import SPLIT_NAMES
+from disttgl.data.graph_store import load_graph
 
 
 def _segments(counts: np.ndarray) -> np.ndarray:

@@ -13,7 +13,8 @@ import torch
 from disttgl.cache.batch import Batch
 from disttgl.cache.format import (CACHE_FORMAT_VERSION, CACHE_KIND, NEGATIVE_PARTS, PARTS, POINTERS, POSITIVE_PARTS,
                                   CacheMeta, parts_crc)
-from disttgl.data.graph_store import SPLIT_NAMES, read_attrs
+from disttgl.data.graph import SPLIT_NAMES
+from disttgl.data.graph_store import read_attrs
 from disttgl.errors import DataError
 
 
