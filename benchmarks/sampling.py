@@ -26,9 +26,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from disttgl.cache.batch_cache import BatchLoader, BatchParams, BatchSampler, build_cache, open_cache
+from disttgl.cache.build import BatchSampler, build_cache
+from disttgl.cache.format import BatchParams
+from disttgl.cache.loader import BatchLoader
+from disttgl.cache.reader import open_cache
 from disttgl.cache.memory_clock import plan
-from disttgl.data.graph_store import Graph, build_tcsr, chronological_split, sha256_files, write_graph
+from disttgl.data.graph import Graph, build_tcsr, chronological_split
+from disttgl.data.graph_store import sha256_files, write_graph
 from disttgl.cache.sampling import negative_candidates, prepare, recent_neighbors, sample_negatives
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"

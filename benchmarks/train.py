@@ -34,7 +34,10 @@ import torch
 import torch.nn.functional as F
 
 from disttgl.models import native
-from disttgl.cache.batch_cache import BatchLoader, BatchParams, build_cache, open_cache
+from disttgl.cache.build import build_cache
+from disttgl.cache.format import BatchParams
+from disttgl.cache.loader import BatchLoader
+from disttgl.cache.reader import open_cache
 from disttgl.models.memory import NodeMemory
 from disttgl.models.tgn import TGN, ModelConfig, TemporalAttention
 from disttgl.runtime import keep_freed_memory

@@ -21,11 +21,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "synth": ("disttgl.data.synth", "generate the embedded synthetic dataset"),
     "info": ("disttgl.data.info", "summarise a graph store"),
     "datasets": ("disttgl.data.registry", "list the registered datasets"),
-    "batches": ("disttgl.cache.batch_cache", "precompute the mini-batch cache"),
+    "batches": ("disttgl.cache.command", "precompute the mini-batch cache"),
     "pretrain": ("disttgl.train.pretrain_command", "pretrain the static node memory"),
     "train": ("disttgl.train.command", "train a TGN with (optional) static memory"),
     "launch": ("disttgl.parallel.launch", "start i x j x k training: torchrun on one node, srun + torchrun per node under SLURM"),
-    "report": ("disttgl.report.tables", "collect results into tables and plots"),
+    "report": ("disttgl.report.command", "collect results into tables and plots"),
 }
 
 

@@ -112,7 +112,7 @@ def check_parallel(config: dict[str, Any]) -> None:
                             f"machine(s) need {per_node} per machine, but {room_key} = {room}")
 
 
-# The batch cache's file name holds every disttgl.cache.batch_cache.BatchParams field (the content depends on
+# The batch cache's file name holds every disttgl.cache.format.BatchParams field (the content depends on
 # each; i is minibatch_parallelism), so a changed parameter never reuses a stale cache. The rule
 # `batches` reads them back from the name's wildcards. tests/test_workflow.py checks the field list.
 CACHE_NAME = "b{batch_size}-i{i}-n{neighbors}-{strategy}-s{seed}-neg{neg_sets}-ev{eval_negatives}-tgl{tgl_compat}"

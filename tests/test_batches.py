@@ -11,11 +11,15 @@ import pytest
 import torch
 
 from disttgl.cache.batch import Batch
-from disttgl.cache.batch_cache import BatchLoader, BatchParams, build_cache, open_cache
+from disttgl.cache.build import build_cache
+from disttgl.cache.format import BatchParams
+from disttgl.cache.loader import BatchLoader
+from disttgl.cache.reader import open_cache
 from disttgl.cache.memory_clock import plan
 from disttgl.cli import main
 from disttgl.errors import DataError
-from disttgl.data.graph_store import Graph, build_tcsr, chronological_split, write_graph
+from disttgl.data.graph import Graph, build_tcsr, chronological_split
+from disttgl.data.graph_store import write_graph
 from disttgl.cache.sampling import recent_neighbors
 
 SPLITS = ("train", "val", "test")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from disttgl.cache.memory_clock import MemoryState, groups, plan, split_batches, write_masks
+from disttgl.cache.memory_clock import ClockState, groups, plan, split_batches, write_masks
 
 
 def _events(seed: int, e: int = 257, n: int = 15):
@@ -96,5 +96,5 @@ def test_split_batches_and_groups():
     assert groups(5, 2) == [range(0, 2), range(2, 4), range(4, 5)]
     with pytest.raises(ValueError):
         groups(3, 0)
-    st = MemoryState.initial(3, 10)
+    st = ClockState.initial(3, 10)
     assert st.mail_eid.tolist() == [10, 10, 10] and st.mem_t.tolist() == [0, 0, 0]

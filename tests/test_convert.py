@@ -12,7 +12,8 @@ import torch
 
 from disttgl.cli import main
 from disttgl.data.convert import ConvertOptions, convert
-from disttgl.data.graph_store import build_tcsr, graph_info, load_graph
+from disttgl.data.graph import build_tcsr
+from disttgl.data.graph_store import graph_info, load_graph
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from disttgl.report import tables as report
+from disttgl import report
 from disttgl.cli import main
 
 FIXTURE = Path(__file__).parent / "fixtures" / "report_runs"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from disttgl.data.graph_store import build_tcsr
+from disttgl.data.graph import build_tcsr
 from disttgl.cache.sampling import (prepare, recent_neighbors, sample_negatives, negative_candidates,
                               sample_neighbors, uniform_neighbors)
 

@@ -14,11 +14,14 @@ import numpy as np
 import pytest
 import torch
 
-from disttgl.cache.batch_cache import BatchParams, build_cache, open_cache
+from disttgl.cache.build import build_cache
+from disttgl.cache.format import BatchParams
+from disttgl.cache.reader import open_cache
 from disttgl.cli import main
 from disttgl.models.memory import NodeMemory
 from disttgl.data.synth import SynthConfig, generate
-from disttgl.data.graph_store import build_tcsr, load_graph, write_graph
+from disttgl.data.graph import build_tcsr
+from disttgl.data.graph_store import load_graph, write_graph
 from disttgl.errors import DataError
 from disttgl.models.tgn import Features
 from disttgl.train.config import PretrainConfig, TrainConfig
@@ -422,7 +425,7 @@ def test_no_flags_give_the_measured_best_settings_and_the_preset_gives_disttgl(d
     assert (parse("--preset", "disttgl").lr, parse("--preset", "disttgl").loss) == (1e-4, "ce")
     assert parse("--preset", "disttgl", "--lr", "3e-4", "--loss", "bce").lr == 3e-4  # flags win
     assert parse("--preset", "disttgl", "--lr", "3e-4", "--loss", "bce").loss == "bce"
-    from disttgl.cache.batch_cache import open_cache
+    from disttgl.cache.reader import open_cache
     from disttgl.train.config import derive_lr
 
     with open_cache(data[1]) as c:

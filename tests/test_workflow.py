@@ -192,7 +192,7 @@ def test_data_stage_in_directories_with_spaces_and_semicolons(workdir):
 
 
 def test_batch_cache_name_holds_every_batch_parameter():
-    from disttgl.cache.batch_cache import BatchParams
+    from disttgl.cache.format import BatchParams
 
     fields = {f.name for f in dataclasses.fields(BatchParams)} - {"minibatch_parallelism"}
     assert set(re.findall(r"{(\w+)}", CACHE_NAME)) == fields | {"i"}

@@ -21,14 +21,17 @@ import numpy as np
 
 
 @dataclass
-class MemoryState:
+class ClockState:
+    """Every node's memory-clock bookkeeping (times and event ids, no vectors): when its memory was
+    last written and which mail is pending. Not the memory itself (``disttgl.models.memory.NodeMemory``)."""
+
     mem_t: np.ndarray  # float64 [N]
     mail_t: np.ndarray  # float64 [N]
     mail_eid: np.ndarray  # int64 [N]
     mem_eid: np.ndarray  # int64 [N] the event whose mail the memory last absorbed (mem_t = t[mem_eid])
 
     @classmethod
-    def initial(cls, num_nodes: int, num_events: int) -> "MemoryState":
+    def initial(cls, num_nodes: int, num_events: int) -> "ClockState":
         return cls(mem_t=np.zeros(num_nodes), mail_t=np.zeros(num_nodes),
                    mail_eid=np.full(num_nodes, num_events, dtype=np.int64),
                    mem_eid=np.full(num_nodes, num_events, dtype=np.int64))
@@ -77,9 +80,9 @@ def write_masks(srcs: Sequence[np.ndarray], dsts: Sequence[np.ndarray]) -> list[
     return out
 
 
-def apply_writes(state: MemoryState, srcs: Sequence[np.ndarray], dsts: Sequence[np.ndarray],
+def apply_writes(state: ClockState, srcs: Sequence[np.ndarray], dsts: Sequence[np.ndarray],
                  ts: Sequence[np.ndarray], eids: Sequence[np.ndarray], masks: Sequence[np.ndarray]
-                 ) -> MemoryState:
+                 ) -> ClockState:
     """Apply one memory batch's writes to ``state`` IN PLACE (N-sized copies per group would
     dominate on large graphs) and return it. Masks must come from :func:`write_masks`."""
     nodes = np.concatenate([np.concatenate([s, d])[m] for s, d, m in zip(srcs, dsts, masks)])
@@ -101,14 +104,14 @@ class PlannedBatch:
 
 
 def plan(src: np.ndarray, dst: np.ndarray, t: np.ndarray, split: np.ndarray, batch_size: int,
-         parallelism: int, num_nodes: int) -> Iterator[tuple[list[PlannedBatch], MemoryState]]:
+         parallelism: int, num_nodes: int) -> Iterator[tuple[list[PlannedBatch], ClockState]]:
     """Walk train (in memory batches of ``parallelism``), then val and test (one batch at a time);
     yield each group's batches with the state BEFORE it.
 
     The yielded state is updated in place once the consumer asks for the next group, so read what
     you need (``state.lookup``) before advancing.
     """
-    state = MemoryState.initial(num_nodes, len(src))
+    state = ClockState.initial(num_nodes, len(src))
     for s, batches in enumerate(split_batches(split, batch_size)):
         # only training runs in memory batches of i: validation and test follow one protocol for
         # every layout (batches of B, memory carried val -> test), as in the single-process rows

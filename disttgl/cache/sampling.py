@@ -9,7 +9,7 @@ arithmetic (a float ``row * BIG + t`` would lose fractional times). Queries are 
 order, which keeps successive binary searches in cache. The k most recent neighbours are then
 one gather from a copy of the rows with ``k`` padding slots before each row, so no masking is
 needed. All of this is built once per graph by :func:`prepare`; the public functions accept a
-prepared :class:`SamplerIndex` (do this) or a :class:`~disttgl.data.graph_store.TCSR` (prepared per call).
+prepared :class:`SamplerIndex` (do this) or a :class:`~disttgl.data.graph.TCSR` (prepared per call).
 
 Output of both samplers: ``(nbr, eid, t)`` arrays of shape ``[len(nodes), k]``; slot ``j`` of a
 row is a valid neighbour iff ``nbr >= 0``. Padding: ``nbr = eid = -1`` and ``t = NaN``.
@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from disttgl.data.graph_store import TCSR
+from disttgl.data.graph import TCSR
 
 
 @dataclass(frozen=True)

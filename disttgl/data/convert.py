@@ -16,7 +16,8 @@ from typing import Sequence
 import numpy as np
 
 from disttgl.errors import DataError
-from disttgl.data.graph_store import Graph, build_tcsr, chronological_split, sha256_files, write_graph
+from disttgl.data.graph import Graph, build_tcsr, chronological_split
+from disttgl.data.graph_store import sha256_files, write_graph
 from disttgl.data.readers import FORMATS, CsvColumns, RawEvents, SnapColumns, read_events
 
 log = logging.getLogger(__name__)

@@ -46,7 +46,8 @@ from dataclasses import asdict, dataclass, fields
 import numpy as np
 
 from disttgl.errors import DataError
-from disttgl.data.graph_store import Graph, build_tcsr, chronological_split, write_graph
+from disttgl.data.graph import Graph, build_tcsr, chronological_split
+from disttgl.data.graph_store import write_graph
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from disttgl.data.graph_store import stable_argsort_ids
+from disttgl.data.graph import stable_argsort_ids
 from disttgl.models.native import NativeKernels, SlotInputs, ptr
 
 

@@ -35,7 +35,8 @@ from tqdm import tqdm
 
 from disttgl.atomic import atomic_path
 from disttgl.cache.batch import Batch
-from disttgl.cache.batch_cache import BatchLoader, open_cache
+from disttgl.cache.loader import BatchLoader
+from disttgl.cache.reader import open_cache
 from disttgl.errors import DataError
 from disttgl.lifetime import exit_with_parent
 from disttgl.models.tgn import TGN

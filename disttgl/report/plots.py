@@ -16,7 +16,7 @@ from matplotlib.ticker import MaxNLocator
 from disttgl.atomic import atomic_path
 
 if TYPE_CHECKING:
-    from disttgl.report.tables import RunResult
+    from disttgl.report.collect import RunResult
 
 _RC = {"svg.hashsalt": "disttgl", "svg.fonttype": "none", "font.size": 9, "axes.grid": True,
        "grid.alpha": 0.3}

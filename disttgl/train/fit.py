@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from disttgl.cache.batch_cache import BatchLoader
+from disttgl.cache.loader import BatchLoader
 from disttgl.errors import DataError
 from disttgl.models.memory import Memory
 from disttgl.models.tgn import TGN, Features

@@ -15,7 +15,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from disttgl.cache.batch_cache import BatchLoader, open_cache
+from disttgl.cache.loader import BatchLoader
+from disttgl.cache.reader import open_cache
 from disttgl.models.memory import NodeMemory
 from disttgl.models.tgn import TGN
 from disttgl.runtime import keep_freed_memory

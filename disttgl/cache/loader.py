@@ -1,0 +1,98 @@
+"""``BatchLoader``: batches of one split read ahead on a background thread."""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+from typing import Any, Iterator, Sequence
+
+import torch
+
+from disttgl.cache.batch import Batch
+from disttgl.cache.reader import BatchCache, open_cache
+
+
+class BatchLoader:
+    """Iterate ``items`` = (batch index, negative set) of one split as :class:`Batch`es.
+
+    A background thread reads ahead up to ``prefetch`` batches (optionally moved to ``device``), so
+    reading overlaps compute. The HDF5 file is opened lazily by the process that iterates (never
+    inherited across fork/spawn); an error in the thread is re-raised to the caller.
+    """
+
+    def __init__(self, cache_path: str | os.PathLike, split: str, items: Sequence[tuple[int, int]], *,
+                 prefetch: int = 4, device: torch.device | str | None = None,
+                 graph_path: str | os.PathLike | None = None, minibatch_parallelism: int | None = None):
+        self.cache_path, self.split, self.items = cache_path, split, list(items)
+        self.prefetch, self.device = max(1, prefetch), device
+        self.graph_path, self.minibatch_parallelism = graph_path, minibatch_parallelism
+        self._cache: BatchCache | None = None
+        self._pid: int | None = None
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def _open(self) -> BatchCache:
+        if self._cache is None or self._pid != os.getpid():
+            self._cache = open_cache(self.cache_path, graph_path=self.graph_path,
+                                     minibatch_parallelism=self.minibatch_parallelism)
+            self._pid = os.getpid()
+        return self._cache
+
+    def __iter__(self) -> Iterator[Batch]:
+        cache = self._open()
+        q: queue.Queue = queue.Queue(maxsize=self.prefetch)
+        stop = threading.Event()
+        done = object()
+        device = None if self.device is None else torch.device(self.device)
+
+        def put(x: object) -> bool:
+            while not stop.is_set():
+                try:
+                    q.put(x, timeout=0.1)
+                    return True
+                except queue.Full:
+                    pass
+            return False
+
+        def work() -> None:
+            try:
+                for b, s in self.items:
+                    batch = cache.batch(self.split, int(b), int(s))
+                    if device is not None and device.type != "cpu":
+                        batch = batch.pin_memory().to(device, non_blocking=True)
+                    if not put(batch):
+                        return
+                put(done)
+            except BaseException as exc:  # handed to the consumer, which re-raises it
+                put(exc)
+
+        thread = threading.Thread(target=work, name="disttgl-batch-loader", daemon=True)
+        thread.start()
+        try:
+            while True:
+                x = q.get()
+                if x is done:
+                    return
+                if isinstance(x, BaseException):
+                    raise x
+                yield x
+        finally:
+            stop.set()
+            thread.join()
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Sent to another process (spawn, torchrun workers): never ship an open file mapping.
+        return {**self.__dict__, "_cache": None, "_pid": None}
+
+    def close(self) -> None:
+        if self._cache is not None and self._pid == os.getpid():
+            self._cache.close()
+        self._cache = None
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass

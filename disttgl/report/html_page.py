@@ -1,0 +1,50 @@
+"""The report as one HTML page (pure: rows in, a string out), with the tables of
+:mod:`disttgl.report.tables`."""
+
+from __future__ import annotations
+
+import html
+from typing import Sequence
+
+from disttgl.report.tables import ABLATION_COLUMNS, ACCURACY_COLUMNS, accuracy_notes, by_dataset, format_cell
+
+_CSS = """body{font-family:system-ui,sans-serif;margin:1.5em;color:#222}
+table{border-collapse:collapse;margin:0 0 1.5em 0;font-size:0.9em}
+th,td{border:1px solid #bbb;padding:0.3em 0.6em;text-align:right}
+th{background:#eef}td.t{text-align:left}tr.missing td,tr.failed td{background:#fdd;color:#900}
+caption{text-align:left;font-weight:bold;padding:0.3em 0}"""
+
+
+TEXT_CLASS = ' class="t"'
+
+
+def _html_table(rows: Sequence[dict], columns: Sequence[tuple[str, str]], caption: str) -> list[str]:
+    text_cols = {"dataset", "run", "status", "parallelism", "static_memory", "note", "contended", "run_static",
+                 "run_nostatic"}
+    out = [f"<table><caption>{html.escape(caption)}</caption>",
+           "<tr>" + "".join(f"<th>{html.escape(h)}</th>" for _, h in columns) + "</tr>"]
+    for row in rows:
+        cls = f' class="{row["status"]}"' if row.get("status") in ("missing", "failed") else ""
+        cells = "".join(f'<td{TEXT_CLASS if k in text_cols else ""}>{html.escape(format_cell(k, row.get(k)))}</td>'
+                        for k, _ in columns)
+        out.append(f"<tr{cls}>{cells}</tr>")
+    return out + ["</table>"]
+
+
+def render_html(acc: Sequence[dict], abl: Sequence[dict], tta_fraction: float,
+                machine: dict[str, str] | None = None) -> str:
+    cols = [c for c in ACCURACY_COLUMNS if c[0] != "dataset"]
+    body = ["<h1>Accuracy and speed</h1>"]
+    for dataset, rows in by_dataset(acc).items():
+        body += _html_table(rows, cols, dataset)
+    if not acc:
+        body.append("<p>No runs found.</p>")
+    body += ["<ul>"] + [f"<li>{html.escape(n)}</li>" for n in accuracy_notes(tta_fraction)] + ["</ul>"]
+    body.append("<h2>Static memory ablation</h2>")
+    body += (_html_table(abl, ABLATION_COLUMNS, "with vs without static memory") if abl
+             else ["<p>No dataset has runs both with and without static memory.</p>"])
+    if machine:
+        body += ["<h2>Machine</h2>", "<ul>"]
+        body += [f"<li><b>{html.escape(k)}</b>: {html.escape(v)}</li>" for k, v in machine.items()] + ["</ul>"]
+    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"/><title>disttgl report</title>"
+            f"<style>{_CSS}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
