@@ -128,7 +128,7 @@ def test_the_flushed_copy_is_taken_before_the_next_pass_resets_the_table():
 
 
 def test_stream_ranks_skip_a_short_last_memory_batch():
-    p = ServerPlan(T=3, i=2, j=1, k=1, copy=0, num_batches=5, num_nodes=N, dim=DIM, start=0, end=3, capacity=N)
+    p = ServerPlan(T=3, i=2, j=1, k=1, copy=0, num_batches=5, num_nodes=N, dim=DIM, start=0, end=3, capacity=N, timeout=20.0)
     assert [stream_ranks(p, u) for u in range(3)] == [[0, 1], [0, 1], [0]]
 
 

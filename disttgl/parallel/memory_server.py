@@ -57,7 +57,7 @@ class ServerPlan:
     start: int  # first stream step (resume: passes done · T)
     end: int  # last stream step + 1 (passes · T)
     capacity: int  # rows of each trainer's read/write buffer
-    timeout: float = 300.0
+    timeout: float  # seconds any wait may take (the run's --timeout)
     state: str | None = None  # .npy [N, 3d] memory‖mail to start from (resume)
 
     @property
@@ -270,7 +270,7 @@ def start_server(plan: ServerPlan, directory: str | os.PathLike | None = None) -
 class MemoryClient:
     """A trainer's connection to its copy's server: ``read``/``write`` node rows, ``flush``, ``snapshot``."""
 
-    def __init__(self, address: str, authkey: bytes, rank: int, capacity: int, *, timeout: float = 300.0,
+    def __init__(self, address: str, authkey: bytes, rank: int, capacity: int, *, timeout: float,
                  server: subprocess.Popen | None = None, connect_timeout: float = 60.0):
         self.rank, self.timeout, self.server = rank, timeout, server
         deadline = time.monotonic() + connect_timeout

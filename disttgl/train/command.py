@@ -47,7 +47,8 @@ def _add_fields(parser: argparse.ArgumentParser, config: type, helps: dict[str, 
     for name, help_text in helps.items():
         f = by_name[name]
         kind = {"int": int, "float": float}.get(str(f.type).split(" | ")[0].strip("'"), str)
-        parser.add_argument(f"--{name.replace('_', '-')}", type=kind, default=f.default, help=help_text)
+        shown = "" if f.default is None or "default" in help_text else f" (default: {f.default})"
+        parser.add_argument(f"--{name.replace('_', '-')}", type=kind, default=f.default, help=help_text + shown)
 
 
 def add_common_arguments(parser: argparse.ArgumentParser, config: type = TrainConfig) -> None:
