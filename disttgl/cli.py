@@ -22,8 +22,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "info": ("disttgl.data.info", "summarise a graph store"),
     "datasets": ("disttgl.data.registry", "list the registered datasets"),
     "batches": ("disttgl.cache.command", "precompute the mini-batch cache"),
-    "pretrain": ("disttgl.train.pretrain_command", "pretrain the static node memory"),
-    "train": ("disttgl.train.command", "train a TGN with (optional) static memory"),
+    "pretrain": ("disttgl.commands.pretrain", "pretrain the static node memory"),
+    "train": ("disttgl.commands.train", "train a TGN with (optional) static memory"),
     "launch": ("disttgl.parallel.launch", "start i x j x k training: torchrun on one node, srun + torchrun per node under SLURM"),
     "report": ("disttgl.report.command", "collect results into tables and plots"),
 }

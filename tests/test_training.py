@@ -413,7 +413,7 @@ def test_derived_lr_follows_the_training_batches_an_epoch():
 def test_no_flags_give_the_measured_best_settings_and_the_preset_gives_disttgl(data, tmp_path, caplog):
     import argparse
 
-    from disttgl.train.command import add_arguments, train_config
+    from disttgl.commands.train import add_arguments, train_config
 
     def parse(*flags):
         p = argparse.ArgumentParser()

@@ -23,8 +23,8 @@ import torch.distributed as dist
 
 from disttgl.errors import DataError
 from disttgl.lifetime import pid_alive
-from disttgl.parallel.schedule import Layout, choose_parallelism
-from disttgl.train.config import parse_parallelism
+from disttgl.layout import Layout, parse_parallelism
+from disttgl.parallel.schedule import choose_parallelism
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """The training and pretraining settings: the one source of their defaults.
 
-The command line (``disttgl train``/``pretrain``) takes its flags' defaults from these dataclasses,
+The command line (``disttgl train``/``pretrain`` (:mod:`disttgl.commands`)) takes its flags' defaults from these dataclasses,
 the model's hyperparameter defaults come from :class:`~disttgl.models.tgn.ModelConfig`, and the
 workflow schema's defaults are checked against both (``tests/test_workflow.py``).
 """
@@ -16,7 +16,7 @@ import torch
 
 from disttgl.errors import DataError
 from disttgl.models.tgn import ModelConfig
-from disttgl.parallel.schedule import Layout
+from disttgl.layout import parse_parallelism
 
 log = logging.getLogger(__name__)
 
@@ -64,11 +64,6 @@ class TrainConfig:
         if self.device.startswith("cuda") and not torch.cuda.is_available():
             raise DataError(None, f"--device {self.device}: CUDA is not available on this machine")
 
-    @property
-    def layout(self) -> Layout | None:
-        """The i x j x k layout asked for; None for ``auto`` (chosen from the ranks started)."""
-        return parse_parallelism(self.parallelism)
-
 
 @dataclass
 class PretrainConfig(TrainConfig):
@@ -76,17 +71,6 @@ class PretrainConfig(TrainConfig):
 
     epochs: int = 30  # Wikipedia's best table came at epoch 19, early stop at 22
     patience: int = 3  # epochs without val MRR gain before stopping
-
-
-def parse_parallelism(spec: str) -> Layout | None:
-    """``--parallelism``: ``IxJxK`` (``"2"`` means 2x1x1) -> Layout; ``auto`` -> None. The one
-    parser of the flag; a malformed value is a :class:`DataError`."""
-    if spec.strip().lower() == "auto":
-        return None
-    try:
-        return Layout.parse(spec)
-    except ValueError as exc:
-        raise DataError(None, f"--parallelism: {exc}") from None
 
 
 # Named settings of published systems, applied under explicit flags (``--preset``).

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 
-from disttgl.train.command import add_common_arguments, pretrain_config
+from disttgl.commands.train import add_common_arguments, pretrain_config
 from disttgl.train.config import PretrainConfig
 
 

@@ -14,6 +14,7 @@ from dataclasses import fields
 from typing import Any
 
 from disttgl.errors import DataError
+from disttgl.layout import parse_parallelism
 from disttgl.train.config import PRESETS, PretrainConfig, TrainConfig
 
 log = logging.getLogger(__name__)
@@ -90,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = train_config(args)
     cfg.check()  # a bad setting leaves no run directory behind
     ranks = int(os.environ.get("WORLD_SIZE", "1"))
-    layout = cfg.layout
+    layout = parse_parallelism(cfg.parallelism)  # None: auto
     if layout is None and ranks == 1:
         log.info("parallelism auto -> 1x1x1: one process (start more with torchrun --nproc-per-node)")
     if (layout is None and ranks == 1) or (layout is not None and layout.world == 1):
@@ -100,7 +101,8 @@ def run(args: argparse.Namespace) -> int:
 
         train(cfg)
         return 0
-    from disttgl.parallel.strategy import train_parallel  # i x j x k trainers, memory servers
+    # imported here: a one-process run never loads torch.distributed and the memory server
+    from disttgl.parallel.strategy import train_parallel
 
     return train_parallel(cfg)
 
