@@ -91,6 +91,7 @@ def test_a_killed_holder_leaves_no_stale_lock(tmp_path):
         assert f"pid {os.getpid()}" in path.read_text()
 
 
+@pytest.mark.slow
 def test_train_waits_for_the_writer_holding_its_run_directory(tmp_path):
     def sh(*args):
         return subprocess.run([sys.executable, "-m", "disttgl", *args], cwd=tmp_path, capture_output=True,

@@ -82,6 +82,7 @@ def close(a: np.ndarray, b: np.ndarray) -> bool:
     return bool(np.allclose(a, b, rtol=1e-5, atol=1e-6))
 
 
+@pytest.mark.slow
 def test_i2_memory_equals_one_trainer_with_a_double_memory_batch(data):
     fixed_weights_run(data, "i2", "c2.h5", "2x1x1", epochs=1)
     got = np.load(data / "i2" / "memory-copy0-pass1.npy")
@@ -94,6 +95,7 @@ def test_i2_memory_equals_one_trainer_with_a_double_memory_batch(data):
     assert not close(got, sweep(model, feats, n, data / "c1.h5", list(range(nb)), group=1))
 
 
+@pytest.mark.slow
 def test_i2_validation_is_the_single_process_evaluation_of_the_same_weights_and_memory(data):
     """One evaluation protocol for every layout: batches of B (not memory batches of i·B), memory
     carried on from training. The i = 2 cache's val batches are the i = 1 cache's, and rank 0's
@@ -115,6 +117,7 @@ def test_i2_validation_is_the_single_process_evaluation_of_the_same_weights_and_
     assert row["val_ap"] == pytest.approx(want["ap"], abs=1e-6)
 
 
+@pytest.mark.slow
 def test_j2_leaves_the_memory_trajectory_of_j1_and_validates_on_it_every_pass(data):
     # two passes: after pass 1 the server wraps to batch 0 and zeroes the copy's memory, which must
     # not reach the leader's copy for validation and the memory file (it did: pass 1 was all zeros)
@@ -136,6 +139,7 @@ def test_j2_leaves_the_memory_trajectory_of_j1_and_validates_on_it_every_pass(da
     assert len(summary["rank_events_per_s"]) == 2 and all(r > 0 for r in summary["rank_events_per_s"])
 
 
+@pytest.mark.slow
 def test_k2_copies_sweep_their_segments_and_reset_at_the_wrap(data):
     fixed_weights_run(data, "k2", "c1.h5", "1x1x2", epochs=2)  # one pass per copy
     model, feats, n = load_model(data, "k2")
@@ -193,6 +197,7 @@ def test_allreduced_gradient_is_the_mean_of_single_process_gradients(data, tmp_p
     assert not torch.allclose(grads[0][0], mean[0])  # the two ranks' gradients really differ
 
 
+@pytest.mark.slow
 def test_killed_rank_fails_every_rank_within_60s_naming_it(data):
     start = time.monotonic()
     proc = torchrun(data, "killed", "c1.h5", "1x2x1", "--epochs", "4", env={"DISTTGL_FAULT": "1:25"})
@@ -204,6 +209,7 @@ def test_killed_rank_fails_every_rank_within_60s_naming_it(data):
     assert "rank 0: training stopped" in out
 
 
+@pytest.mark.slow
 def test_max_restarts_and_resume_continue_from_the_checkpoint(data):
     proc = torchrun(data, "restarted", "c1.h5", "1x2x1", "--epochs", "4", "--resume",
                     launcher=("--standalone", "--max-restarts", "1"), env={"DISTTGL_FAULT": "1:25"})
@@ -221,6 +227,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_static_memory_with_static_dropout_on_two_ranks(data):
     sh("pretrain", "g.h5", "c1.h5", "--out", "static.h5", "--epochs", "1", "--dim", "16", "--time-dim", "16",
        "--no-progress", "--threads", "1", cwd=data)
@@ -232,6 +239,7 @@ def test_static_memory_with_static_dropout_on_two_ranks(data):
     assert summary["test_mrr"] is not None
 
 
+@pytest.mark.slow
 def test_two_nodes_on_localhost_with_two_memory_copies(data):
     port = _free_port()
     launcher = lambda n: ("--nnodes", "2", "--node-rank", str(n), "--rdzv-backend", "c10d",  # noqa: E731
@@ -285,6 +293,7 @@ def test_launch_command_one_node_and_slurm():
         command(2, 4, ["g.h5"], env={})
 
 
+@pytest.mark.slow
 def test_ranks_and_memory_servers_exit_when_torchrun_is_killed(data):
     """torchrun starts each rank in its own session; SIGKILL of torchrun must not leave them (or the
     memory server) training into a run directory that a rerun uses."""

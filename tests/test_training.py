@@ -44,6 +44,7 @@ def cfg(data, out, **kw):
     return TrainConfig(graph=str(data[0]), cache=str(data[1]), out=str(out), **{**SMALL, **kw})
 
 
+@pytest.mark.slow
 def test_two_epochs_beat_a_random_scorer(data, tmp_path):
     s = train(cfg(data, tmp_path / "run", lr=1e-2))
     # random scorer with 9 negatives: MRR = H(10)/10 = 0.293, AP(1 neg) = 0.5; seeds 0-4 of this
@@ -151,6 +152,7 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_equals_uninterrupted_run(data, tmp_path):
     full = train(cfg(data, tmp_path / "full", epochs=3))
     out = tmp_path / "killed"
@@ -170,6 +172,7 @@ def test_resume_after_sigkill_equals_uninterrupted_run(data, tmp_path):
     assert strip(out / "metrics.jsonl") == strip(tmp_path / "full" / "metrics.jsonl")
 
 
+@pytest.mark.slow
 def test_pretrain_then_train_with_static_memory(data, tmp_path):
     static = tmp_path / "static.h5"
     res = pretrain(cfg(data, static, epochs=3, patience=1))
