@@ -163,7 +163,12 @@ def test_resume_after_sigkill_equals_uninterrupted_run(data, tmp_path):
     assert proc.returncode == -9, proc.stderr
     assert not (out / "summary.json").exists()
     assert torch.load(out / "checkpoint.pt", weights_only=True)["epoch"] == 1  # plain values only
+    before = (out / "metrics.jsonl").read_text().splitlines()
+    assert len(before) == 1
     assert main([*args, "--resume"]) == 0
+    # it resumed rather than started over (which, seeded, would reproduce the same numbers): epoch 1
+    # is the killed run's row as written, down to its measured seconds, not a rerun of epoch 1
+    assert (out / "metrics.jsonl").read_text().splitlines()[0] == before[0]
     resumed = json.loads((out / "summary.json").read_text())
     for key in ("best_epoch", "test_ap", "test_mrr", "test_ap_1neg", "val_mrr", "epochs"):
         assert resumed[key] == full[key], key
