@@ -264,6 +264,23 @@ def test_static_memory_with_static_dropout_on_two_ranks(data):
     summary = json.loads((data / "static2" / "summary.json").read_text())
     assert summary["config"]["static"] == "static.h5" and summary["config"]["static_dropout"] == 0.5
     assert summary["test_mrr"] is not None
+    # those only echo the flags; that the ranks' model really read the table: rank 0's validation is
+    # evaluate() of the saved weights and memory with the table, and not with its rows zeroed
+    cfg = TrainConfig(graph=str(data / "g.h5"), cache="", out="", dim=16, time_dim=16, heads=2, dropout=0.0)
+    feats, graph = load_features(cfg.graph, torch.device("cpu"), str(data / "static.h5"))
+    model = TGN(model_config(cfg, graph, feats))
+    model.load_state_dict(torch.load(data / "static2" / "checkpoint.pt", weights_only=False)["model"])
+    model.eval()
+    with open_cache(data / "c2.h5") as c:
+        val = [(b, 0) for b in range(c.num_batches("val"))]
+    table = np.load(data / "static2" / "memory-copy0-pass1.npy")
+    row = json.loads((data / "static2" / "metrics.jsonl").read_text().splitlines()[0])
+    torch.set_num_threads(1)
+    got = evaluate(model, table_state(table, 16, torch.device("cpu")), BatchLoader(data / "c2.h5", "val", val), feats)
+    assert row["val_mrr"] == pytest.approx(got["mrr"], abs=1e-6) and row["val_ap"] == pytest.approx(got["ap"], abs=1e-6)
+    feats.static = torch.zeros_like(feats.static)
+    zero = evaluate(model, table_state(table, 16, torch.device("cpu")), BatchLoader(data / "c2.h5", "val", val), feats)
+    assert zero["mrr"] != pytest.approx(got["mrr"], abs=1e-6), (zero, got)
 
 
 @pytest.mark.slow
