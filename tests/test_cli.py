@@ -9,6 +9,7 @@ import sys
 import textwrap
 from importlib.metadata import PackageNotFoundError, distribution, packages_distributions
 
+import pytest
 from packaging.requirements import Requirement
 
 
@@ -67,6 +68,7 @@ SNAKEFILE = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_snakemake_report_works_with_the_readme_install(tmp_path):
     """README: `snakemake --report report.html` after command 1 (`pip install -e .`). Snakemake's
     report needs pygments, which only its `reports` extra installs."""

@@ -91,6 +91,7 @@ def test_a_killed_holder_leaves_no_stale_lock(tmp_path):
         assert f"pid {os.getpid()}" in path.read_text()
 
 
+@pytest.mark.slow
 def test_train_waits_for_the_writer_holding_its_run_directory(tmp_path):
     def sh(*args):
         return subprocess.run([sys.executable, "-m", "disttgl", *args], cwd=tmp_path, capture_output=True,
@@ -99,10 +100,44 @@ def test_train_waits_for_the_writer_holding_its_run_directory(tmp_path):
     assert sh("synth", "--out", "g.h5", "--events", "600", "--nodes", "30", "--edge-dim", "4").returncode == 0
     assert sh("batches", "g.h5", "--out", "c.h5", "--batch-size", "100", "--neg-sets", "2",
               "--no-progress").returncode == 0
-    holder = _holder(tmp_path / "run", 2.0)
-    done = sh("train", "g.h5", "c.h5", "--out", "run", "--epochs", "1", "--dim", "8", "--time-dim", "8",
-              "--no-progress", "--threads", "1", "--resume")
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert f"in use by pid {holder.pid}" in done.stderr
-    assert holder.wait() == 0  # it kept the directory to itself until it was done
+    # The holder used to sleep 2 s and exit 0 whatever train did, so "it kept the directory to itself"
+    # could not fail. Now it holds the lock until told to let go, and then lists the directory.
+    release = tmp_path / "release"
+    hold = textwrap.dedent("""
+        import os, sys, time
+        from disttgl.train.run_lock import run_dir_lock
+        with run_dir_lock(sys.argv[1], wait=0):
+            print("locked", flush=True)
+            while not os.path.exists(sys.argv[2]):
+                time.sleep(0.05)
+            print(sorted(os.listdir(sys.argv[1])), flush=True)
+    """)
+    holder = subprocess.Popen([sys.executable, "-c", hold, str(tmp_path / "run"), str(release)],
+                              stdout=subprocess.PIPE, text=True)
+    train = None
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        train = subprocess.Popen([sys.executable, "-m", "disttgl", "train", "g.h5", "c.h5", "--out", "run", "--epochs",
+                                  "1", "--dim", "8", "--time-dim", "8", "--no-progress", "--threads", "1", "--resume"],
+                                 cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        said = ""
+        for line in train.stderr:  # up to the line saying it waits (or the end, if it never does)
+            said += line
+            if "in use by pid" in line:
+                break
+        assert f"in use by pid {holder.pid}" in said, said[-2000:]
+        # a run that went on anyway would be done in about a second; a waiting one is still there
+        with pytest.raises(subprocess.TimeoutExpired):
+            train.wait(timeout=3)
+        release.touch()
+        assert holder.stdout.readline().strip() == "['.lock']"  # train wrote nothing while it was held
+        assert holder.wait(timeout=30) == 0  # it kept the directory to itself until it was done
+        said += train.communicate(timeout=300)[1]
+        assert train.returncode == 0, said[-2000:]
+    finally:
+        release.touch()
+        for p in (holder, train):
+            if p is not None and p.poll() is None:
+                p.kill()
+                p.wait()
     assert (tmp_path / "run" / "summary.json").exists()

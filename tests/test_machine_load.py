@@ -40,6 +40,8 @@ def test_fields_exist_and_are_finite():
     assert f["cpu_count"] >= 1 and f["threads"] >= 1
     for key in ("load_avg", "own_cores_busy", "other_cores_busy"):
         assert f[key] is None or math.isfinite(f[key]), (key, f)
+    if machine_load.busy_cpu_seconds() is not None:  # Linux: all three are measured; None would be no answer
+        assert all(f[key] is not None for key in ("load_avg", "own_cores_busy", "other_cores_busy")), f
 
 
 def test_summary_contention_rule():

@@ -172,6 +172,28 @@ def test_static_memory_is_added_frozen():
     assert not torch.allclose(p1, p2)
     with pytest.raises(ValueError):
         m(batch, features(static_dim=0), *mem.gather(batch))
+    # frozen: training steps (train mode, static dropout on, the table added as is and through a
+    # projection) leave the table bitwise as it was, give it no gradient, and no parameter is it
+    for static_dim in (8, 5):
+        torch.manual_seed(0)
+        m = TGN(ModelConfig(dim=8, time_dim=6, heads=2, dropout=0.0, edge_dim=4, static_dim=static_dim,
+                            static_dropout=0.5, num_nodes=N)).train()
+        feats = features(static_dim=static_dim)
+        table = feats.static
+        before = table.clone()
+        params = list(m.parameters())
+        assert all(p.untyped_storage().data_ptr() != table.untyped_storage().data_ptr() for p in params)
+        start = [p.detach().clone() for p in params]
+        opt = torch.optim.SGD(params, lr=0.5)
+        for _ in range(3):
+            opt.zero_grad()
+            pos, neg, _ = m(batch, feats, *mem.gather(batch))
+            link_loss(pos, neg, "bce").backward()
+            opt.step()
+        assert any(not torch.equal(a, p) for a, p in zip(start, params))  # the steps did train the model
+        assert feats.static is table and table.grad is None and not table.requires_grad, static_dim
+        assert torch.equal(table.view(torch.int32), before.view(torch.int32)), static_dim
+        assert all(p.untyped_storage().data_ptr() != table.untyped_storage().data_ptr() for p in m.parameters())
 
 
 def test_static_dropout_leaves_out_whole_rows_in_training_only():

@@ -86,6 +86,7 @@ def close(a: np.ndarray, b: np.ndarray) -> bool:
     return bool(np.allclose(a, b, rtol=1e-5, atol=1e-6))
 
 
+@pytest.mark.slow
 def test_i2_memory_equals_one_trainer_with_a_double_memory_batch(data):
     fixed_weights_run(data, "i2", "c2.h5", "2x1x1", epochs=1)
     got = np.load(data / "i2" / "memory-copy0-pass1.npy")
@@ -98,6 +99,7 @@ def test_i2_memory_equals_one_trainer_with_a_double_memory_batch(data):
     assert not close(got, sweep(model, feats, n, data / "c1.h5", list(range(nb)), group=1))
 
 
+@pytest.mark.slow
 def test_i2_validation_is_the_single_process_evaluation_of_the_same_weights_and_memory(data):
     """One evaluation protocol for every layout: batches of B (not memory batches of i·B), memory
     carried on from training. The i = 2 cache's val batches are the i = 1 cache's, and rank 0's
@@ -119,6 +121,7 @@ def test_i2_validation_is_the_single_process_evaluation_of_the_same_weights_and_
     assert row["val_ap"] == pytest.approx(want["ap"], abs=1e-6)
 
 
+@pytest.mark.slow
 def test_j2_leaves_the_memory_trajectory_of_j1_and_validates_on_it_every_pass(data):
     # two passes: after pass 1 the server wraps to batch 0 and zeroes the copy's memory, which must
     # not reach the leader's copy for validation and the memory file (it did: pass 1 was all zeros)
@@ -140,6 +143,7 @@ def test_j2_leaves_the_memory_trajectory_of_j1_and_validates_on_it_every_pass(da
     assert len(summary["rank_events_per_s"]) == 2 and all(r > 0 for r in summary["rank_events_per_s"])
 
 
+@pytest.mark.slow
 def test_k2_copies_sweep_their_segments_and_reset_at_the_wrap(data):
     fixed_weights_run(data, "k2", "c1.h5", "1x1x2", epochs=2)  # one pass per copy
     model, feats, n = load_model(data, "k2")
@@ -197,17 +201,46 @@ def test_allreduced_gradient_is_the_mean_of_single_process_gradients(data, tmp_p
     assert not torch.allclose(grads[0][0], mean[0])  # the two ranks' gradients really differ
 
 
-def test_killed_rank_fails_every_rank_within_60s_naming_it(data):
-    start = time.monotonic()
-    proc = torchrun(data, "killed", "c1.h5", "1x2x1", "--epochs", "4", env={"DISTTGL_FAULT": "1:25"})
-    elapsed = time.monotonic() - start
+@pytest.mark.slow
+def test_killed_rank_fails_every_rank_in_the_pass_it_died_naming_it(data):
+    """Rank 1 SIGKILLs itself at iteration 25; rank 0 must fail because of the dead peer, not sit
+    in a collective or a memory-server wait until ``--timeout`` expires.
+
+    This used to bound the wall-clock time (< 80 s), which flakes on loaded shared cores. Instead,
+    nothing here depends on speed: ``--timeout`` is 600 s, beyond the subprocess's own 300 s limit
+    (a normal run takes ~10 s), so detection that waits out the timeout fails the test by hanging
+    past that limit, or, when torchrun SIGKILLs the waiting rank, by the missing "training
+    stopped" report. "Promptly" is measured in progress: no pass ends after the kill (no metrics
+    row, checkpoint, memory file or summary for the pass holding iteration 25), and rank 0's error
+    is the lost connection or torchrun's SIGTERM, not an expired wait (gloo's "Timed out ...", the
+    memory server's "... for 600 s"). Checked against a copy of disttgl with dead_ranks() empty,
+    with a sleep of --timeout before the report, and with rank 1 hanging instead of dying."""
+    try:
+        proc = torchrun(data, "killed", "c1.h5", "1x2x1", "--epochs", "4", "--timeout", "600",
+                        env={"DISTTGL_FAULT": "1:25"}, timeout=300)
+    except subprocess.TimeoutExpired as exc:
+        tail = (exc.stderr or b"")[-3000:]
+        pytest.fail(f"rank 0 did not notice that rank 1 died: still running after 300 s: {tail!r}")
     assert proc.returncode != 0
-    assert elapsed < 60 + 20  # + start-up of two interpreters and one pass on 2 cores
     out = proc.stdout + proc.stderr
-    assert "rank(s) 1 died" in out, out[-3000:]
-    assert "rank 0: training stopped" in out
+    assert "rank 1: DISTTGL_FAULT: killing myself at iteration 25" in out, out[-3000:]
+    T = int(out.split("T = ", 1)[1].split()[0])  # iterations per pass, from rank 0's log
+    kill_pass = 25 // T + 1
+    assert kill_pass == 2, T  # the kill falls in pass 2 of 2, after pass 1 has saved its results
+    run = data / "killed"
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == list(range(1, kill_pass))
+    assert torch.load(run / "checkpoint.pt", weights_only=True)["epoch"] == kill_pass - 1
+    assert not (run / f"memory-copy0-pass{kill_pass}.npy").exists()
+    assert not (run / "summary.json").exists()
+    stopped = [line for line in out.splitlines() if "rank 0: training stopped" in line]
+    assert len(stopped) == 1, out[-3000:]
+    assert "rank(s) 1 died" in stopped[0], stopped[0]
+    low = stopped[0].lower()
+    assert "timed out" not in low and " 600 s" not in low and "600000" not in low, stopped[0]
 
 
+@pytest.mark.slow
 def test_max_restarts_and_resume_continue_from_the_checkpoint(data):
     proc = torchrun(data, "restarted", "c1.h5", "1x2x1", "--epochs", "4", "--resume",
                     launcher=("--standalone", "--max-restarts", "1"), env={"DISTTGL_FAULT": "1:25"})
@@ -225,6 +258,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_static_memory_with_static_dropout_on_two_ranks(data):
     sh("pretrain", "g.h5", "c1.h5", "--out", "static.h5", "--epochs", "1", "--dim", "16", "--time-dim", "16",
        "--no-progress", "--threads", "1", cwd=data)
@@ -234,8 +268,26 @@ def test_static_memory_with_static_dropout_on_two_ranks(data):
     summary = json.loads((data / "static2" / "summary.json").read_text())
     assert summary["config"]["static"] == "static.h5" and summary["config"]["static_dropout"] == 0.5
     assert summary["test_mrr"] is not None
+    # those only echo the flags; that the ranks' model really read the table: rank 0's validation is
+    # evaluate() of the saved weights and memory with the table, and not with its rows zeroed
+    cfg = TrainConfig(graph=str(data / "g.h5"), cache="", out="", dim=16, time_dim=16, heads=2, dropout=0.0)
+    feats, graph = load_features(cfg.graph, torch.device("cpu"), str(data / "static.h5"))
+    model = TGN(model_config(cfg, graph, feats))
+    model.load_state_dict(torch.load(data / "static2" / "checkpoint.pt", weights_only=False)["model"])
+    model.eval()
+    with open_cache(data / "c2.h5") as c:
+        val = [(b, 0) for b in range(c.num_batches("val"))]
+    table = np.load(data / "static2" / "memory-copy0-pass1.npy")
+    row = json.loads((data / "static2" / "metrics.jsonl").read_text().splitlines()[0])
+    torch.set_num_threads(1)
+    got = evaluate(model, table_state(table, 16, torch.device("cpu")), BatchLoader(data / "c2.h5", "val", val), feats)
+    assert row["val_mrr"] == pytest.approx(got["mrr"], abs=1e-6) and row["val_ap"] == pytest.approx(got["ap"], abs=1e-6)
+    feats.static = torch.zeros_like(feats.static)
+    zero = evaluate(model, table_state(table, 16, torch.device("cpu")), BatchLoader(data / "c2.h5", "val", val), feats)
+    assert zero["mrr"] != pytest.approx(got["mrr"], abs=1e-6), (zero, got)
 
 
+@pytest.mark.slow
 def test_two_nodes_on_localhost_with_two_memory_copies(data):
     port = _free_port()
     launcher = lambda n: ("--nnodes", "2", "--node-rank", str(n), "--rdzv-backend", "c10d",  # noqa: E731
@@ -289,6 +341,7 @@ def test_launch_command_one_node_and_slurm():
         command(2, 4, ["g.h5"], env={})
 
 
+@pytest.mark.slow
 def test_ranks_and_memory_servers_exit_when_torchrun_is_killed(data):
     """torchrun starts each rank in its own session; SIGKILL of torchrun must not leave them (or the
     memory server) training into a run directory that a rerun uses."""

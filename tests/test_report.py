@@ -210,6 +210,7 @@ def test_cli_exit_codes(tmp_path, capsys):
     assert "host" in (tmp_path / "o" / "accuracy.md").read_text()
 
 
+@pytest.mark.slow
 def test_snakemake_rule_and_html_report(tmp_path):
     pytest.importorskip("snakemake")
     shutil.copytree(FIXTURE / "synthetic", tmp_path / "res" / "synthetic")

@@ -52,6 +52,7 @@ def cfg(data, out, config=TrainConfig, **kw):
     return config(graph=str(data[0]), cache=str(data[1]), out=str(out), **{**SMALL, **kw})
 
 
+@pytest.mark.slow
 def test_two_epochs_beat_a_random_scorer(data, tmp_path):
     s = train(cfg(data, tmp_path / "run", lr=1e-2))
     # random scorer with 9 negatives: MRR = H(10)/10 = 0.293, AP(1 neg) = 0.5; seeds 0-4 of this
@@ -159,6 +160,7 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_equals_uninterrupted_run(data, tmp_path):
     full = train(cfg(data, tmp_path / "full", epochs=3))
     out = tmp_path / "killed"
@@ -169,7 +171,12 @@ def test_resume_after_sigkill_equals_uninterrupted_run(data, tmp_path):
     assert proc.returncode == -9, proc.stderr
     assert not (out / "summary.json").exists()
     assert torch.load(out / "checkpoint.pt", weights_only=True)["epoch"] == 1  # plain values only
+    before = (out / "metrics.jsonl").read_text().splitlines()
+    assert len(before) == 1
     assert main([*args, "--resume"]) == 0
+    # it resumed rather than started over (which, seeded, would reproduce the same numbers): epoch 1
+    # is the killed run's row as written, down to its measured seconds, not a rerun of epoch 1
+    assert (out / "metrics.jsonl").read_text().splitlines()[0] == before[0]
     resumed = json.loads((out / "summary.json").read_text())
     for key in ("best_epoch", "test_ap", "test_mrr", "test_ap_1neg", "val_mrr", "epochs"):
         assert resumed[key] == full[key], key
@@ -178,7 +185,8 @@ def test_resume_after_sigkill_equals_uninterrupted_run(data, tmp_path):
     assert strip(out / "metrics.jsonl") == strip(tmp_path / "full" / "metrics.jsonl")
 
 
-def test_pretrain_then_train_with_static_memory(data, tmp_path):
+@pytest.mark.slow
+def test_pretrain_then_train_with_static_memory(data, tmp_path, monkeypatch):
     static = tmp_path / "static.h5"
     res = pretrain(cfg(data, static, PretrainConfig, epochs=3, patience=1))
     import h5py
@@ -186,11 +194,42 @@ def test_pretrain_then_train_with_static_memory(data, tmp_path):
         table = f["static_memory"][()]
     assert table.shape == (200, 32) and np.isfinite(table).all()
     assert 1 <= res["best_epoch"] <= 3
+    used = {}  # every static table the model is handed during the run, by identity
+    static_rows = TGN._static_rows
+
+    def spy(self, batch, static_table):
+        used.setdefault(id(static_table), static_table)
+        return static_rows(self, batch, static_table)
+
+    monkeypatch.setattr(TGN, "_static_rows", spy)
     s = train(cfg(data, tmp_path / "run", epochs=1, static=str(static)))
+    monkeypatch.undo()
     assert s["test_mrr"] > 0.3
-    # the static table is frozen: the checkpoint holds no copy of it as a parameter
+    # the static table is frozen: training (with the default static dropout) changes neither the
+    # file nor the tensor the model read, which never needed a gradient...
+    with h5py.File(static) as f:
+        assert f["static_memory"][()].tobytes() == table.tobytes()
+    assert used, "the run never read its static table"
+    for t in used.values():
+        assert not t.requires_grad and t.grad is None
+        assert t.detach().cpu().numpy().tobytes() == table.tobytes()
+    # ...and the checkpoint holds no copy of it as a parameter (nor optimizer state for one)
     ckpt = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
     assert not any(v.shape == (200, 32) for v in ckpt["model"].values())
+    state = [v for per in ckpt["optimizer"]["state"].values() for v in per.values() if torch.is_tensor(v)]
+    assert state and not any(v.shape == (200, 32) for v in state)
+
+    def tensors(x):  # every tensor anywhere in the checkpoint
+        if torch.is_tensor(x):
+            yield x
+        elif isinstance(x, dict):
+            for v in x.values():
+                yield from tensors(v)
+        elif isinstance(x, (list, tuple)):
+            for v in x:
+                yield from tensors(v)
+
+    assert not any(v.shape == table.shape and torch.equal(v, torch.from_numpy(table)) for v in tensors(ckpt))
 
 
 def test_static_memory_rows_are_zero_for_nodes_without_a_training_event(tmp_path):
