@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from disttgl.cli import COMMANDS
 from disttgl.errors import DataError
 from disttgl.workflow_config import (CACHE_NAME, batch_cache_name, check_config, convert_arguments_for,
                                      record_lock_owner, remove_stale_locks, timed_run_units)
@@ -162,6 +163,7 @@ def test_shell_commands_quote_every_config_value(workdir):
     for cmd in _shell_commands(out):
         args = shlex.split(cmd)
         assert args[0] in ("disttgl", "python"), cmd
+        assert args[0] == "disttgl" and args[1] in COMMANDS, cmd  # every rule runs one `disttgl` command
         for arg in args:
             if "pwned" in arg:  # a word holding a config value holds all of it (the value or a path under it)
                 value = next((v for v in values if arg == v or arg.startswith(v + "/")), None)

@@ -1,6 +1,6 @@
 # Distributed i x j x k training (config `parallel:`): results/{dataset}/{I}x{J}x{K}/summary.json.
 # One torchrun per node: locally `torchrun --standalone`; in a multi-node SLURM job `srun` starts one
-# per node and they meet by c10d rendezvous on the allocation's first node (disttgl.parallel.launch).
+# per node and they meet by c10d rendezvous on the allocation's first node (disttgl launch).
 # SLURM resources: nodes and tasks (one per node); mpi="srun" when several nodes (the executor then
 # runs the command in the batch script, which calls srun itself; for one node the executor's own
 # `srun -n1` wraps it, as its MPI mode refuses tasks=1); gres + tasks_per_gpu=0 on GPUs.
@@ -93,7 +93,7 @@ rule train_parallel:
     benchmark:
         "logs/{dataset}/train-{par}.benchmark.tsv"
     shell:
-        "python -m disttgl.parallel.launch --nodes {params.nodes} --nproc-per-node {params.nproc}"
+        "disttgl launch --nodes {params.nodes} --nproc-per-node {params.nproc}"
         " --max-restarts {params.p[max_restarts]:q} --"
         " {input.graph:q} {input.cache:q} --out {params.out:q} {params.static}"
         " --parallelism {wildcards.par} --epochs {params.t[epochs]:q} --timeout {params.p[timeout]:q}"

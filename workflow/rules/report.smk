@@ -32,4 +32,4 @@ rule report:
         expect=_REPORT_RUNS,
         out=_REPORT_OUT,
     shell:
-        "python -m disttgl report {params.run_dirs:q} --out {params.out:q} --expect {params.expect:q} > {log:q} 2>&1"
+        "disttgl report {params.run_dirs:q} --out {params.out:q} --expect {params.expect:q} > {log:q} 2>&1"
