@@ -281,6 +281,49 @@ def test_training_jobs_never_run_side_by_side(workdir):
     assert (workdir / "results" / "report" / "accuracy.csv").exists()
 
 
+# ----------------------------------------------------------------------------- one source of defaults
+
+def _dataclass_defaults(cls) -> dict:
+    return {f.name: f.default for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING}
+
+
+# Schema defaults that are no dataclass field's, and why (a new key must be put here or in FIELDS).
+NOT_FIELDS = {
+    "model.preset": "names a set of defaults (disttgl.train.fit.PRESETS), not one",
+    "train.threads": "the cores Snakemake gives a job; the CLI's default (None) leaves torch's own count",
+    "parallel.configs": "which layouts the workflow runs", "parallel.nodes": "machines per run (launch)",
+    "parallel.procs_per_node": "trainers per machine (launch)", "parallel.gpus_per_node": "the same, on GPUs",
+    "parallel.static_memory": "whether a layout reads the pretrained table",
+    "parallel.threads_per_rank": "the cores Snakemake gives a rank", "parallel.max_restarts": "torchrun's",
+}
+
+
+def test_schema_defaults_are_the_dataclasses_defaults():
+    """A key left out of the config means what the CLI does without its flag: every default of the
+    schema that is a disttgl setting equals the dataclass default it stands for."""
+    from disttgl.cache.batch_cache import BatchParams
+    from disttgl.train.config import PretrainConfig, TrainConfig
+
+    train, pretrain, batch = (_dataclass_defaults(c) for c in (TrainConfig, PretrainConfig, BatchParams))
+    fields = {**{f"model.{k}": train[k] for k in ("dim", "heads", "dropout", "static_dropout", "lr", "loss")},
+              **{f"train.{k}": train[k] for k in ("epochs", "seed", "device")},
+              "parallel.timeout": train["timeout"],
+              "pretrain.epochs": pretrain["epochs"], "pretrain.patience": pretrain["patience"],
+              **{f"batches.{k}": batch[k] for k in batch if k != "minibatch_parallelism"}}
+    schema = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())
+    defaults = {f"{section}.{key}": sub for section in ("model", "train", "pretrain", "parallel", "batches")
+                for key, sub in schema["properties"][section]["properties"].items() if "default" in sub}
+    assert set(defaults) == set(fields) | set(NOT_FIELDS), "classify each schema default: FIELDS or NOT_FIELDS"
+    for key, want in fields.items():
+        got = defaults[key]["default"]
+        if key == "model.loss":
+            # null passes no --loss, so that `preset` can set it; then the dataclass default applies,
+            # which the key's description names
+            assert got is None and f"(TrainConfig.loss, {want})" in defaults[key]["description"], key
+            continue
+        assert got == want and type(got) in (type(want), int), (key, got, want)
+
+
 # ----------------------------------------------------------------------------- stale locks, kill -9
 
 def _dead_pid() -> int:
