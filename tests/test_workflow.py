@@ -324,6 +324,25 @@ def test_schema_defaults_are_the_dataclasses_defaults():
         assert got == want and type(got) in (type(want), int), (key, got, want)
 
 
+def test_left_out_keys_take_the_schema_defaults(workdir):
+    """A config with only the required keys runs every stage with the schema's (= disttgl's) defaults:
+    the rules read config[...] directly, with nothing of their own."""
+    (workdir / "config.yaml").write_text(yaml.safe_dump({
+        "datasets": ["synthetic"], "runs": {"s": {"static_memory": True}}, "parallel": {"configs": ["1x2x1"]}}))
+    proc = snakemake(workdir, "-n", "-p", "--cores", "2")  # 2: threads are not capped
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    cmds = {shlex.split(c)[1]: c for c in _shell_commands(proc.stdout)}
+    assert set(cmds) == {"synth", "batches", "pretrain", "train", "launch", "report"}
+    assert "--events 20000 --nodes 400 " in cmds["synth"]
+    assert "--batch-size 600 --minibatch-parallelism 1 --neg-sets 32 --eval-negatives 49 --neighbors 10" \
+        " --strategy recent --seed 0 " in cmds["batches"]
+    model = "--dim 100 --heads 2 --dropout 0.2 --device cpu --seed 0"
+    assert "--epochs 30 --patience 3 " + model + " --threads 2 " in cmds["pretrain"]
+    assert "--static-dropout 0.8 --epochs 10 " + model + " --threads 2 " in cmds["train"]
+    assert "--nodes 1 --nproc-per-node 2 --max-restarts 0 " in cmds["launch"]
+    assert "--epochs 10 --timeout 300 " + model + " --threads 1 " in cmds["launch"]
+
+
 # ----------------------------------------------------------------------------- stale locks, kill -9
 
 def _dead_pid() -> int:

@@ -2,8 +2,6 @@
 # The file name holds every parameter of the content (disttgl.workflow_config.CACHE_NAME), and the
 # command takes them from the name's wildcards, so a cache always holds what its name says.
 
-from disttgl.workflow_config import CACHE_NAME
-
 
 rule batches:
     input:

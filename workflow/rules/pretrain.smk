@@ -7,12 +7,12 @@ rule pretrain:
         graph=graph_path("{dataset}"),
         cache=lambda w: batch_cache_path(w.dataset, 1),
     output:
-        f"{DATA}/{{dataset}}/static_memory.h5",
+        static_memory_path("{dataset}"),
     params:
         model=model_args(),
         p=config["pretrain"],
         t=config["train"],
-    threads: config["train"].get("threads", 2)
+    threads: config["train"]["threads"]
     resources:
         timed_run=timed_run,
     log:
