@@ -343,6 +343,15 @@ def test_left_out_keys_take_the_schema_defaults(workdir):
     assert "--epochs 10 --timeout 300 " + model + " --threads 1 " in cmds["launch"]
 
 
+def test_lint_reports_nothing(workdir):
+    """`snakemake --lint` (also run by .ci/run): a log on every rule, functions only in common.smk,
+    no hard-coded path prefixes in params, a software environment on every rule."""
+    proc = snakemake(workdir, "--lint")
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0 and "Lints for" not in out, out[-5000:]
+    assert "Congratulations, your workflow is in a good condition!" in out
+
+
 # ----------------------------------------------------------------------------- stale locks, kill -9
 
 def _dead_pid() -> int:

@@ -23,6 +23,8 @@ rule batches:
         f"logs/{{dataset}}/batches-{CACHE_NAME}.log",
     benchmark:
         f"logs/{{dataset}}/batches-{CACHE_NAME}.benchmark.tsv"
+    conda:
+        "../envs/disttgl.yaml"
     shell:
         "disttgl batches {input:q} --out {output:q} --batch-size {wildcards.batch_size}"
         " --minibatch-parallelism {wildcards.i} --neg-sets {wildcards.neg_sets}"

@@ -9,6 +9,8 @@ rule synth:
         bipartite="--bipartite" if config["synthetic"]["bipartite"] else "",
     log:
         "logs/synthetic/synth.log",
+    conda:
+        "../envs/disttgl.yaml"
     shell:
         "disttgl synth --out {output:q} --events {params.s[events]:q} --nodes {params.s[nodes]:q}"
         " --edge-dim {params.s[edge_dim]:q} --seed {params.s[seed]:q}"
@@ -25,6 +27,8 @@ rule fetch:
     log:
         "logs/{dataset}/fetch.log",
     retries: 1
+    conda:
+        "../envs/disttgl.yaml"
     shell:
         "disttgl fetch {wildcards.dataset:q} --out {output:q} {params.mirror} > {log:q} 2>&1"
 
@@ -42,5 +46,7 @@ rule convert:
         "logs/{dataset}/convert.log",
     benchmark:
         "logs/{dataset}/convert.benchmark.tsv"
+    conda:
+        "../envs/disttgl.yaml"
     shell:
         "disttgl convert {params.args} --out {output:q} > {log:q} 2>&1"

@@ -28,6 +28,8 @@ rule train_parallel:
         "logs/{dataset}/train-{par}.log",
     benchmark:
         "logs/{dataset}/train-{par}.benchmark.tsv"
+    conda:
+        "../envs/disttgl.yaml"
     shell:
         "disttgl launch --nodes {params.nodes} --nproc-per-node {params.nproc}"
         " --max-restarts {params.p[max_restarts]:q} --"

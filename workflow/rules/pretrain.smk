@@ -19,6 +19,8 @@ rule pretrain:
         "logs/{dataset}/pretrain.log",
     benchmark:
         "logs/{dataset}/pretrain.benchmark.tsv"
+    conda:
+        "../envs/disttgl.yaml"
     shell:
         "disttgl pretrain {input.graph:q} {input.cache:q} --out {output:q}"
         " --epochs {params.p[epochs]:q} --patience {params.p[patience]:q}"

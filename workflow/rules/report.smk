@@ -25,5 +25,7 @@ rule report:
         out=lambda w, output: os.path.dirname(output.html),
     log:
         "logs/report.log",
+    conda:
+        "../envs/disttgl.yaml"
     shell:
         "disttgl report {params.run_dirs:q} --out {params.out:q} --expect {params.expect:q} > {log:q} 2>&1"

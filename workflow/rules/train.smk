@@ -25,6 +25,8 @@ rule train:
         "logs/{dataset}/train-{run}.log",
     benchmark:
         "logs/{dataset}/train-{run}.benchmark.tsv"
+    conda:
+        "../envs/disttgl.yaml"
     shell:
         "disttgl train {input.graph:q} {input.cache:q} --out {params.out:q} {params.static}"
         " --epochs {params.epochs:q}"
