@@ -1,5 +1,6 @@
 # disttgl workflow: raw events -> graph store -> batch cache -> static memory -> training -> report.
-# Rules are thin: each runs one `disttgl` command; the logic lives in the disttgl package.
+# Rules are thin: each runs one `disttgl` command; the logic lives in the disttgl package, and every
+# target and input function of the rules lives in workflow/rules/common.smk.
 
 from snakemake.utils import min_version, validate
 
@@ -15,10 +16,11 @@ report: "workflow/report/workflow.rst"
 include: "workflow/rules/common.smk"
 
 
-# `all` must be the first rule (the default target, also for `snakemake --report`).
+# The default target (also of `snakemake --report`): the report over every configured run.
 rule all:
+    default_target: True
     input:
-        f"{RESULTS}/report/accuracy.html",
+        final_outputs(),
 
 
 include: "workflow/rules/data.smk"

@@ -3,6 +3,8 @@ logic is unit-tested. The JSON schema checks types; this checks what a schema ca
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import json
 import os
 import re
@@ -11,6 +13,7 @@ import socket
 from pathlib import Path
 from typing import Any
 
+from disttgl.cache.format import BatchParams
 from disttgl.errors import DataError
 from disttgl.lifetime import pid_alive, proc_stat
 
@@ -87,7 +90,7 @@ def check_parallel(config: dict[str, Any]) -> None:
     nodes) and ``world / nodes`` must fit in ``procs_per_node`` (or ``gpus_per_node``), the trainers
     one machine holds. Fewer is allowed (e.g. a 1x1x1 reference layout on a 2-trainer machine): the
     launch only needs room, not a full machine. With neither set, only the first rule applies."""
-    from disttgl.parallel.schedule import Layout
+    from disttgl.layout import Layout
 
     par = config.get("parallel") or {}
     configs = par.get("configs") or []
@@ -116,13 +119,24 @@ def check_parallel(config: dict[str, Any]) -> None:
 # each; i is minibatch_parallelism), so a changed parameter never reuses a stale cache. The rule
 # `batches` reads them back from the name's wildcards. tests/test_workflow.py checks the field list.
 CACHE_NAME = "b{batch_size}-i{i}-n{neighbors}-{strategy}-s{seed}-neg{neg_sets}-ev{eval_negatives}-tgl{tgl_compat}"
-_CACHE_DEFAULTS = {"batch_size": 600, "neg_sets": 32, "eval_negatives": 49, "neighbors": 10,
-                   "strategy": "recent", "seed": 0, "tgl_compat": False}  # = the schema's defaults
+
+
+_CACHE_KEYS = frozenset(re.findall(r"{(\w+)}", CACHE_NAME)) - {"i"}
+
+
+@functools.cache
+def _cache_defaults() -> dict[str, Any]:
+    """BatchParams' own defaults, for keys a ``batches:`` dict leaves out (the schema's defaults equal
+    them: tests/test_workflow.py)."""
+
+    return {f.name: f.default for f in dataclasses.fields(BatchParams) if f.name != "minibatch_parallelism"}
 
 
 def batch_cache_name(batches: dict[str, Any], i: int) -> str:
     """The cache file name (without .h5) for the ``batches:`` config and minibatch parallelism ``i``."""
-    b = {**_CACHE_DEFAULTS, **(batches or {})}
+    b = dict(batches or {})
+    if not _CACHE_KEYS <= b.keys():
+        b = {**_cache_defaults(), **b}
     return CACHE_NAME.format(i=i, **{**b, "tgl_compat": int(bool(b["tgl_compat"]))})
 
 

@@ -12,11 +12,10 @@ import subprocess
 from pathlib import Path
 
 import pytest
-import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 
-pytestmark = pytest.mark.slurm
+pytestmark = [pytest.mark.slurm, pytest.mark.slow]  # slow: runs the workflow to completion
 
 
 @pytest.fixture(scope="module")
@@ -37,17 +36,11 @@ def cluster():
 
 @pytest.fixture
 def workdir(tmp_path):
+    """The workflow with its test configuration (.test/config.yaml: its one layout is 1x2x1)."""
     shutil.copy(REPO / "Snakefile", tmp_path)
+    shutil.copy(REPO / "config.yaml", tmp_path)
     shutil.copytree(REPO / "workflow", tmp_path / "workflow")
-    snakefile = tmp_path / "Snakefile"
-    if "parallel.smk" not in snakefile.read_text():
-        snakefile.write_text(snakefile.read_text() + '\ninclude: "workflow/rules/parallel.smk"\n')
-    config = yaml.safe_load((REPO / "config.yaml").read_text())
-    config["synthetic"].update(events=3000, nodes=100)
-    config["batches"]["batch_size"] = 100
-    config["model"]["dim"] = 16
-    config["train"]["epochs"] = 2
-    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    shutil.copytree(REPO / ".test", tmp_path / ".test")
     return tmp_path
 
 
@@ -55,7 +48,8 @@ def test_workflow_trains_2_ranks_through_slurm(cluster, workdir):
     target = "results/synthetic/1x2x1/summary.json"
     cmd = ["snakemake", "--profile", "workflow/profiles/slurm", target,
            # this cluster has no accounting database: job states come from squeue (MinJobAge = 600 s)
-           "--slurm-status-command", "squeue", "--slurm-no-account", "--slurm-init-seconds-before-status-checks", "5"]
+           "--slurm-status-command", "squeue", "--slurm-no-account", "--slurm-init-seconds-before-status-checks", "5",
+           "--configfile", ".test/config.yaml"]  # last: --configfile takes every word up to the next option
     proc = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, timeout=420)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     assert "has been submitted with SLURM jobid" in proc.stdout + proc.stderr

@@ -1,4 +1,6 @@
-"""The Snakemake workflow: config validation before any job, the data stage end to end."""
+"""The Snakemake workflow: config validation before any job, the data stage end to end, the schema's
+defaults against disttgl's own, `snakemake --lint`. Runs use the test configuration
+.test/config.yaml (seconds, not minutes); tests marked slow run Snakemake jobs to completion."""
 
 from __future__ import annotations
 
@@ -15,11 +17,17 @@ from pathlib import Path
 import pytest
 import yaml
 
+from disttgl.cli import COMMANDS
 from disttgl.errors import DataError
 from disttgl.workflow_config import (CACHE_NAME, batch_cache_name, check_config, convert_arguments_for,
                                      record_lock_owner, remove_stale_locks, timed_run_units)
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+# The workflow's test configuration (complete, so layering it over config.yaml leaves nothing of the
+# full-size run in); a test that changes a value edits the working copy's file (_test_config).
+TEST_CONFIG = ".test/config.yaml"
 
 
 @pytest.fixture
@@ -29,11 +37,26 @@ def workdir(tmp_path):
     shutil.copy(REPO / "config.yaml", tmp_path)
     shutil.copytree(REPO / "workflow", tmp_path / "workflow")
     shutil.copytree(REPO / "profiles", tmp_path / "profiles")  # the workflow profile Snakemake loads by default
+    shutil.copytree(REPO / ".test", tmp_path / ".test")
     return tmp_path
 
 
-def snakemake(workdir: Path, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    return subprocess.run(["snakemake", *args], cwd=workdir, capture_output=True, text=True, timeout=timeout)
+def snakemake(workdir: Path, *args: str, timeout: int = 600,
+              configfile: str | None = TEST_CONFIG) -> subprocess.CompletedProcess:
+    """`snakemake ARGS --configfile .test/config.yaml` in the copy (configfile=None: config.yaml alone).
+    --configfile goes last: it takes several files, and would take a target after it for one."""
+    cmd = ["snakemake", *args, *(["--configfile", configfile] if configfile else [])]
+    return subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, timeout=timeout)
+
+
+def _test_config(workdir: Path, **changes) -> dict:
+    """The working copy's .test/config.yaml with CHANGES ({"dotted.key": value}) written back."""
+    path = workdir / TEST_CONFIG
+    config = yaml.safe_load(path.read_text())
+    for key, value in changes.items():
+        _edit(config, key, value)
+    path.write_text(yaml.safe_dump(config))
+    return config
 
 
 def test_dry_run_lists_data_jobs(workdir):
@@ -48,13 +71,14 @@ def test_dry_run_lists_fetch_and_convert_for_a_registry_dataset(workdir):
     assert "fetch" in proc.stdout and "convert" in proc.stdout
 
 
+@pytest.mark.slow
 def test_data_stage_builds_the_synthetic_store(workdir):
     proc = snakemake(workdir, "--cores", "2", "data/synthetic/graph.h5")
     assert proc.returncode == 0, proc.stderr
     from disttgl.data.graph_store import graph_info
 
     info = graph_info(workdir / "data" / "synthetic" / "graph.h5")
-    config = yaml.safe_load((REPO / "config.yaml").read_text())
+    config = yaml.safe_load((REPO / TEST_CONFIG).read_text())
     assert info["num_events"] == config["synthetic"]["events"]
     assert (workdir / "logs" / "synthetic" / "synth.log").exists()
 
@@ -80,9 +104,7 @@ def _edit(config: dict, path: str, value) -> None:
      "3 trainers on parallel.nodes = 1 machine(s) need 3 per machine, but parallel.procs_per_node = 2"),
 ])
 def test_bad_config_fails_before_any_job_naming_the_key(workdir, path, value, key, message):
-    config = yaml.safe_load((workdir / "config.yaml").read_text())
-    _edit(config, path, value)
-    (workdir / "config.yaml").write_text(yaml.safe_dump(config))
+    _test_config(workdir, **{path: value})
     proc = snakemake(workdir, "--cores", "1")
     assert proc.returncode != 0
     out = proc.stdout + proc.stderr
@@ -90,14 +112,13 @@ def test_bad_config_fails_before_any_job_naming_the_key(workdir, path, value, ke
     assert not (workdir / "data").exists()
 
 
+@pytest.mark.slow
 def test_custom_dataset_through_the_workflow(workdir):
     events = workdir / "mylog.csv"
     events.write_text("when,who,what\n" + "".join(f"{i}.0,u{i % 7},i{i % 5}\n" for i in range(60)))
-    config = yaml.safe_load((workdir / "config.yaml").read_text())
-    config["datasets"] = ["mylog"]
-    config["custom_datasets"] = {"mylog": {"files": [str(events)], "format": "csv", "bipartite": True,
-                                           "src_col": "who", "dst_col": "what", "time_col": "when"}}
-    (workdir / "config.yaml").write_text(yaml.safe_dump(config))
+    _test_config(workdir, datasets=["mylog"], custom_datasets={"mylog": {
+        "files": [str(events)], "format": "csv", "bipartite": True, "src_col": "who", "dst_col": "what",
+        "time_col": "when"}})
     proc = snakemake(workdir, "--cores", "1", "data/mylog/graph.h5")
     assert proc.returncode == 0, proc.stderr
     from disttgl.data.graph_store import graph_info
@@ -119,20 +140,6 @@ def test_check_config_and_convert_arguments():
     assert args == "'my file.csv' --format csv --no-bipartite --time-col ts --feature-cols a,b"
 
 
-def _small(workdir: Path, **changes) -> dict:
-    """Shrink the default config to a pipeline of seconds (same rules and stages)."""
-    config = yaml.safe_load((workdir / "config.yaml").read_text())
-    config["synthetic"].update(events=3000, nodes=100)
-    config["batches"]["batch_size"] = 100
-    config["model"]["dim"] = 16
-    config["train"]["epochs"] = 2
-    config["pretrain"]["epochs"] = 2
-    for path, value in changes.items():
-        _edit(config, path, value)
-    (workdir / "config.yaml").write_text(yaml.safe_dump(config))
-    return config
-
-
 def _shell_commands(out: str) -> list[str]:
     cmds = [line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Shell command:")]
     return [c for c in cmds if c != "None"]  # rule all has none
@@ -146,12 +153,9 @@ def test_shell_commands_quote_every_config_value(workdir):
     argument: no `touch` runs, a space splits nothing."""
     events = workdir / "my log;touch pwned4.csv"
     events.write_text("t;src;dst\n1;a;b\n")
-    config = yaml.safe_load((workdir / "config.yaml").read_text())
-    config.update(datasets=["synthetic", "WIKI", "mylog"], data_dir=NASTY_DATA, results_dir=NASTY_RESULTS,
-                  data_mirror=NASTY_MIRROR)
-    config["custom_datasets"] = {"mylog": {"files": [str(events)], "format": "csv", "time_col": "t",
-                                           "separator": ";"}}
-    (workdir / "config.yaml").write_text(yaml.safe_dump(config))
+    _test_config(workdir, datasets=["synthetic", "WIKI", "mylog"], data_dir=NASTY_DATA, results_dir=NASTY_RESULTS,
+                 data_mirror=NASTY_MIRROR, custom_datasets={"mylog": {"files": [str(events)], "format": "csv",
+                                                                      "time_col": "t", "separator": ";"}})
     proc = snakemake(workdir, "-n", "-p")
     assert proc.returncode == 0, proc.stdout[-3000:]
     out = proc.stdout + proc.stderr
@@ -162,6 +166,7 @@ def test_shell_commands_quote_every_config_value(workdir):
     for cmd in _shell_commands(out):
         args = shlex.split(cmd)
         assert args[0] in ("disttgl", "python"), cmd
+        assert args[0] == "disttgl" and args[1] in COMMANDS, cmd  # every rule runs one `disttgl` command
         for arg in args:
             if "pwned" in arg:  # a word holding a config value holds all of it (the value or a path under it)
                 value = next((v for v in values if arg == v or arg.startswith(v + "/")), None)
@@ -172,15 +177,15 @@ def test_shell_commands_quote_every_config_value(workdir):
     assert not list(workdir.glob("pwned*"))
 
 
+@pytest.mark.slow
 def test_data_stage_in_directories_with_spaces_and_semicolons(workdir):
     events = workdir / "my events;touch pwned.csv"
     events.write_text("when,who,what\n" + "".join(f"{i}.0,u{i % 7},i{i % 5}\n" for i in range(60)))
-    config = yaml.safe_load((workdir / "config.yaml").read_text())
-    config.update(datasets=["synthetic", "mylog"], data_dir="my data;touch pwned")
-    config["synthetic"].update(events=500, nodes=50)
-    config["custom_datasets"] = {"mylog": {"files": [str(events)], "format": "csv", "bipartite": True,
-                                           "src_col": "who", "dst_col": "what", "time_col": "when"}}
-    (workdir / "config.yaml").write_text(yaml.safe_dump(config))
+    _test_config(workdir, **{
+        "datasets": ["synthetic", "mylog"], "data_dir": "my data;touch pwned", "synthetic.events": 500,
+        "synthetic.nodes": 50, "custom_datasets": {"mylog": {
+            "files": [str(events)], "format": "csv", "bipartite": True, "src_col": "who", "dst_col": "what",
+            "time_col": "when"}}})
     data = workdir / "my data;touch pwned"
     proc = snakemake(workdir, "--cores", "1", f"{data.name}/synthetic/graph.h5", f"{data.name}/mylog/graph.h5")
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -210,7 +215,7 @@ def test_batch_cache_name_holds_every_batch_parameter():
 def test_changing_neg_sets_builds_a_new_cache(workdir):
     paths = []
     for neg_sets in (32, 8):
-        _small(workdir, **{"batches.neg_sets": neg_sets})
+        _test_config(workdir, **{"batches.neg_sets": neg_sets})
         proc = snakemake(workdir, "-n", "-p", "results/synthetic/nostatic/summary.json")
         assert proc.returncode == 0, proc.stderr
         batches = [c for c in _shell_commands(proc.stdout + proc.stderr) if c.startswith("disttgl batches")]
@@ -242,7 +247,7 @@ def test_check_config_refuses_escaping_names_and_unlaunchable_layouts():
 
 
 def test_timed_runs_take_the_timed_run_resource(workdir):
-    proc = snakemake(workdir, "-n")
+    proc = snakemake(workdir, "-n", configfile=None)  # the shipped config.yaml: three layouts, two caches
     assert proc.returncode == 0, proc.stderr
     blocks = re.split(r"^\[.*\]$", proc.stdout, flags=re.M)  # a job's block starts with its timestamp
     jobs = [(m.group(1), b) for b in blocks if (m := re.search(r"^(?:local)?rule (\w+):", b, re.M))]
@@ -268,15 +273,92 @@ def _timed_overlaps(out: str) -> tuple[list[str], list[tuple[str, str]]]:
     return started, overlaps
 
 
+@pytest.mark.slow
 def test_training_jobs_never_run_side_by_side(workdir):
     """With cores to spare (2 cores, 1 thread each) Snakemake would start pretrain and a training run
-    together; the timed_run resource keeps them one at a time so each measures an idle machine."""
-    _small(workdir, **{"train.threads": 1, "parallel.configs": []})
+    together; the timed_run resource keeps them one at a time so each measures an idle machine.
+    The finished run then makes the HTML report from the default target."""
+    _test_config(workdir, **{"train.threads": 1, "parallel.configs": []})
     proc = snakemake(workdir, "--cores", "2")
     assert proc.returncode == 0, proc.stderr[-3000:]
     started, overlaps = _timed_overlaps(proc.stdout + proc.stderr)
     assert sorted(started) == ["pretrain", "train", "train"] and overlaps == []
     assert (workdir / "results" / "report" / "accuracy.csv").exists()
+    proc = snakemake(workdir, "--report", "report.html")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    html = (workdir / "report.html").read_text()
+    assert "accuracy.html" in html and "static_ablation.svg" in html
+
+
+# ----------------------------------------------------------------------------- one source of defaults
+
+def _dataclass_defaults(cls) -> dict:
+    return {f.name: f.default for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING}
+
+
+# Schema defaults that are no dataclass field's, and why (a new key must be put here or in FIELDS).
+NOT_FIELDS = {
+    "model.preset": "names a set of defaults (disttgl.train.fit.PRESETS), not one",
+    "train.threads": "the cores Snakemake gives a job; the CLI's default (None) leaves torch's own count",
+    "parallel.configs": "which layouts the workflow runs", "parallel.nodes": "machines per run (launch)",
+    "parallel.procs_per_node": "trainers per machine (launch)", "parallel.gpus_per_node": "the same, on GPUs",
+    "parallel.static_memory": "whether a layout reads the pretrained table",
+    "parallel.threads_per_rank": "the cores Snakemake gives a rank", "parallel.max_restarts": "torchrun's",
+}
+
+
+def test_schema_defaults_are_the_dataclasses_defaults():
+    """A key left out of the config means what the CLI does without its flag: every default of the
+    schema that is a disttgl setting equals the dataclass default it stands for."""
+    from disttgl.cache.format import BatchParams
+    from disttgl.train.config import PretrainConfig, TrainConfig
+
+    train, pretrain, batch = (_dataclass_defaults(c) for c in (TrainConfig, PretrainConfig, BatchParams))
+    fields = {**{f"model.{k}": train[k] for k in ("dim", "heads", "dropout", "static_dropout", "lr", "loss")},
+              **{f"train.{k}": train[k] for k in ("epochs", "seed", "device")},
+              "parallel.timeout": train["timeout"],
+              "pretrain.epochs": pretrain["epochs"], "pretrain.patience": pretrain["patience"],
+              **{f"batches.{k}": batch[k] for k in batch if k != "minibatch_parallelism"}}
+    schema = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())
+    defaults = {f"{section}.{key}": sub for section in ("model", "train", "pretrain", "parallel", "batches")
+                for key, sub in schema["properties"][section]["properties"].items() if "default" in sub}
+    assert set(defaults) == set(fields) | set(NOT_FIELDS), "classify each schema default: FIELDS or NOT_FIELDS"
+    for key, want in fields.items():
+        got = defaults[key]["default"]
+        if key == "model.loss":
+            # null passes no --loss, so that `preset` can set it; then the dataclass default applies,
+            # which the key's description names
+            assert got is None and f"(TrainConfig.loss, {want})" in defaults[key]["description"], key
+            continue
+        assert got == want and type(got) in (type(want), int), (key, got, want)
+
+
+def test_left_out_keys_take_the_schema_defaults(workdir):
+    """A config with only the required keys runs every stage with the schema's (= disttgl's) defaults:
+    the rules read config[...] directly, with nothing of their own."""
+    (workdir / "config.yaml").write_text(yaml.safe_dump({
+        "datasets": ["synthetic"], "runs": {"s": {"static_memory": True}}, "parallel": {"configs": ["1x2x1"]}}))
+    proc = snakemake(workdir, "-n", "-p", "--cores", "2", configfile=None)  # 2: threads are not capped
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    cmds = {shlex.split(c)[1]: c for c in _shell_commands(proc.stdout)}
+    assert set(cmds) == {"synth", "batches", "pretrain", "train", "launch", "report"}
+    assert "--events 20000 --nodes 400 " in cmds["synth"]
+    assert "--batch-size 600 --minibatch-parallelism 1 --neg-sets 32 --eval-negatives 49 --neighbors 10" \
+        " --strategy recent --seed 0 " in cmds["batches"]
+    model = "--dim 100 --heads 2 --dropout 0.2 --device cpu --seed 0"
+    assert "--epochs 30 --patience 3 " + model + " --threads 2 " in cmds["pretrain"]
+    assert "--static-dropout 0.8 --epochs 10 " + model + " --threads 2 " in cmds["train"]
+    assert "--nodes 1 --nproc-per-node 2 --max-restarts 0 " in cmds["launch"]
+    assert "--epochs 10 --timeout 300 " + model + " --threads 1 " in cmds["launch"]
+
+
+def test_lint_reports_nothing(workdir):
+    """`snakemake --lint` (also run by .ci/run): a log on every rule, functions only in common.smk,
+    no hard-coded path prefixes in params, a software environment on every rule."""
+    proc = snakemake(workdir, "--lint", configfile=None)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0 and "Lints for" not in out, out[-5000:]
+    assert "Congratulations, your workflow is in a good condition!" in out
 
 
 # ----------------------------------------------------------------------------- stale locks, kill -9
@@ -350,10 +432,9 @@ def test_locks_stay_while_jobs_of_a_killed_snakemake_still_run(tmp_path):
 def test_plain_rerun_after_kill_9_finishes(workdir):
     """kill -9 of snakemake and its jobs while the batch cache is written, then the README's command
     again: it must finish by itself (no IncompleteFilesException, no LockException, no `.part` left)."""
-    _small(workdir)
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    first = subprocess.Popen(["snakemake", "--cores", "1"], cwd=workdir, stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL, env=env, start_new_session=True)
+    first = subprocess.Popen(["snakemake", "--cores", "1", "--configfile", TEST_CONFIG], cwd=workdir,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True)
     batches = workdir / "data" / "synthetic" / "batches"
     deadline = time.monotonic() + 300
     try:

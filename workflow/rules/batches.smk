@@ -2,8 +2,6 @@
 # The file name holds every parameter of the content (disttgl.workflow_config.CACHE_NAME), and the
 # command takes them from the name's wildcards, so a cache always holds what its name says.
 
-from disttgl.workflow_config import CACHE_NAME
-
 
 rule batches:
     input:
@@ -25,6 +23,8 @@ rule batches:
         f"logs/{{dataset}}/batches-{CACHE_NAME}.log",
     benchmark:
         f"logs/{{dataset}}/batches-{CACHE_NAME}.benchmark.tsv"
+    conda:
+        "../envs/disttgl.yaml"
     shell:
         "disttgl batches {input:q} --out {output:q} --batch-size {wildcards.batch_size}"
         " --minibatch-parallelism {wildcards.i} --neg-sets {wildcards.neg_sets}"

@@ -1,18 +1,36 @@
-# Configuration checks and path helpers shared by every stage.
+# Configuration checks, targets and every input/params function of the rules, in one place (as in
+# the snakemake-workflows layout): the rule files hold only rules.
 # Shell commands quote every value that comes from the config or a path ({x:q}); values built with
-# shlex.join (convert arguments, static_args, the fetch mirror) are already quoted and go in bare.
+# shlex.join (convert arguments, model_args, static_args, the fetch mirror) are already quoted and go
+# in bare.
+#
+# The config is validated with the schema's defaults filled in (snakemake.utils.validate sets them),
+# so the functions below read config[...][...] directly: a default lives in the schema, which
+# tests/test_workflow.py checks against disttgl's own dataclasses (TrainConfig, BatchParams).
 
+import functools
+import os
 import shlex
 import sys
 
-from disttgl.workflow_config import (batch_cache_name, check_config, record_lock_owner, remove_stale_locks,
-                                     timed_run_units)
+from disttgl.parallel.schedule import Layout, choose_parallelism
+from disttgl.workflow_config import (
+    CACHE_NAME,
+    batch_cache_name,
+    check_config,
+    convert_arguments_for,
+    record_lock_owner,
+    remove_stale_locks,
+    timed_run_units,
+)
+
 
 validate(config, "../schemas/config.schema.yaml")
 check_config(config)
 
 DATA = config["data_dir"]
 RESULTS = config["results_dir"]
+REPORT = f"{RESULTS}/report"
 
 # Timed runs (train, train_parallel, pretrain) take one `timed_run` each and at most one runs at a
 # time, so a reported speed is never measured beside another training job on the same cores. The
@@ -22,25 +40,6 @@ RESULTS = config["results_dir"]
 # submitting Snakemake would otherwise submit one training job at a time.
 if "timed_run" not in workflow.global_resources:
     workflow.global_resources["timed_run"] = 1
-
-
-def model_args():
-    """The model and optimiser flags of train, pretrain and train_parallel, in one place (quoted).
-    `lr`/`loss` null leave them to disttgl (or to `preset`): the lr derived from the training batches
-    (logged), the loss binary CE."""
-    m = config["model"]
-    args = ["--dim", m["dim"], "--heads", m["heads"], "--dropout", m["dropout"]]
-    for key in ("lr", "loss"):
-        if m.get(key) is not None:
-            args += [f"--{key}", m[key]]
-    if m.get("preset"):
-        args += ["--preset", m["preset"]]
-    return shlex.join(map(str, args))
-
-
-def timed_run(wildcards):
-    return timed_run_units(workflow)
-
 
 # After `kill -9` Snakemake's lock files stay behind; delete those whose recorded owner is dead (see
 # disttgl.workflow_config). Only the main process: job subprocesses parse this file too.
@@ -54,6 +53,64 @@ onstart:
     record_lock_owner()
 
 
+# --------------------------------------------------------------------------- targets
+
+def train_runs():
+    """Every configured single-process run, as DATASET/RUN."""
+    return [f"{dataset}/{run}" for dataset in config["datasets"] for run in config["runs"]]
+
+
+def parallel_layouts():
+    """The configured i x j x k layouts (`auto`: one, chosen from nodes x trainers per node)."""
+    return list(_parallel_layouts())
+
+
+@functools.cache  # the config is fixed once parsed; `auto` logs its choice once
+def _parallel_layouts():
+    par = config["parallel"]
+    if par["configs"] == "auto" or par["configs"] == ["auto"]:
+        lay, why = choose_parallelism(par["nodes"], procs_per_node(), config["train"]["epochs"])
+        print(f"parallel: auto -> {lay}: {why}", file=sys.stderr)
+        return (str(lay),)
+    return tuple(str(Layout.parse(str(c))) for c in par["configs"])
+
+
+def parallel_runs():
+    """Every configured distributed run, as DATASET/IxJxK."""
+    return [f"{dataset}/{par}" for dataset in config["datasets"] for par in parallel_layouts()]
+
+
+def report_runs():
+    """Every configured run (single-process runs, then layouts): what the report expects, so that a
+    run without a readable summary is listed as missing/failed, never dropped."""
+    return train_runs() + parallel_runs()
+
+
+def train_summaries():
+    """The summaries of the single-process runs (rule train's targets)."""
+    return [f"{RESULTS}/{run}/summary.json" for run in train_runs()]
+
+
+def parallel_summaries():
+    """The summaries of the distributed runs (rule train_parallel's targets)."""
+    return [f"{RESULTS}/{run}/summary.json" for run in parallel_runs()]
+
+
+def report_summaries():
+    return [f"{RESULTS}/{run}/summary.json" for run in report_runs()]
+
+
+def report_run_dirs(wildcards, input):
+    return [os.path.dirname(summary) for summary in input.summaries]
+
+
+def final_outputs():
+    """What the default target `all` builds: the report, which takes every configured run's summary."""
+    return [f"{REPORT}/accuracy.html"]
+
+
+# --------------------------------------------------------------------------- paths
+
 def graph_path(dataset):
     return f"{DATA}/{dataset}/graph.h5"
 
@@ -63,9 +120,123 @@ def batch_cache_path(dataset, i):
     return f"{DATA}/{dataset}/batches/{batch_cache_name(config['batches'], i)}.h5"
 
 
+def static_memory_path(dataset):
+    return f"{DATA}/{dataset}/static_memory.h5"
+
+
+def run_dir(wildcards, output):
+    """train/train_parallel: the run directory is the folder of the declared summary.json."""
+    return os.path.dirname(output[0])
+
+
+# --------------------------------------------------------------------------- data
+
+def convert_inputs(wildcards):
+    """convert: a custom dataset's own files, else the fetched raw folder."""
+    custom = config["custom_datasets"].get(wildcards.dataset)
+    return custom["files"] if custom else [f"{DATA}/{wildcards.dataset}/raw"]
+
+
+def convert_args(wildcards, input):
+    return convert_arguments_for(config, wildcards.dataset, list(input))
+
+
+def mirror_args():
+    """fetch: where the raw files come from on offline clusters (`data_mirror`), quoted."""
+    return shlex.join(["--mirror", config["data_mirror"]]) if config["data_mirror"] else ""
+
+
+# --------------------------------------------------------------------------- training
+
+def model_args():
+    """The model and optimiser flags of train, pretrain and train_parallel, in one place (quoted).
+    `lr`/`loss` null leave them to disttgl (or to `preset`): the lr derived from the training batches
+    (logged), the loss binary CE."""
+    m = config["model"]
+    args = ["--dim", m["dim"], "--heads", m["heads"], "--dropout", m["dropout"]]
+    for key in ("lr", "loss", "preset"):
+        if m[key] is not None:
+            args += [f"--{key}", m[key]]
+    return shlex.join(map(str, args))
+
+
 def static_args(wildcards, input):
     """train/train_parallel: the frozen static memory and how often training leaves its rows out."""
     if not input.static:
         return ""
     return shlex.join(["--static", *map(str, input.static),
                        "--static-dropout", str(config["model"]["static_dropout"])])
+
+
+def timed_run(wildcards):
+    return timed_run_units(workflow)
+
+
+def run_config(wildcards):
+    return config["runs"][wildcards.run]
+
+
+def run_epochs(wildcards):
+    """A run's own `epochs`, else train.epochs."""
+    return run_config(wildcards).get("epochs", config["train"]["epochs"])
+
+
+def run_static(wildcards):
+    """train: the static memory when the run has `static_memory: true`."""
+    return [static_memory_path(wildcards.dataset)] if run_config(wildcards)["static_memory"] else []
+
+
+# --------------------------------------------------------------------------- distributed training
+# One torchrun per node: locally `torchrun --standalone`; in a multi-node SLURM job `srun` starts one
+# per node and they meet by c10d rendezvous on the allocation's first node (disttgl launch).
+# SLURM resources: nodes and tasks (one per node); mpi="srun" when several nodes (the executor then
+# runs the command in the batch script, which calls srun itself; for one node the executor's own
+# `srun -n1` wraps it, as its MPI mode refuses tasks=1); gres + tasks_per_gpu=0 on GPUs.
+
+def procs_per_node():
+    """Trainers one machine holds: procs_per_node, else gpus_per_node, else 2 (for `configs: auto`)."""
+    par = config["parallel"]
+    return par["procs_per_node"] or par["gpus_per_node"] or 2
+
+
+def layout(wildcards):
+    return Layout.parse(wildcards.par)
+
+
+def layout_nodes(wildcards):
+    nodes, lay = config["parallel"]["nodes"], layout(wildcards)
+    if lay.k % nodes:
+        raise ValueError(f"parallel.nodes = {nodes} must divide k = {lay.k} of {wildcards.par}: "
+                         "a memory copy never spans machines")
+    return nodes
+
+
+def layout_procs(wildcards):
+    """Trainers per node of a layout: world / nodes."""
+    return layout(wildcards).world // layout_nodes(wildcards)
+
+
+def layout_threads(wildcards):
+    return layout_procs(wildcards) * config["parallel"]["threads_per_rank"]
+
+
+def layout_cache(wildcards):
+    return batch_cache_path(wildcards.dataset, layout(wildcards).i)
+
+
+def layout_static(wildcards):
+    return [static_memory_path(wildcards.dataset)] if config["parallel"]["static_memory"] else []
+
+
+def slurm_resources():
+    """train_parallel's resources for the SLURM executor (ignored by local runs)."""
+    res = dict(
+        nodes=layout_nodes,
+        tasks=layout_nodes,
+        mpi=lambda w: "srun" if layout_nodes(w) > 1 else "",
+        cpus_per_task=layout_threads,
+    )
+    if str(config["train"]["device"]).startswith("cuda"):
+        res["gres"] = lambda w: f"gpu:{layout_procs(w)}"
+        res["tasks_per_gpu"] = 0
+    return res

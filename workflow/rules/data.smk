@@ -1,7 +1,5 @@
 # Data stage: fetch raw files (or generate the synthetic set) and convert them to the graph store.
 
-from disttgl.workflow_config import convert_arguments_for
-
 
 rule synth:
     output:
@@ -11,6 +9,8 @@ rule synth:
         bipartite="--bipartite" if config["synthetic"]["bipartite"] else "",
     log:
         "logs/synthetic/synth.log",
+    conda:
+        "../envs/disttgl.yaml"
     shell:
         "disttgl synth --out {output:q} --events {params.s[events]:q} --nodes {params.s[nodes]:q}"
         " --edge-dim {params.s[edge_dim]:q} --seed {params.s[seed]:q}"
@@ -23,17 +23,14 @@ rule fetch:
     wildcard_constraints:
         dataset="(?!synthetic$)[A-Za-z0-9_.-]+",
     params:
-        mirror=shlex.join(["--mirror", config["data_mirror"]]) if config.get("data_mirror") else "",
+        mirror=mirror_args(),
     log:
         "logs/{dataset}/fetch.log",
     retries: 1
+    conda:
+        "../envs/disttgl.yaml"
     shell:
         "disttgl fetch {wildcards.dataset:q} --out {output:q} {params.mirror} > {log:q} 2>&1"
-
-
-def convert_inputs(wildcards):
-    custom = config["custom_datasets"].get(wildcards.dataset)
-    return custom["files"] if custom else [f"{DATA}/{wildcards.dataset}/raw"]
 
 
 rule convert:
@@ -44,10 +41,12 @@ rule convert:
     wildcard_constraints:
         dataset="(?!synthetic$)[A-Za-z0-9_.-]+",
     params:
-        args=lambda wc, input: convert_arguments_for(config, wc.dataset, list(input)),
+        args=convert_args,
     log:
         "logs/{dataset}/convert.log",
     benchmark:
         "logs/{dataset}/convert.benchmark.tsv"
+    conda:
+        "../envs/disttgl.yaml"
     shell:
         "disttgl convert {params.args} --out {output:q} > {log:q} 2>&1"

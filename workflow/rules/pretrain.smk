@@ -7,18 +7,20 @@ rule pretrain:
         graph=graph_path("{dataset}"),
         cache=lambda w: batch_cache_path(w.dataset, 1),
     output:
-        f"{DATA}/{{dataset}}/static_memory.h5",
+        static_memory_path("{dataset}"),
     params:
         model=model_args(),
         p=config["pretrain"],
         t=config["train"],
-    threads: config["train"].get("threads", 2)
+    threads: config["train"]["threads"]
     resources:
         timed_run=timed_run,
     log:
         "logs/{dataset}/pretrain.log",
     benchmark:
         "logs/{dataset}/pretrain.benchmark.tsv"
+    conda:
+        "../envs/disttgl.yaml"
     shell:
         "disttgl pretrain {input.graph:q} {input.cache:q} --out {output:q}"
         " --epochs {params.p[epochs]:q} --patience {params.p[patience]:q}"

@@ -3,43 +3,30 @@
 # deletes the checkpoint of a killed job: the rerun passes --resume and continues from it.
 
 
-def train_summaries():
-    """Every configured (dataset, run) summary: the training targets for `rule all`."""
-    return expand(f"{RESULTS}/{{dataset}}/{{run}}/summary.json", dataset=config["datasets"], run=list(config["runs"]))
-
-
-def _run_config(wildcards):
-    return config["runs"][wildcards.run]
-
-
-def _static_input(wildcards):
-    if _run_config(wildcards).get("static_memory", False):
-        return [f"{DATA}/{wildcards.dataset}/static_memory.h5"]
-    return []
-
-
 rule train:
     input:
         graph=graph_path("{dataset}"),
         cache=lambda w: batch_cache_path(w.dataset, 1),
-        static=_static_input,
+        static=run_static,
     output:
         f"{RESULTS}/{{dataset}}/{{run}}/summary.json",
     wildcard_constraints:
         run="|".join(config["runs"]),
     params:
-        out=lambda w: f"{RESULTS}/{w.dataset}/{w.run}",
+        out=run_dir,
         static=static_args,
-        epochs=lambda w: _run_config(w).get("epochs", config["train"]["epochs"]),
+        epochs=run_epochs,
         model=model_args(),
         t=config["train"],
-    threads: config["train"].get("threads", 2)
+    threads: config["train"]["threads"]
     resources:
         timed_run=timed_run,
     log:
         "logs/{dataset}/train-{run}.log",
     benchmark:
         "logs/{dataset}/train-{run}.benchmark.tsv"
+    conda:
+        "../envs/disttgl.yaml"
     shell:
         "disttgl train {input.graph:q} {input.cache:q} --out {params.out:q} {params.static}"
         " --epochs {params.epochs:q}"
