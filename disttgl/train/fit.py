@@ -130,8 +130,8 @@ def fit(strategy: Strategy) -> dict[str, Any] | None:
     elif cfg.resume and s.evaluates:
         log.info("no checkpoint in %s; starting from scratch", out)
 
-    s.begin(done)
     try:
+        s.begin(done)  # inside: close() also releases what a failed begin started
         for n in range(done + 1, s.units + 1):
             t0 = time.perf_counter()
             result = s.train_unit(n)
