@@ -217,8 +217,7 @@ def test_snakemake_rule_and_html_report(tmp_path):
     (tmp_path / "Snakefile").write_text(textwrap.dedent(f"""\
         configfile: "config.yaml"
         report: "{REPO}/workflow/report/workflow.rst"
-        def parallel_layouts():  # what parallel.smk defines
-            return config["parallel"]["configs"]
+        include: "{REPO}/workflow/rules/common.smk"  # every input function, the config's defaults
         include: "{REPO}/workflow/rules/report.smk"
         """))
     (tmp_path / "config.yaml").write_text(textwrap.dedent("""\

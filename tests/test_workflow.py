@@ -298,7 +298,7 @@ def _dataclass_defaults(cls) -> dict:
 
 # Schema defaults that are no dataclass field's, and why (a new key must be put here or in FIELDS).
 NOT_FIELDS = {
-    "model.preset": "names a set of defaults (disttgl.train.fit.PRESETS), not one",
+    "model.preset": "names a set of defaults (disttgl.train.config.PRESETS), not one",
     "train.threads": "the cores Snakemake gives a job; the CLI's default (None) leaves torch's own count",
     "parallel.configs": "which layouts the workflow runs", "parallel.nodes": "machines per run (launch)",
     "parallel.procs_per_node": "trainers per machine (launch)", "parallel.gpus_per_node": "the same, on GPUs",

@@ -29,7 +29,7 @@ class TrainConfig:
     cache: str
     out: str  # run directory (train) or static memory file (pretrain)
     static: str | None = None  # frozen static memory (.h5 from pretrain)
-    static_dropout: float = _MODEL.static_dropout  # training: chance a node's static row is left out (0: DistTGL)
+    static_dropout: float = 0.8  # training: chance a node's static row is left out (0: DistTGL, and ModelConfig's)
     epochs: int = 10
     device: str = "cpu"
     seed: int = 0

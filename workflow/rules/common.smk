@@ -13,7 +13,10 @@ import os
 import shlex
 import sys
 
-from disttgl.parallel.schedule import Layout, choose_parallelism
+from snakemake.utils import validate
+
+from disttgl.layout import Layout
+from disttgl.parallel.schedule import choose_parallelism
 from disttgl.workflow_config import (
     CACHE_NAME,
     batch_cache_name,
