@@ -39,6 +39,7 @@ from disttgl.cache.loader import BatchLoader
 from disttgl.cache.reader import open_cache
 from disttgl.errors import DataError
 from disttgl.lifetime import exit_with_parent
+from disttgl.models.memory import NodeMemory
 from disttgl.models.tgn import TGN
 from disttgl.parallel.gradients import AllReduceOptimizer
 from disttgl.parallel.memory_server import MemoryClient, MemoryServerError, ServerPlan, start_server
@@ -242,7 +243,7 @@ class ScheduledRanks:
                "rank_events_per_s": [r[0] / r[1] if r[1] > 0 else 0.0 for r in rates]}
         return UnitResult(stats, row, rank_load(rates))
 
-    def eval_memory(self):  # noqa: ANN201 - a NodeMemory
+    def eval_memory(self) -> NodeMemory:
         return table_state(self.table, self.cfg.dim, self.device)  # copy 0's, carried on from training
 
     def loader(self, split: str) -> BatchLoader:
