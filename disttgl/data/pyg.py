@@ -40,6 +40,7 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+import re
 from pathlib import Path
 from typing import Any
 
@@ -135,15 +136,18 @@ def load_pyg_file(path: str | os.PathLike) -> dict[str, Any]:
         with torch.serialization.safe_globals(allowed):
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        text = str(exc)
-        if "weights_only" in text or "Weights only load failed" in text:
-            first = next((line.strip() for line in text.splitlines() if "GLOBAL" in line or "Unsupported" in line),
-                         text.splitlines()[0] if text else "")
+        text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
+        # a refused class or function names its GLOBAL; any other refusal is bytes that are no pickle
+        globals_ = [line.strip() for line in text.splitlines() if "GLOBAL" in line]
+        if globals_:
+            first = globals_[0][:300]
             hint = "" if allowed else " (a whole TemporalData needs torch_geometric installed to be read)"
             raise DataError(path, f"refused: the file holds pickled Python objects other than tensors ({first}); "
                             "disttgl reads .pt files with weights_only=True and never runs pickled code"
                             f"{hint}; save a dict of tensors instead: torch.save(data.to_dict(), path)") from None
-        raise DataError(path, f"not a readable PyTorch file ({text.splitlines()[0] if text else exc!r})") from None
+        detail = next((line.strip() for line in text.splitlines() if "Unsupported" in line), "")
+        raise DataError(path, "not a readable PyTorch file, truncated or damaged?"
+                        + (f" ({detail[:200]})" if detail else "")) from None
     except (RuntimeError, EOFError, ValueError, OSError, KeyError, IndexError) as exc:
         text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise DataError(path, f"not a readable PyTorch file, truncated or damaged? ({text})") from None
@@ -212,6 +216,9 @@ def read_pyg(path: str | os.PathLike) -> RawEvents:
     if t.dtype.kind in "iu" and np.abs(t).max() >= _EXACT_INT:
         raise DataError(path, f"time {int(np.abs(t).max())} is too large to keep exactly as a float64 time")
     t = t.astype(np.float64)
+    if not np.isfinite(t).all():
+        i = int(np.flatnonzero(~np.isfinite(t))[0])
+        raise DataError(path, f"t[{i}] is {t[i]}: times must be finite numbers")
     for key, ids in (("src", src), ("dst", dst)):
         if ids.min() < 0:
             i = int(np.flatnonzero(ids < 0)[0])
@@ -244,6 +251,9 @@ def read_pyg(path: str | os.PathLike) -> RawEvents:
         msg = msg[:, None]
     if x is not None and x.ndim == 1:
         x = x[:, None]
+    if msg is not None and not np.isfinite(msg.astype(np.float64)).all():
+        raise DataError(path, f"msg row {int(np.flatnonzero(~np.isfinite(msg).all(axis=1))[0])} (edge features) "
+                        "holds NaN or infinite values")
     if x is not None and not np.isfinite(x.astype(np.float64)).all():
         raise DataError(path, f"x row {int(np.flatnonzero(~np.isfinite(x).all(axis=1))[0])} holds NaN or "
                         "infinite values")
