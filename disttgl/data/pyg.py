@@ -37,6 +37,7 @@ events included.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import pickle
@@ -132,8 +133,11 @@ def load_pyg_file(path: str | os.PathLike) -> dict[str, Any]:
     if path.stat().st_size == 0:
         raise DataError(path, "file is empty")
     allowed = _pyg_safe_globals()
+    scoped = getattr(torch.serialization, "safe_globals", None)  # torch >= 2.5; before it, dicts only
+    if scoped is None:
+        allowed = []
     try:
-        with torch.serialization.safe_globals(allowed):
+        with scoped(allowed) if allowed else contextlib.nullcontext():
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
