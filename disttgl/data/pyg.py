@@ -142,9 +142,9 @@ def load_pyg_file(path: str | os.PathLike) -> dict[str, Any]:
     except pickle.UnpicklingError as exc:
         text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
         # a refused class or function names its GLOBAL; any other refusal is bytes that are no pickle
-        globals_ = [line.strip() for line in text.splitlines() if "GLOBAL" in line]
-        if globals_:
-            first = globals_[0][:300]
+        refused = re.search(r"GLOBAL ([\w.]+)", text)
+        if refused:
+            first = f"it references {refused.group(1)}"
             hint = "" if allowed else " (a whole TemporalData needs torch_geometric installed to be read)"
             raise DataError(path, f"refused: the file holds pickled Python objects other than tensors ({first}); "
                             "disttgl reads .pt files with weights_only=True and never runs pickled code"
@@ -265,7 +265,8 @@ def read_pyg(path: str | os.PathLike) -> RawEvents:
     return RawEvents(path=path, src=src.astype(np.int64), dst=dst.astype(np.int64), t=t, label=y,
                      edge_feat=None if msg is None else msg.astype(np.float32),
                      edge_feat_path=path if msg is not None else None,
-                     node_feat=None if x is None else x.astype(np.float32), node_feat_path=path,
+                     node_feat=None if x is None else x.astype(np.float32),
+                     node_feat_path=None if x is None else path,
                      ext_roll=_split_from_masks(path, {k: per_event[k] for k in MASKS}, e),
                      num_nodes=num_nodes, original_id=None if oid is None else oid.astype(np.int64),
                      line_of=lambda row: None)
