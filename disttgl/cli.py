@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "convert": ("disttgl.data.convert", "convert raw event files into the HDF5 graph store"),
     "synth": ("disttgl.data.synth", "generate the embedded synthetic dataset"),
     "info": ("disttgl.data.info", "summarise a graph store"),
+    "export": ("disttgl.commands.export", "write a graph store as PyG TemporalData (.pt) or a TGB-style folder"),
     "datasets": ("disttgl.data.registry", "list the registered datasets"),
     "batches": ("disttgl.cache.command", "precompute the mini-batch cache"),
     "pretrain": ("disttgl.commands.pretrain", "pretrain the static node memory"),

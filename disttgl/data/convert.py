@@ -18,11 +18,14 @@ import numpy as np
 from disttgl.errors import DataError
 from disttgl.data.graph import Graph, build_tcsr, chronological_split
 from disttgl.data.graph_store import sha256_files, write_graph
+from disttgl.data.pyg import read_pyg
 from disttgl.data.readers import FORMATS, CsvColumns, RawEvents, SnapColumns, read_events
 
 log = logging.getLogger(__name__)
 
 SPLIT_RULES = ("chronological", "ext_roll")
+# the pyg reader lives in disttgl.data.pyg (it needs torch), so its format is added here
+INPUT_FORMATS = (*FORMATS, "pyg")
 
 
 @dataclass(frozen=True)
@@ -77,6 +80,10 @@ def _validate(raw: RawEvents) -> None:
 
 def _remap(raw: RawEvents, bipartite: bool, separate_spaces: bool):
     """Return (src, dst, original_id, side). JODIE users and items live in separate id spaces."""
+    if raw.num_nodes is not None:  # ids already 0..n-1 (pyg): kept, so node n stays node n
+        src, dst = raw.src.astype(np.int64), raw.dst.astype(np.int64)
+        original = raw.original_id if raw.original_id is not None else np.arange(raw.num_nodes, dtype=np.int64)
+        return src, dst, original, _side(raw, src, dst, raw.num_nodes) if bipartite else None
     if bipartite and separate_spaces:
         src, users = _compact(raw.src)
         dst, items = _compact(raw.dst)
@@ -86,17 +93,19 @@ def _remap(raw: RawEvents, bipartite: bool, separate_spaces: bool):
     both, original = _compact(np.concatenate([raw.src, raw.dst]))
     n = raw.num_events
     src, dst = both[:n], both[n:]
-    side = None
-    if bipartite:
-        is_src = np.zeros(len(original), bool)
-        is_src[src] = True
-        clash = is_src[dst]
-        if clash.any():
-            row = int(np.flatnonzero(clash)[0])
-            raise DataError(raw.path, f"declared bipartite, but node {raw.dst[row]} is both a source and a "
-                            "destination", line=raw.line_of(row), column="dst")
-        side = (~is_src).astype(np.int8)
-    return src, dst, original, side
+    return src, dst, original, _side(raw, src, dst, len(original)) if bipartite else None
+
+
+def _side(raw: RawEvents, src: np.ndarray, dst: np.ndarray, num_nodes: int) -> np.ndarray:
+    """0 for the nodes that are sources, 1 for the others; refuse a node that is both."""
+    is_src = np.zeros(num_nodes, bool)
+    is_src[src] = True
+    clash = is_src[dst]
+    if clash.any():
+        row = int(np.flatnonzero(clash)[0])
+        raise DataError(raw.path, f"declared bipartite, but node {raw.dst[row]} is both a source and a "
+                        "destination", line=raw.line_of(row), column="dst")
+    return (~is_src).astype(np.int8)
 
 
 def build_graph(raw: RawEvents, options: ConvertOptions, *, source: str, sha256: str) -> Graph:
@@ -132,7 +141,10 @@ def build_graph(raw: RawEvents, options: ConvertOptions, *, source: str, sha256:
     num_nodes = len(original_id)
     node_feat = None
     if raw.node_feat is not None:
-        node_feat = raw.node_feat[original_id] if original_id.dtype.kind in "iu" else None
+        if raw.num_nodes is not None:  # rows are node ids already
+            node_feat = raw.node_feat
+        else:
+            node_feat = raw.node_feat[original_id] if original_id.dtype.kind in "iu" else None
     tcsr = build_tcsr(src, dst, t, num_nodes, directed=options.directed)
     return Graph(src=src, dst=dst, t=t, split=split, num_nodes=num_nodes, bipartite=bipartite,
                  edge_feat=sentinel, tcsr=tcsr, node_feat=node_feat, label=label, original_id=original_id,
@@ -146,7 +158,13 @@ def convert(inputs: Sequence[str | os.PathLike], out: str | os.PathLike, options
     from disttgl.atomic import check_writable_dir
 
     check_writable_dir(out)  # fail before parsing a large file
-    raw = read_events(inputs, options.fmt, csv_columns=options.csv_columns, snap_columns=options.snap_columns)
+    if options.fmt == "pyg":
+        if len(inputs) != 1:
+            raise DataError(inputs[1] if inputs else None, "the pyg format takes one input file (data.pt)")
+        raw = read_pyg(inputs[0])
+    else:
+        raw = read_events(inputs, options.fmt, csv_columns=options.csv_columns,
+                          snap_columns=options.snap_columns)
     paths = [Path(p) for p in inputs]
     graph = build_graph(raw, options, source=f"{options.fmt}:{','.join(p.name for p in paths)}",
                         sha256=sha256_files(paths))
@@ -158,14 +176,16 @@ def convert(inputs: Sequence[str | os.PathLike], out: str | os.PathLike, options
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="raw event file(s)")
-    p.add_argument("--format", required=True, choices=FORMATS, dest="fmt", help="input format")
+    p.add_argument("--format", required=True, choices=INPUT_FORMATS, dest="fmt",
+                   help="input format (pyg: a .pt of PyG TemporalData or its dict of tensors)")
     p.add_argument("--out", required=True, help="output graph store (.h5)")
     p.add_argument("--bipartite", action=argparse.BooleanOptionalAction, default=None,
                    help="user->item graph (default: yes for jodie, no otherwise)")
     p.add_argument("--directed", action="store_true",
                    help="keep only out-edges in the T-CSR (default: both directions)")
     p.add_argument("--split", choices=SPLIT_RULES, default=None,
-                   help="chronological (default) or the source's ext_roll (default for TGL inputs that have it)")
+                   help="chronological (default) or the source's ext_roll (default for TGL inputs that have "
+                        "it, and for pyg inputs with train/val/test masks)")
     p.add_argument("--val-fraction", type=float, default=0.15)
     p.add_argument("--test-fraction", type=float, default=0.15)
     # defaults are None so that run() can tell a column the user chose from one it did not

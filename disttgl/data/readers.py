@@ -38,7 +38,11 @@ class RawEvents:
     edge_feat_path: Path | None = None
     node_feat: np.ndarray | None = None  # float32 [rows, d], row = original integer id
     node_feat_path: Path | None = None
-    ext_roll: np.ndarray | None = None  # int8 split given by the source (TGL)
+    ext_roll: np.ndarray | None = None  # int8 split given by the source (TGL, PyG masks)
+    # ids already dense 0..num_nodes-1 (PyG): kept as they are, nodes without events included,
+    # instead of being compacted; node_feat rows are then node ids
+    num_nodes: int | None = None
+    original_id: np.ndarray | None = None  # with num_nodes: the input's own id of each node
     # maps a 0-based data row to its 1-based line number in ``path`` (for error messages)
     line_of: Callable[[int], int] = lambda row: row + 1
 
