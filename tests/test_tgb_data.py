@@ -401,3 +401,103 @@ def test_export_refuses_fractional_times(tmp_path):
     with pytest.raises(DataError, match="TGB casts timestamps to integers"):
         write_tgb_folder(g, tmp_path / "tgb")
     assert not (tmp_path / "tgb").exists()
+
+
+# ------------------------------------------------------------------------- fetch (zip) and registry
+
+
+@pytest.fixture
+def http_root(tmp_path):
+    import functools
+    import http.server
+    import threading
+
+    root = tmp_path / "www"
+    root.mkdir()
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(root)))
+    thread = threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    yield root, f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+    thread.join()
+    httpd.server_close()
+
+
+def _tgb_registry(base: str, members: tuple[str, ...]):
+    from disttgl.data.registry import Dataset, RemoteFile
+
+    f = RemoteFile("tgbl-wiki-v2.zip", f"{base}/tgbl-wiki-v2.zip", None, unzip=members)
+    return {"tgbl-wiki": Dataset("tgbl-wiki", (f,), "tgb", True, False, "tgb", "test", aliases=("tgbl_wiki",),
+                                 tgb_name="tgbl-wiki")}
+
+
+def test_fetch_unzips_a_tgb_archive_and_convert_reads_it(tmp_path, http_root, caplog):
+    import zipfile
+
+    from disttgl.data.fetch import fetch
+    from disttgl.data.registry import convert_arguments, raw_paths
+
+    root, base = http_root
+    g = _integer_time_synth(tmp_path / "g.h5", bipartite=True)
+    folder = write_tgb_folder(g, tmp_path / "tgb", num_neg=5)
+    members = tuple(sorted(p.name for p in folder.iterdir()))
+    with zipfile.ZipFile(root / "tgbl-wiki-v2.zip", "w") as z:
+        for p in folder.iterdir():
+            z.write(p, f"tgbl_wiki/{p.name}")  # a folder inside the archive is flattened
+    reg = _tgb_registry(base, members)
+    raw = tmp_path / "raw"
+    paths = fetch("tgbl_wiki", raw, registry=reg, retries=0)
+    assert paths == [raw / m for m in members] == raw_paths("tgbl-wiki", raw, reg)
+    assert (raw / "tgbl-wiki-v2.zip.sha256").exists()
+    for m in members:
+        assert (raw / m).read_bytes() == (folder / m).read_bytes()
+    args = convert_arguments("tgbl-wiki", raw, reg)
+    assert args == [str(raw), "--format", "tgb", "--tgb-name", "tgbl-wiki", "--bipartite", "--split", "tgb"]
+    assert main(["convert", *args, "--out", str(tmp_path / "out" / "g.h5")]) == 0
+    np.testing.assert_array_equal(load_graph(tmp_path / "out" / "g.h5").src, load_graph(g).src)
+    assert (tmp_path / "out" / "tgb_negatives.h5").exists()
+    (raw / members[0]).unlink()  # a lost member is extracted again from the present archive
+    fetch("tgbl-wiki", raw, registry=reg, retries=0)
+    assert (raw / members[0]).exists()
+
+
+def test_fetch_refuses_a_bad_or_incomplete_archive(tmp_path, http_root):
+    import zipfile
+
+    from disttgl.data.fetch import fetch
+
+    root, base = http_root
+    (root / "tgbl-wiki-v2.zip").write_bytes(b"PK not really a zip")
+    raw = tmp_path / "raw"
+    with pytest.raises(DataError, match=r"tgbl-wiki-v2\.zip: not a valid zip archive"):
+        fetch("tgbl-wiki", raw, registry=_tgb_registry(base, ("a.csv",)), retries=0)
+    assert not (raw / "tgbl-wiki-v2.zip").exists()
+    (root / "tgbl-wiki-v2.zip").unlink()
+    with zipfile.ZipFile(root / "tgbl-wiki-v2.zip", "w") as z:
+        z.writestr("other.csv", "x")
+    raw2 = tmp_path / "raw2"
+    with pytest.raises(DataError, match=r"the archive has no a\.csv \(it holds other\.csv\)"):
+        fetch("tgbl-wiki", raw2, registry=_tgb_registry(base, ("a.csv",)), retries=0)
+    assert not (raw2 / "tgbl-wiki-v2.zip").exists()
+
+
+def test_registry_tgb_entries():
+    from disttgl.data.registry import DATASETS, convert_arguments, get_dataset
+
+    for name, archive in [("tgbl-wiki", "tgbl-wiki-v2.zip"), ("tgbl-review", "tgbl-review-v2.zip"),
+                          ("tgbl-coin", "tgbl-coin-v2.zip"), ("tgbl-comment", "tgbl-comment.zip")]:
+        d = DATASETS[name]
+        assert d.files[0].url == ("https://object-arbutus.alliancecan.ca/swift/v1/14c95234f6cd4a21a47deafe20cce2a7"
+                                  f"/tgb/{archive}")
+        assert (d.format, d.split, d.tgb_name) == ("tgb", "tgb", name)
+        assert d.files[0].unzip[0].startswith(f"{name}_edgelist")
+        assert get_dataset(name.replace("-", "_")) is d
+    assert DATASETS["tgbl-comment"].files[0].unzip == (
+        "tgbl-comment_edgelist.csv", "tgbl-comment_val_ns.pkl", "tgbl-comment_test_ns.pkl")
+    assert convert_arguments("tgbl-review", "/raw") == [
+        "/raw", "--format", "tgb", "--tgb-name", "tgbl-review", "--no-bipartite", "--split", "tgb"]
