@@ -248,9 +248,10 @@ def negatives_from_mapping(path: Path, mapping: dict[tuple[int, int, int], np.nd
             raise DataError(path, f"{split_name} positive {i} (src {k[0]}, dst {k[1]}, t {k[2]}, TGB ids) has no "
                                   f"key in the pickle: the id mapping or the split does not match TGB's")
         rows.append(row)
-    distinct = len(set(keys))
+    positives = set(keys)
+    distinct = len(positives)
     if distinct != len(mapping):
-        extra = next(k for k in mapping if k not in set(keys))
+        extra = next(k for k in mapping if k not in positives)
         raise DataError(path, f"the pickle holds {len(mapping)} keys, the {split_name} split {distinct} distinct "
                               f"(src, dst, t) positives; e.g. key {extra} is no {split_name} positive")
     lengths = np.fromiter((len(r) for r in rows), dtype=np.int64, count=len(rows))
