@@ -501,3 +501,18 @@ def test_registry_tgb_entries():
         "tgbl-comment_edgelist.csv", "tgbl-comment_val_ns.pkl", "tgbl-comment_test_ns.pkl")
     assert convert_arguments("tgbl-review", "/raw") == [
         "/raw", "--format", "tgb", "--tgb-name", "tgbl-review", "--no-bipartite", "--split", "tgb"]
+
+
+def test_first_appearance_ids_at_scale():
+    import polars as pl
+
+    from disttgl.tgb.reader import _first_appearance_ids
+
+    rng = np.random.default_rng(4)
+    names = np.array([f"0x{i:040x}" for i in rng.permutation(3000)])
+    src, dst = names[rng.integers(0, 3000, 20_000)], names[rng.integers(0, 3000, 20_000)]
+    u, i, _, _, ids = tgb_sc_port([[0, a, b, 1] for a, b in zip(src, dst)])
+    s, d, original = _first_appearance_ids(pl.Series(src), pl.Series(dst))
+    np.testing.assert_array_equal(s, u)
+    np.testing.assert_array_equal(d, i)
+    assert original.tolist() == list(ids)

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import h5py
 import numpy as np
+import polars as pl
 
 from disttgl.data.delimited import check_nonempty, column_array, first_data_line, read_table, split_line
 from disttgl.data.graph import Graph, build_tcsr, chronological_split
@@ -97,17 +98,18 @@ def locate(directory: str | os.PathLike, name: str, version: int) -> dict[str, P
 
 # ------------------------------------------------------------------------------------------ parsers
 
-def _first_appearance_ids(src: np.ndarray, dst: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """TGB's ``node_ids`` dict: ids in order of first appearance, scanning src then dst per row."""
-    both = np.empty(2 * len(src), dtype=object)
-    both[0::2], both[1::2] = src, dst
-    uniq, first, inverse = np.unique(both.astype(str), return_index=True, return_inverse=True)
-    rank = np.empty(len(uniq), dtype=np.int64)
-    rank[np.argsort(first, kind="stable")] = np.arange(len(uniq))
-    ids = rank[inverse.reshape(-1)]
-    original = np.empty(len(uniq), dtype=object)
-    original[rank] = uniq
-    return ids[0::2], ids[1::2], original.astype(str)
+def _first_appearance_ids(src: pl.Series, dst: pl.Series) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """TGB's ``node_ids`` dict: ids in order of first appearance, scanning src then dst per row.
+
+    In polars (a group-by and a join), not numpy: numpy's fixed-width strings would take
+    rows x 2 x the longest id x 4 bytes (~8 GB for tgbl-coin's addresses)."""
+    n = len(src)
+    pos = np.arange(n, dtype=np.int64) * 2
+    keys = pl.DataFrame({"k": pl.concat([src.cast(pl.String), dst.cast(pl.String)]), "pos": np.r_[pos, pos + 1]})
+    first = keys.group_by("k").agg(pl.col("pos").min()).sort("pos").with_row_index("id")
+    ids = keys.join(first.select("k", "id"), on="k", how="left", maintain_order="left").get_column("id")
+    ids = ids.cast(pl.Int64).to_numpy()
+    return ids[:n], ids[n:], first.get_column("k").to_numpy().astype(str)
 
 
 def _int_column(path: Path, df, name: str) -> np.ndarray:
@@ -150,7 +152,7 @@ def read_sc(path: Path) -> TgbEvents:
     names = ["ts", "src", "dst", "weight"] + [f"c{i}" for i in range(4, n)]
     df = read_table(path, names=names, kinds=["int", "str", "str", "float"] + ["str"] * (n - 4), separator=",",
                     skip_lines=1)
-    src, dst, original = _first_appearance_ids(df.get_column("src").to_numpy(), df.get_column("dst").to_numpy())
+    src, dst, original = _first_appearance_ids(df.get_column("src"), df.get_column("dst"))
     w = column_array(df, "weight", np.float64).copy()
     w[w == 0] = 1
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -168,7 +170,7 @@ def read_rc(path: Path) -> TgbEvents:
     names = ["ts", "src", "dst", "c3", "c4"] + [f"c{i}" for i in range(5, n)]
     df = read_table(path, names=names, kinds=["int", "str", "str", "int", "int"] + ["str"] * (n - 5),
                     separator=",", skip_lines=1)
-    src, dst, original = _first_appearance_ids(df.get_column("src").to_numpy(), df.get_column("dst").to_numpy())
+    src, dst, original = _first_appearance_ids(df.get_column("src"), df.get_column("dst"))
     feat = np.stack([column_array(df, "c3", np.int64) / 5000, column_array(df, "c4", np.int64).astype(np.float64)],
                     axis=1)
     return TgbEvents(src=src, dst=dst, t=_int_column(path, df, "ts"), edge_feat=feat.astype(np.float32),
