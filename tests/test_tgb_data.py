@@ -64,7 +64,8 @@ def tgb_wiki_port(rows):
     """load_edgelist_wiki on parsed rows (header dropped): u, i shifted, ts, features."""
     src = np.array([int(r[0]) for r in rows])
     dst = np.array([int(r[1]) for r in rows]) + src.max() + 1
-    return src, dst, np.array([float(r[2]) for r in rows]).astype(int), np.array([[float(x) for x in r[4:]] for r in rows])
+    ts = np.array([float(r[2]) for r in rows]).astype(int)
+    return src, dst, ts, np.array([[float(x) for x in r[4:]] for r in rows])
 
 
 def tgb_sc_port(rows):
@@ -516,3 +517,17 @@ def test_first_appearance_ids_at_scale():
     np.testing.assert_array_equal(s, u)
     np.testing.assert_array_equal(d, i)
     assert original.tolist() == list(ids)
+
+
+SHARED_TGB = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "tgb"
+
+
+@pytest.mark.skipif(not (SHARED_TGB / "tgbl_wiki").is_dir() and not (SHARED_TGB / "tgbl-wiki_edgelist_v2.csv").exists(),
+                    reason="TGB's tgbl-wiki files are not in ../shared/datasets/tgb/")
+def test_real_tgbl_wiki_pickles_match_the_split(tmp_path):
+    """Every val/test positive of the real tgbl-wiki v2 finds its key (id mapping and split parity)."""
+    graph = convert_tgb(SHARED_TGB, tmp_path / "g.h5", name="tgbl-wiki", negatives_out=tmp_path / "n.h5")
+    assert graph.num_events == 157_474 and graph.num_nodes == 9_227
+    for code, s in ((1, "val"), (2, "test")):
+        neg = load_negatives(tmp_path / "n.h5", s, graph_path=tmp_path / "g.h5")
+        assert neg.rows == (graph.split == code).sum()

@@ -156,7 +156,8 @@ def _unzip(src: Path, out: Path, members: tuple[str, ...]) -> None:
         raise DataError(src, f"not a valid zip archive ({exc})") from None
     missing = [m for m in members if m not in found]
     if missing:
-        raise DataError(src, f"the archive has no {', '.join(missing)} (it holds {', '.join(sorted(found)) or 'nothing'})")
+        held = ", ".join(sorted(found)) or "nothing"
+        raise DataError(src, f"the archive has no {', '.join(missing)} (it holds {held})")
 
 
 def _fetch_file(d: Dataset, f: RemoteFile, out: Path, mirror, retries: int, progress: bool) -> Path:
