@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "info": ("disttgl.data.info", "summarise a graph store"),
     "export": ("disttgl.commands.export", "write a graph store as PyG TemporalData (.pt) or a TGB-style folder"),
     "datasets": ("disttgl.data.registry", "list the registered datasets"),
+    "tgb-negatives": ("disttgl.tgb.command", "TGB's hist_rnd evaluation negatives for a graph store"),
     "batches": ("disttgl.cache.command", "precompute the mini-batch cache"),
     "pretrain": ("disttgl.commands.pretrain", "pretrain the static node memory"),
     "train": ("disttgl.commands.train", "train a TGN with (optional) static memory"),

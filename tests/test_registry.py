@@ -15,18 +15,21 @@ from disttgl.data.registry import DATASETS, FORMATS, convert_arguments, get_data
 
 
 def test_entries_are_consistent():
-    assert set(DATASETS) == {"WIKI", "REDDIT", "MOOC", "LASTFM", "GDELT", "UCI", "synthetic"}
+    assert set(DATASETS) == {"WIKI", "REDDIT", "MOOC", "LASTFM", "GDELT", "UCI", "synthetic",
+                             "tgbl-wiki", "tgbl-review", "tgbl-coin", "tgbl-comment"}
     seen: set[str] = set()
     for d in DATASETS.values():
         for key in (d.name, *d.aliases):
             assert key.lower() not in seen, f"{key} names two datasets"
             seen.add(key.lower())
-        assert d.split in ("chronological", "ext_roll")
+        assert d.split in ("chronological", "ext_roll", "tgb")
+        assert (d.split == "tgb") == (d.format == "tgb") == (d.tgb_name is not None)
         assert (d.format is None) == (not d.files) == (d.name == "synthetic")
         assert d.format is None or d.format in FORMATS
         for f in d.files:
             assert re.fullmatch(r"https?://\S+/" + re.escape(f.filename), f.url)
             assert f.gzip == f.filename.endswith(".gz")
+            assert bool(f.unzip) == f.filename.endswith(".zip")
             assert f.sha256 is None or re.fullmatch(r"[0-9a-f]{64}", f.sha256)
 
 
@@ -91,7 +94,7 @@ def test_convert_arguments_parse_with_convert():
     import argparse
     parser = argparse.ArgumentParser()
     convert.add_arguments(parser)
-    for name in ("WIKI", "GDELT", "UCI"):
+    for name in ("WIKI", "GDELT", "UCI", "tgbl-wiki", "tgbl-review"):
         args = parser.parse_args(convert_arguments(name, "raw") + ["--out", "g.h5"])
         d = get_dataset(name)
         assert (args.fmt, args.bipartite, args.directed, args.split) == (d.format, d.bipartite, d.directed, d.split)

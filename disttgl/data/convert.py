@@ -23,7 +23,7 @@ from disttgl.data.readers import FORMATS, CsvColumns, RawEvents, SnapColumns, re
 
 log = logging.getLogger(__name__)
 
-SPLIT_RULES = ("chronological", "ext_roll")
+SPLIT_RULES = ("chronological", "ext_roll", "tgb")
 # the pyg reader lives in disttgl.data.pyg (it needs torch), so its format is added here
 INPUT_FORMATS = (*FORMATS, "pyg")
 
@@ -132,6 +132,10 @@ def build_graph(raw: RawEvents, options: ConvertOptions, *, source: str, sha256:
         if not (0 <= v and 0 <= te and v + te < 1):
             raise DataError(None, f"split fractions val={v}, test={te} must be >= 0 and sum to less than 1")
         split = chronological_split(t, (1 - v - te, 1 - te))
+    elif split_rule == "tgb":  # TGB's generate_splits: linear quantiles 0.70/0.85
+        from disttgl.tgb.reader import tgb_split
+
+        split = tgb_split(t)
     else:
         raise DataError(None, f"unknown split rule {split_rule!r}; known: {', '.join(SPLIT_RULES)}")
     dim = 0 if edge_feat is None else edge_feat.shape[1]
@@ -175,17 +179,26 @@ def convert(inputs: Sequence[str | os.PathLike], out: str | os.PathLike, options
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("inputs", nargs="+", metavar="INPUT", help="raw event file(s)")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="raw event file(s); for --format tgb, the folder")
     p.add_argument("--format", required=True, choices=INPUT_FORMATS, dest="fmt",
-                   help="input format (pyg: a .pt of PyG TemporalData or its dict of tensors)")
+                   help="input format (pyg: a .pt of PyG TemporalData or its dict of tensors; tgb: a folder of "
+                        "TGB's files)")
     p.add_argument("--out", required=True, help="output graph store (.h5)")
     p.add_argument("--bipartite", action=argparse.BooleanOptionalAction, default=None,
                    help="user->item graph (default: yes for jodie, no otherwise)")
     p.add_argument("--directed", action="store_true",
                    help="keep only out-edges in the T-CSR (default: both directions)")
     p.add_argument("--split", choices=SPLIT_RULES, default=None,
-                   help="chronological (default) or the source's ext_roll (default for TGL inputs that have "
-                        "it, and for pyg inputs with train/val/test masks)")
+                   help="chronological (default), the source's ext_roll (default for TGL inputs that have "
+                        "it, and for pyg inputs with train/val/test masks) or tgb (TGB's quantile split; the "
+                        "only one for --format tgb)")
+    t = p.add_argument_group("tgb (a folder of TGB's published files, flat or in tgbl_wiki/)")
+    t.add_argument("--tgb-name", default=None,
+                   help="tgbl-wiki, tgbl-review, tgbl-coin or tgbl-comment (tgbl-flight: not supported yet)")
+    t.add_argument("--tgb-version", type=int, default=None, help="dataset version (default: TGB's current)")
+    t.add_argument("--negatives-out", default=None,
+                   help="where the val/test negative pickles go as CSR (default: tgb_negatives.h5 beside --out; "
+                        "written whenever the folder holds both pickles)")
     p.add_argument("--val-fraction", type=float, default=0.15)
     p.add_argument("--test-fraction", type=float, default=0.15)
     # defaults are None so that run() can tell a column the user chose from one it did not
@@ -238,6 +251,15 @@ def _columns(args: argparse.Namespace) -> tuple[CsvColumns | None, SnapColumns |
 
 
 def run(args: argparse.Namespace) -> int:
+    tgb_options = [f"--{k.replace('_', '-')}" for k in ("tgb_name", "tgb_version", "negatives_out")
+                   if getattr(args, k, None) is not None]
+    if args.fmt == "tgb":
+        _columns(args)  # refuses the csv/snap column options
+        from disttgl.tgb.reader import run_convert
+
+        return run_convert(args)
+    if tgb_options:
+        raise DataError(args.inputs[0], f"{', '.join(tgb_options)} apply to --format tgb only")
     csv_columns, snap_columns = _columns(args)
     options = ConvertOptions(fmt=args.fmt, bipartite=args.bipartite, directed=args.directed, split=args.split,
                              val_fraction=args.val_fraction, test_fraction=args.test_fraction,

@@ -18,6 +18,7 @@ import os
 import re
 import shutil
 import sys
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping
@@ -136,6 +137,29 @@ def _gunzip(src: Path, dest: Path) -> None:
         raise DataError(src, f"not a valid gzip file ({exc})") from None
 
 
+def _unzip(src: Path, out: Path, members: tuple[str, ...]) -> None:
+    """Extract the archive's regular files flat into ``out`` (each atomically; zipfile checks every
+    member's CRC-32 as it reads it) and check that ``members`` were among them."""
+    found = set()
+    try:
+        with zipfile.ZipFile(src) as z:
+            for info in z.infolist():
+                base = Path(info.filename).name
+                if info.is_dir() or not base or base.startswith(".") or info.filename.startswith("__MACOSX/"):
+                    continue
+                if base in found:
+                    raise DataError(src, f"the archive holds two files named {base}")
+                with z.open(info) as fin, atomic_path(out / base) as tmp, open(tmp, "wb") as fout:
+                    shutil.copyfileobj(fin, fout, 1 << 20)
+                found.add(base)
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError) as exc:
+        raise DataError(src, f"not a valid zip archive ({exc})") from None
+    missing = [m for m in members if m not in found]
+    if missing:
+        held = ", ".join(sorted(found)) or "nothing"
+        raise DataError(src, f"the archive has no {', '.join(missing)} (it holds {held})")
+
+
 def _fetch_file(d: Dataset, f: RemoteFile, out: Path, mirror, retries: int, progress: bool) -> Path:
     target = out / f.filename
     recorded = None if f.sha256 else _read_record(target)
@@ -166,6 +190,12 @@ def _fetch_file(d: Dataset, f: RemoteFile, out: Path, mirror, retries: int, prog
             except DataError:
                 target.unlink(missing_ok=True)  # a corrupt archive must not look like a finished fetch
                 raise
+    if f.unzip and (fresh or not all((out / m).exists() for m in f.unzip)):
+        try:
+            _unzip(target, out, f.unzip)
+        except DataError:
+            target.unlink(missing_ok=True)  # a corrupt archive must not look like a finished fetch
+            raise
     if f.sha256 is None and recorded != got:
         log.warning("%s: the registry has no sha256 for %s; recorded %s in %s, later runs are pinned "
                     "to it", d.name, f.filename, got, _record_path(target))
@@ -173,10 +203,14 @@ def _fetch_file(d: Dataset, f: RemoteFile, out: Path, mirror, retries: int, prog
     return out / f.local_name
 
 
+def _local_paths(f: RemoteFile, out: Path, fetched: Path) -> list[Path]:
+    return [out / m for m in f.unzip] if f.unzip else [fetched]
+
+
 def fetch(name: str, out_dir: str | os.PathLike, mirror: str | os.PathLike | None = None,
           retries: int = 3, registry: Mapping[str, Dataset] | None = None,
           progress: bool | None = None) -> list[Path]:
-    """Fetch every file of dataset ``name`` into ``out_dir``; return the local (decompressed) paths.
+    """Fetch every file of dataset ``name`` into ``out_dir``; return the local (decompressed, extracted) paths.
 
     ``registry`` overrides the built-in one (tests point URLs at a local server); ``progress``
     defaults to a tqdm bar when stderr is a terminal.
@@ -189,7 +223,7 @@ def fetch(name: str, out_dir: str | os.PathLike, mirror: str | os.PathLike | Non
         return []
     out = check_writable_dir(Path(out_dir) / d.files[0].filename).parent
     progress = sys.stderr.isatty() if progress is None else progress
-    return [_fetch_file(d, f, out, mirror, retries, progress) for f in d.files]
+    return [p for f in d.files for p in _local_paths(f, out, _fetch_file(d, f, out, mirror, retries, progress))]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -22,7 +22,7 @@ from disttgl.errors import DataError
 
 log = logging.getLogger(__name__)
 
-FORMATS = ("jodie", "tgl", "tgn", "snap", "csv")
+FORMATS = ("jodie", "tgl", "tgn", "snap", "csv", "tgb")
 
 
 @dataclass
@@ -368,6 +368,8 @@ def read_events(paths: Sequence[str | os.PathLike], fmt: str, *, csv_columns: Cs
         raise DataError(None, "no input files given")
     if fmt not in FORMATS:
         raise DataError(files[0], f"unknown format {fmt!r}; known formats: {', '.join(FORMATS)}")
+    if fmt == "tgb":  # a folder of TGB's files, with TGB's own ids and split: disttgl.tgb.reader
+        raise DataError(files[0], "the tgb format is read by `disttgl convert DIR --format tgb --tgb-name NAME`")
     if fmt in ("jodie", "snap", "csv") and len(files) != 1:
         raise DataError(files[1], f"the {fmt} format takes one input file")
     if fmt == "jodie":
