@@ -395,6 +395,22 @@ def test_export_round_trip(tmp_path, bipartite):
         write_tgb_folder(g, folder)
 
 
+def test_export_command_writes_the_same_folder(tmp_path, capsys):
+    """`disttgl export --format tgb` is write_tgb_folder behind the CLI: same files, same bytes; a
+    store TGB cannot hold (fractional times) is exit 2 naming it, with no folder left behind."""
+    g = _integer_time_synth(tmp_path / "g.h5")
+    assert main(["export", str(g), "--format", "tgb", "--out", str(tmp_path / "cli"), "--num-neg", "9"]) == 0
+    direct = write_tgb_folder(g, tmp_path / "direct", num_neg=9)
+    names = sorted(p.name for p in direct.iterdir())
+    assert sorted(p.name for p in (tmp_path / "cli").iterdir()) == names
+    for name in names:
+        assert (tmp_path / "cli" / name).read_bytes() == (direct / name).read_bytes(), name
+    frac = tmp_path / "frac.h5"
+    write_graph(generate(SynthConfig(events=600, nodes=30, edge_dim=2, seed=1)), frac)
+    assert main(["export", str(frac), "--format", "tgb", "--out", str(tmp_path / "no")]) == 2
+    assert str(frac) in capsys.readouterr().err and not (tmp_path / "no").exists()
+
+
 def test_export_refuses_fractional_times(tmp_path):
     g = tmp_path / "g.h5"
     write_graph(generate(SynthConfig(events=300, nodes=20, edge_dim=2)), g)
