@@ -45,7 +45,10 @@ class BatchSampler:
         return np.nonzero(valid)[0], valid.sum(1), nbr[valid], eid[valid]
 
     def batch(self, split: int, b: int, eids: np.ndarray, src: np.ndarray, dst: np.ndarray, t: np.ndarray,
-              mask: np.ndarray, state: ClockState, num_sets: int, q: int) -> dict[str, np.ndarray]:
+              mask: np.ndarray, state: ClockState, num_sets: int, q: int,
+              negatives: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """The batch's cache parts; ``negatives`` [num_sets, nb, q] replaces the drawn ones (TGB's
+        evaluation negatives, :mod:`disttgl.tgb.evaluate`)."""
         nb = len(eids)
         it = self.itype
         out: dict[str, Any] = {"events": np.stack([eids, src, dst], 1), "t": t}
@@ -60,7 +63,12 @@ class BatchSampler:
         out["pos_nbr"] = np.stack([self.slot[nbr], neid], 1).astype(it)
         # negative part: all sets at once; row r of the [S * nb * q] roots is set r // (nb * q)
         rng = self._rng(split, b, 1)
-        neg = sample_negatives(rng, (num_sets, nb, q), self.n, self.candidates).reshape(-1)
+        if negatives is None:
+            neg = sample_negatives(rng, (num_sets, nb, q), self.n, self.candidates).reshape(-1)
+        else:
+            neg = np.ascontiguousarray(negatives, dtype=np.int64).reshape(-1)
+            if len(neg) != num_sets * nb * q:
+                raise ValueError(f"negatives must hold {num_sets} x {nb} x {q} ids, got {len(neg)}")
         ntimes = np.tile(np.repeat(t, q), num_sets)
         rows, cnt, nbr, neid = self._neighbours(neg, ntimes, rng)
         per_set = nb * q

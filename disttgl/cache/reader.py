@@ -134,24 +134,7 @@ class BatchCache:
             if parts_crc(x[k] for k in NEGATIVE_PARTS) != p["neg_crc"][seg]:
                 raise DataError(self.path, f"corrupt batch cache: checksum mismatch in {split} batch {b} "
                                            f"negative set {seg - b * sets}")
-        ev, t, pos_root, pos_node, pos_nbr = (x[k] for k in POSITIVE_PARTS)
-        neg_root, neg_node, neg_nbr = (x[k] for k in NEGATIVE_PARTS)
-        i64 = np.int64
-        node = np.concatenate([pos_node, neg_node]).astype(i64)
-        nbr = np.concatenate([pos_nbr, neg_nbr]).astype(i64)
-        nbr_root = np.repeat(np.arange(len(pos_root) + len(neg_root)), np.concatenate([pos_root[:, 2], neg_root[:, 2]]))
-        q = len(neg_root) // max(len(ev), 1)
-        root_t = np.concatenate([t, t, np.repeat(t, q)])
-        event_t = self._event_t
-        return dict(
-            eid=ev[:, 0].copy(), t=t.copy(), src=ev[:, 1].copy(), dst=ev[:, 2].copy(),
-            neg=neg_root[:, 0].astype(i64).reshape(len(ev), q),
-            nodes=node[:, 0].copy(), root_idx=np.concatenate([pos_root[:, 0], neg_root[:, 1]]).astype(i64),
-            nbr_root=nbr_root,
-            nbr_idx=nbr[:, 0].copy(), nbr_eid=nbr[:, 1].copy(),
-            nbr_dt=(root_t[nbr_root] - event_t[nbr[:, 1]]).astype(np.float32),
-            mem_t=event_t[node[:, 2]], mail_t=event_t[node[:, 1]], mail_eid=node[:, 1].copy(),
-            write_mask=pos_root[:, 1].astype(bool))
+        return assemble(x, self._event_t)
 
     def batch(self, split: str, b: int, neg_set: int = 0) -> Batch:
         """Batch ``b`` of ``split`` with train negative set ``neg_set`` (ignored for val/test)."""
@@ -191,3 +174,26 @@ def open_cache(path: str | os.PathLike, *, graph_path: str | os.PathLike | None 
         cache.close()
         raise
     return cache
+
+
+def assemble(x: dict[str, np.ndarray], event_t: np.ndarray) -> dict[str, np.ndarray]:
+    """The :class:`Batch` fields (numpy) from one batch's cache parts (``POSITIVE_PARTS`` and
+    ``NEGATIVE_PARTS`` of one negative set, as :class:`disttgl.cache.build.BatchSampler` makes them)
+    and ``event_t`` [E + 1] (every event's time, 0 for the no-event row E)."""
+    ev, t, pos_root, pos_node, pos_nbr = (x[k] for k in POSITIVE_PARTS)
+    neg_root, neg_node, neg_nbr = (x[k] for k in NEGATIVE_PARTS)
+    i64 = np.int64
+    node = np.concatenate([pos_node, neg_node]).astype(i64)
+    nbr = np.concatenate([pos_nbr, neg_nbr]).astype(i64)
+    nbr_root = np.repeat(np.arange(len(pos_root) + len(neg_root)), np.concatenate([pos_root[:, 2], neg_root[:, 2]]))
+    q = len(neg_root) // max(len(ev), 1)
+    root_t = np.concatenate([t, t, np.repeat(t, q)])
+    return dict(
+        eid=ev[:, 0].copy(), t=t.copy(), src=ev[:, 1].copy(), dst=ev[:, 2].copy(),
+        neg=neg_root[:, 0].astype(i64).reshape(len(ev), q),
+        nodes=node[:, 0].copy(), root_idx=np.concatenate([pos_root[:, 0], neg_root[:, 1]]).astype(i64),
+        nbr_root=nbr_root,
+        nbr_idx=nbr[:, 0].copy(), nbr_eid=nbr[:, 1].copy(),
+        nbr_dt=(root_t[nbr_root] - event_t[nbr[:, 1]]).astype(np.float32),
+        mem_t=event_t[node[:, 2]], mail_t=event_t[node[:, 1]], mail_eid=node[:, 1].copy(),
+        write_mask=pos_root[:, 1].astype(bool))
