@@ -39,6 +39,11 @@ _TRAIN_HELP = {
     "parallelism": "i x j x k or auto; more than one rank runs under torchrun: "
                    "torchrun --nproc-per-node W -m disttgl.train ... --parallelism IxJxK",
     "timeout": "i x j x k: seconds a rank waits for another (collectives, memory server)",
+    "eval": "disttgl (every epoch: MRR/AP with the cache's negatives); tgb: also TGB's protocol "
+            "(tgb_mrr, tgb_hits@10) on the best epoch at the end",
+    "tgb_negatives": "--eval tgb: negatives file from `disttgl convert --format tgb` or `disttgl tgb-negatives` "
+                     "(default: tgb_negatives.h5 beside GRAPH)",
+    "tgb_batch_size": "--eval tgb: positives per evaluation batch",
 }
 
 

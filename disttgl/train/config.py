@@ -44,6 +44,9 @@ class TrainConfig:
     resume: bool = False
     parallelism: str = "1x1x1"  # i x j x k, or auto (from the ranks torchrun started)
     timeout: float = 300.0  # i x j x k: seconds a rank waits for another (collectives, memory server)
+    eval: str = "disttgl"  # "tgb": also TGB's protocol on the best epoch at the end (disttgl.tgb.final_eval)
+    tgb_negatives: str | None = None  # --eval tgb: the negatives file (None: tgb_negatives.h5 beside the graph)
+    tgb_batch_size: int = 200  # --eval tgb: positives per evaluation batch (TGB's examples: 200)
     progress: bool = True
 
     def check(self) -> None:
@@ -61,6 +64,10 @@ class TrainConfig:
         if not (math.isfinite(self.timeout) and self.timeout > 0):
             raise DataError(None, f"--timeout must be a number of seconds > 0, got {self.timeout}")
         parse_parallelism(self.parallelism)
+        if self.eval not in ("disttgl", "tgb"):
+            raise DataError(None, f"--eval must be disttgl or tgb, got {self.eval!r}")
+        if self.tgb_batch_size < 1:
+            raise DataError(None, f"--tgb-batch-size must be >= 1, got {self.tgb_batch_size}")
         if self.device.startswith("cuda") and not torch.cuda.is_available():
             raise DataError(None, f"--device {self.device}: CUDA is not available on this machine")
 

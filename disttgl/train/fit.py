@@ -115,12 +115,16 @@ def fit(strategy: Strategy) -> dict[str, Any] | None:
     history: list[dict[str, Any]] = []
     best: dict[str, Any] = {"best_epoch": 0, "val_mrr": -math.inf}
     done = 0
+    # TGB's protocol needs the best epoch's weights and memory at the end (checked before training)
+    tgb = _tgb_final(cfg) if cfg.eval == "tgb" and s.evaluates else None
     ckpt = resumable_checkpoint(ckpt_path, cfg, s.checkpoint_changes, quiet=not s.evaluates)
     if ckpt is not None:
         try:
             s.model.load_state_dict(ckpt["model"])
             s.optimizer.load_state_dict(ckpt["optimizer"])
             s.load_state(ckpt)
+            if tgb is not None:
+                tgb.load(ckpt)
             history, best, done = list(ckpt["history"]), dict(ckpt["best"]), int(ckpt["epoch"])
         except (KeyError, RuntimeError, TypeError, ValueError) as exc:
             raise DataError(ckpt_path, f"checkpoint does not fit this run ({type(exc).__name__}: {exc}); "
@@ -136,13 +140,14 @@ def fit(strategy: Strategy) -> dict[str, Any] | None:
             t0 = time.perf_counter()
             result = s.train_unit(n)
             if s.evaluates:
-                best = _validate(s, n, result, history, best, t0)
+                best = _validate(s, n, result, history, best, t0, tgb)
             s.sync()
             if s.evaluates:
                 write_jsonl(out / "metrics.jsonl", history)
                 save_checkpoint(ckpt_path, {
                     "epoch": n, "model": s.model.state_dict(), "optimizer": s.optimizer.state_dict(),
-                    "history": history, "best": best, "config": asdict(cfg), **s.state()})
+                    "history": history, "best": best, "config": asdict(cfg), **s.state(),
+                    **(tgb.state() if tgb is not None else {})})
             s.unit_saved(n)
         s.finish()
     finally:
@@ -150,14 +155,24 @@ def fit(strategy: Strategy) -> dict[str, Any] | None:
     if not s.evaluates:
         return None
     summary = run_summary(history, best, s.config_record) | s.summary_fields(history, best) | {"lr": s.lr}
+    if tgb is not None:
+        summary |= tgb.run(s.model, s.feats)
     write_summary(out, summary, s.unit)
     return summary
 
 
+def _tgb_final(cfg: TrainConfig) -> Any:
+    from disttgl.tgb.final_eval import TGBFinalEvaluation  # only --eval tgb loads the TGB code
+
+    return TGBFinalEvaluation(cfg)
+
+
 def _validate(s: Strategy, n: int, result: UnitResult, history: list[dict[str, Any]], best: dict[str, Any],
-              t0: float) -> dict[str, Any]:
-    """Validate unit ``n`` (and test it when validation improves), append its row; the new best."""
+              t0: float, tgb: Any = None) -> dict[str, Any]:
+    """Validate unit ``n`` (and test it when validation improves), append its row; the new best.
+    With ``tgb`` (--eval tgb), the best unit's weights and memory as validation starts are kept."""
     memory = s.eval_memory()
+    start = tgb.snapshot(memory) if tgb is not None else None
     val = evaluate(s.model, memory, s.loader("val"), s.feats, split="val", epoch=n)
     stats = result.stats
     row = {"epoch": n, **result.row, "val_ap": val["ap"], "val_mrr": val["mrr"], "val_ap_1neg": val["ap_1neg"],
@@ -166,6 +181,8 @@ def _validate(s: Strategy, n: int, result: UnitResult, history: list[dict[str, A
         test = evaluate(s.model, memory, s.loader("test"), s.feats, split="test", epoch=n)  # memory runs on
         best = {"best_epoch": n, "val_mrr": val["mrr"], "val_ap": val["ap"],
                 "test_ap": test["ap"], "test_mrr": test["mrr"], "test_ap_1neg": test["ap_1neg"]}
+        if tgb is not None:
+            tgb.keep(s.model, start, n)
     row["seconds"] = time.perf_counter() - t0
     row.update(result.load)
     history.append(row)
