@@ -7,6 +7,7 @@ import html
 from typing import Sequence
 
 from disttgl.report.tables import ABLATION_COLUMNS, ACCURACY_COLUMNS, accuracy_notes, by_dataset, format_cell
+from disttgl.report.tgb_table import LEADERBOARD, TGB_COLUMNS, anchor_lines
 
 _CSS = """body{font-family:system-ui,sans-serif;margin:1.5em;color:#222}
 table{border-collapse:collapse;margin:0 0 1.5em 0;font-size:0.9em}
@@ -20,7 +21,7 @@ TEXT_CLASS = ' class="t"'
 
 def _html_table(rows: Sequence[dict], columns: Sequence[tuple[str, str]], caption: str) -> list[str]:
     text_cols = {"dataset", "run", "status", "parallelism", "static_memory", "note", "contended", "run_static",
-                 "run_nostatic"}
+                 "run_nostatic", "negatives", "compare"}
     out = [f"<table><caption>{html.escape(caption)}</caption>",
            "<tr>" + "".join(f"<th>{html.escape(h)}</th>" for _, h in columns) + "</tr>"]
     for row in rows:
@@ -32,7 +33,7 @@ def _html_table(rows: Sequence[dict], columns: Sequence[tuple[str, str]], captio
 
 
 def render_html(acc: Sequence[dict], abl: Sequence[dict], tta_fraction: float,
-                machine: dict[str, str] | None = None) -> str:
+                machine: dict[str, str] | None = None, tgb: Sequence[dict] = ()) -> str:
     cols = [c for c in ACCURACY_COLUMNS if c[0] != "dataset"]
     body = ["<h1>Accuracy and speed</h1>"]
     for dataset, rows in by_dataset(acc).items():
@@ -43,6 +44,13 @@ def render_html(acc: Sequence[dict], abl: Sequence[dict], tta_fraction: float,
     body.append("<h2>Static memory ablation</h2>")
     body += (_html_table(abl, ABLATION_COLUMNS, "with vs without static memory") if abl
              else ["<p>No dataset has runs both with and without static memory.</p>"])
+    if tgb:
+        body.append("<h2>TGB protocol</h2>")
+        for dataset, rows in by_dataset(tgb).items():
+            body += _html_table(rows, TGB_COLUMNS, dataset)
+            for key in sorted({r["compare"] for r in rows if r["compare"] in LEADERBOARD}):
+                body.append(f"<p>Leaderboard, {html.escape(key)} (test MRR): "
+                            f"{html.escape('; '.join(anchor_lines(key)))}</p>")
     if machine:
         body += ["<h2>Machine</h2>", "<ul>"]
         body += [f"<li><b>{html.escape(k)}</b>: {html.escape(v)}</li>" for k, v in machine.items()] + ["</ul>"]
