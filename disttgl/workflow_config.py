@@ -29,6 +29,7 @@ def check_config(config: dict[str, Any]) -> None:
 
     check_names(config)
     check_parallel(config)
+    check_preset(config)
     custom = config.get("custom_datasets") or {}
     for i, name in enumerate(config["datasets"]):
         if name == "synthetic" or name in custom:
@@ -64,6 +65,21 @@ def convert_arguments_for(config: dict[str, Any], dataset: str, inputs: list[str
     if custom.get("feature_cols"):
         args += ["--feature-cols", ",".join(custom["feature_cols"])]
     return shlex.join(args)
+
+
+def check_preset(config: dict[str, Any]) -> None:
+    """A preset that fixes the batch size (``tgb``: 200) needs ``batches.batch_size`` to match, or
+    every training job would fail on its cache."""
+    preset = (config.get("model") or {}).get("preset")
+    if not preset:
+        return
+    from disttgl.train.config import PRESETS
+
+    want = PRESETS.get(preset, {}).get("batch_size")
+    have = (config.get("batches") or {}).get("batch_size", BatchParams.batch_size)
+    if want is not None and have != want:
+        raise DataError("config.yaml", f"model.preset = {preset} trains on batches of {want}, but batches.batch_size "
+                                       f"= {have}: set it to {want}")
 
 
 def check_names(config: dict[str, Any]) -> None:

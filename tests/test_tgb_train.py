@@ -84,3 +84,26 @@ def test_missing_or_foreign_negatives_fail_before_training(data, tmp_path, capsy
     assert main(["tgb-negatives", str(other), "--out", str(neg_other), "--num-neg", "5"]) == 0
     assert _train(d, graph, cache, tmp_path / "r3", "--epochs", "1", "--tgb-negatives", str(neg_other)) == 2
     assert "sha256" in capsys.readouterr().err and not (tmp_path / "r3" / "checkpoint.pt").exists()
+
+
+def test_preset_tgb_is_tgbs_tgn_settings_on_a_cache_of_batches_of_200(data, tmp_path, capsys):
+    d, graph, cache = data  # this cache holds batches of 100
+    args = ["train", str(graph), str(cache), "--out", str(tmp_path / "r"), "--epochs", "1", "--preset", "tgb", *FLAGS]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert str(cache) in err and "batches of 200" in err and not (tmp_path / "r").exists()
+    c200 = tmp_path / "c200.h5"
+    build_cache(graph, c200, BatchParams(batch_size=200, neg_sets=2, eval_negatives=9), progress=False)
+    assert main(["train", str(graph), str(c200), "--out", str(tmp_path / "ok"), "--epochs", "1", "--preset", "tgb",
+                 *FLAGS]) == 0
+    s = json.loads((tmp_path / "ok" / "summary.json").read_text())
+    assert (s["lr"], s["config"]["lr"], s["config"]["loss"]) == (1e-4, 1e-4, "bce")
+
+
+def test_workflow_refuses_preset_tgb_with_another_batch_size():
+    from disttgl.errors import DataError
+    from disttgl.workflow_config import check_config
+
+    with pytest.raises(DataError, match="batches.batch_size = 600"):
+        check_config({"datasets": ["synthetic"], "model": {"preset": "tgb"}, "batches": {"batch_size": 600}})
+    check_config({"datasets": ["synthetic"], "model": {"preset": "tgb"}, "batches": {"batch_size": 200}})

@@ -66,7 +66,8 @@ def add_common_arguments(parser: argparse.ArgumentParser, config: type = TrainCo
                         help=f"binary CE (TGN; default: {TrainConfig.loss}) or softmax cross-entropy over "
                              "[pos, negs] (DistTGL)")
     parser.add_argument("--preset", choices=sorted(PRESETS), default=None,
-                        help="a published system's settings, under any flag given (disttgl: lr 1e-4, loss ce)")
+                        help="a published system's settings, under any flag given (disttgl: lr 1e-4, loss ce; "
+                             "tgb: TGB's TGN example, lr 1e-4, loss bce, a cache of batches of 200)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -87,6 +88,20 @@ def config_from_args(args: argparse.Namespace, config: type = TrainConfig, **ext
                   progress=not args.no_progress, **extra)
 
 
+def check_preset_cache(args: argparse.Namespace) -> None:
+    """A preset that fixes the batch size (``tgb``: 200) refuses a cache built with another."""
+    want = PRESETS.get(args.preset or "", {}).get("batch_size")
+    if want is None:
+        return
+    from disttgl.cache.reader import open_cache
+
+    with open_cache(args.cache, graph_path=args.graph) as cache:
+        have = cache.meta.batch_size
+    if have != want:
+        raise DataError(args.cache, f"--preset {args.preset} trains on batches of {want}, this cache holds batches "
+                                    f"of {have}: build one with `disttgl batches --batch-size {want}`")
+
+
 def train_config(args: argparse.Namespace) -> TrainConfig:
     """The ``train`` command's configuration (single process or one rank of i x j x k)."""
     return config_from_args(args, resume=args.resume, **{k: getattr(args, k) for k in _TRAIN_HELP})
@@ -95,6 +110,7 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
 def run(args: argparse.Namespace) -> int:
     cfg = train_config(args)
     cfg.check()  # a bad setting leaves no run directory behind
+    check_preset_cache(args)
     ranks = int(os.environ.get("WORLD_SIZE", "1"))
     layout = parse_parallelism(cfg.parallelism)  # None: auto
     if layout is None and ranks == 1:
@@ -113,4 +129,5 @@ def run(args: argparse.Namespace) -> int:
 
 
 def pretrain_config(args: argparse.Namespace) -> PretrainConfig:
+    check_preset_cache(args)
     return config_from_args(args, PretrainConfig, patience=args.patience)
