@@ -224,6 +224,26 @@ def test_changing_neg_sets_builds_a_new_cache(workdir):
     assert paths[0] != paths[1]
 
 
+def test_eval_tgb_makes_negatives_and_passes_them_to_every_training_job(workdir):
+    """`train.eval: tgb`: rule tgb_negatives (hist_rnd) for the synthetic set, `--eval tgb` with that file
+    in every train and train_parallel command; TGB's own datasets take their negatives from convert."""
+    _test_config(workdir, **{"train.eval": "tgb", "tgb_negatives.num_neg": 50})
+    proc = snakemake(workdir, "-n", "-p")
+    assert proc.returncode == 0, proc.stderr
+    cmds = _shell_commands(proc.stdout + proc.stderr)
+    (neg,) = [c for c in cmds if c.startswith("disttgl tgb-negatives")]
+    assert "--out data/synthetic/tgb_negatives.h5" in neg and "--num-neg 50" in neg
+    trains = [c for c in cmds if c.startswith(("disttgl train", "disttgl launch"))]
+    assert trains and all("--eval tgb --tgb-negatives data/synthetic/tgb_negatives.h5 --tgb-batch-size 200" in c
+                          for c in trains)
+    proc = snakemake(workdir, "-n", "-p", "data/tgbl-wiki/tgb_negatives.h5", "--config", "datasets=[tgbl-wiki]")
+    assert proc.returncode == 0, proc.stderr
+    cmds = _shell_commands(proc.stdout + proc.stderr)
+    assert not [c for c in cmds if c.startswith("disttgl tgb-negatives")]
+    (conv,) = [c for c in cmds if c.startswith("disttgl convert")]
+    assert "--format tgb" in conv and "--negatives-out data/tgbl-wiki/tgb_negatives.h5" in conv
+
+
 def test_check_config_refuses_escaping_names_and_unlaunchable_layouts():
     ok = {"datasets": ["synthetic"], "runs": {"a.b": {}}, "parallel": {"configs": ["1x1x1", "2x1x1", "1x1x2"],
                                                                        "nodes": 1, "procs_per_node": 2}}
@@ -315,7 +335,7 @@ def test_schema_defaults_are_the_dataclasses_defaults():
 
     train, pretrain, batch = (_dataclass_defaults(c) for c in (TrainConfig, PretrainConfig, BatchParams))
     fields = {**{f"model.{k}": train[k] for k in ("dim", "heads", "dropout", "static_dropout", "lr", "loss")},
-              **{f"train.{k}": train[k] for k in ("epochs", "seed", "device")},
+              **{f"train.{k}": train[k] for k in ("epochs", "seed", "device", "eval", "tgb_batch_size")},
               "parallel.timeout": train["timeout"],
               "pretrain.epochs": pretrain["epochs"], "pretrain.patience": pretrain["patience"],
               **{f"batches.{k}": batch[k] for k in batch if k != "minibatch_parallelism"}}

@@ -10,6 +10,7 @@
 
 import functools
 import os
+import re
 import shlex
 import sys
 
@@ -161,6 +162,47 @@ def model_args():
         if m[key] is not None:
             args += [f"--{key}", m[key]]
     return shlex.join(map(str, args))
+
+
+def tgb_datasets():
+    """Registry datasets read from TGB's files: their convert writes TGB's own negatives."""
+    from disttgl.data.registry import DATASETS
+
+    return sorted(d.name for d in DATASETS.values() if d.tgb_name)
+
+
+def dataset_except(names):
+    """A `dataset` wildcard constraint that matches any dataset name but NAMES. The constraint sits
+    inside the output's regex, so the look-ahead ends at the next path separator, not at `$`."""
+    alternatives = "|".join(map(re.escape, names))
+    return f"(?!(?:{alternatives})/)[A-Za-z0-9_.-]+"
+
+
+def tgb_negatives_path(dataset):
+    return f"{DATA}/{dataset}/tgb_negatives.h5"
+
+
+def tgb_input(wildcards):
+    """train/train_parallel with `train.eval: tgb`: the dataset's TGB negatives."""
+    return [tgb_negatives_path(wildcards.dataset)] if config["train"]["eval"] == "tgb" else []
+
+
+def eval_args(wildcards, input):
+    """train/train_parallel: ` --eval tgb` and its negatives (with the space that separates them from
+    the flags before), or nothing."""
+    if not input.tgb:
+        return ""
+    args = ["--eval", "tgb", "--tgb-negatives", str(input.tgb[0]),
+            "--tgb-batch-size", str(config["train"]["tgb_batch_size"])]
+    return f" {shlex.join(args)}"
+
+
+def tgb_negatives_args():
+    t = config["tgb_negatives"]
+    args = ["--seed", str(t["seed"])]
+    if t["num_neg"]:
+        args = ["--num-neg", str(t["num_neg"]), *args]
+    return shlex.join(args)
 
 
 def static_args(wildcards, input):

@@ -8,6 +8,7 @@ rule train_parallel:
         graph=graph_path("{dataset}"),
         cache=layout_cache,
         static=layout_static,
+        tgb=tgb_input,
     output:
         f"{RESULTS}/{{dataset}}/{{par}}/summary.json",
     wildcard_constraints:
@@ -15,6 +16,7 @@ rule train_parallel:
     params:
         out=run_dir,
         static=static_args,
+        eval=eval_args,
         nodes=layout_nodes,
         nproc=layout_procs,
         p=config["parallel"],
@@ -33,7 +35,7 @@ rule train_parallel:
     shell:
         "disttgl launch --nodes {params.nodes} --nproc-per-node {params.nproc}"
         " --max-restarts {params.p[max_restarts]:q} --"
-        " {input.graph:q} {input.cache:q} --out {params.out:q} {params.static}"
+        " {input.graph:q} {input.cache:q} --out {params.out:q} {params.static}{params.eval}"
         " --parallelism {wildcards.par} --epochs {params.t[epochs]:q} --timeout {params.p[timeout]:q}"
         " {params.model}"
         " --device {params.t[device]:q} --seed {params.t[seed]:q}"

@@ -8,6 +8,7 @@ rule train:
         graph=graph_path("{dataset}"),
         cache=lambda w: batch_cache_path(w.dataset, 1),
         static=run_static,
+        tgb=tgb_input,
     output:
         f"{RESULTS}/{{dataset}}/{{run}}/summary.json",
     wildcard_constraints:
@@ -15,6 +16,7 @@ rule train:
     params:
         out=run_dir,
         static=static_args,
+        eval=eval_args,
         epochs=run_epochs,
         model=model_args(),
         t=config["train"],
@@ -28,7 +30,7 @@ rule train:
     conda:
         "../envs/disttgl.yaml"
     shell:
-        "disttgl train {input.graph:q} {input.cache:q} --out {params.out:q} {params.static}"
+        "disttgl train {input.graph:q} {input.cache:q} --out {params.out:q} {params.static}{params.eval}"
         " --epochs {params.epochs:q}"
         " {params.model}"
         " --device {params.t[device]:q} --seed {params.t[seed]:q} --threads {threads} --resume > {log:q} 2>&1"
