@@ -92,6 +92,57 @@ def tgb_rc_port(rows):
     return np.array(u), np.array(i), np.array(ts), np.array(f), ids
 
 
+def tgb_str2int_port(in_str):
+    out = []
+    for element in in_str:
+        if element.isnumeric():
+            out.append(element)
+        elif element == "!":
+            out.append(-1)
+        else:
+            out.append(ord(element.upper()) - 44 + 9)
+    return np.array(out, dtype=np.float32)
+
+
+def tgb_flight_port(rows, node_rows):
+    """csv_to_pd_data (tgbl-flight) and process_node_feat, transcribed (unix-time rows)."""
+    ids, u, i, ts, feat = {}, [], [], [], []
+    for r in rows:
+        r = list(r)
+        if len(r[3]) == 0:
+            r[3] = "!!!!!!!!"
+        while len(r[3]) < 8:
+            r[3] += "!"
+        if len(r[4]) == 0:
+            r[4] = "!!!!!!!!"
+        while len(r[4]) < 8:
+            r[4] += "!"
+        if len(r[4]) > 8:
+            r[4] = "!!!!!!!!"
+        for x in (r[1], r[2]):
+            if x not in ids:
+                ids[x] = len(ids)
+        u.append(ids[r[1]]), i.append(ids[r[2]]), ts.append(float(int(r[0])))
+        feat.append(tgb_str2int_port(r[3] + r[4]))
+    types, conts = {}, {}
+    for r in node_rows:
+        if r[0] in ids:
+            types.setdefault(r[1], len(types))
+            conts.setdefault(r[2], len(conts))
+    node_feat = np.zeros((len(ids), len(types) + len(conts) + 9))
+    for r in node_rows:
+        if r[0] not in ids:
+            continue
+        tv, cv = np.zeros(len(types)), np.zeros(len(conts))
+        tv[types[r[1]]] = 1
+        cv[conts[r[2]]] = 1
+        region = r[3]
+        while len(region) < 7:
+            region += "!"
+        node_feat[ids[r[0]]] = np.concatenate((tv, cv, tgb_str2int_port(region), [float(r[4]), float(r[5])]))
+    return np.array(u), np.array(i), np.array(ts).astype(int), np.array(feat), ids, node_feat
+
+
 def tgb_split_port(ts):
     val_time, test_time = list(np.quantile(ts, [0.70, 0.85]))
     return ts <= val_time, np.logical_and(ts <= test_time, ts > val_time), ts > test_time
@@ -257,6 +308,64 @@ def test_comment_reader_matches_tgb(tmp_path):
     assert graph.attrs["tgb_version"] == 1 and graph.edge_dim == 2
 
 
+FLIGHT_NODES = ["airport_code", "type", "continent", "iso_region", "longitude", "latitude"]
+
+
+def test_flight_reader_matches_tgb(tmp_path):
+    rows = [[1546300800, "JFK", "LAX", "AAL1", "B738"], [1546300800, "LAX", "SFO", "", "A320"],
+            [1546387200, "SFO", "JFK", "UAL123X", ""], [1546387200, "CDG", "JFK", "AFR7", "B77WLONGER"],
+            [1546473600, "JFK", "CDG", "DAL99", "a21n"], [1546560000, "NRT", "LAX", "JAL5-1", "B789"],
+            [1546646400, "LAX", "NRT", "AAL1", "B738"]]
+    nodes = [["JFK", "large_airport", "NA", "US-NY", "-73.77", "40.64"],
+             ["ZZZ", "heliport", "AN", "AQ-X", "0", "0"],  # not in the edge list: ignored, numbers no type
+             ["LAX", "large_airport", "NA", "US-CA", "-118.4", "33.94"],
+             ["CDG", "medium_airport", "EU", "FR-IDF", "2.55", "49.01"],
+             ["NRT", "large_airport", "AS", "JP-12", "140.39", "35.76"],
+             ["JFK", "small_airport", "NA", "US", "-73.0", "40.0"]]  # a later row replaces the first; SFO: none
+    folder = tmp_path / "tgbl_flight"
+    folder.mkdir()
+    rows = write_rows(folder / "tgbl-flight_edgelist_v2.csv", ["timestamp", "src", "dst", "callsign", "typecode"],
+                      rows)
+    write_rows(folder / "airport_node_feat_v2.csv", FLIGHT_NODES, nodes)
+    graph = convert_tgb(tmp_path, tmp_path / "g.h5", name="tgbl-flight")
+    graph = load_graph(tmp_path / "g.h5")
+    src, dst, ts, feat, ids, node_feat = tgb_flight_port(rows, nodes)
+    _store_vs_port(graph, src, dst, ts, feat)
+    assert graph.edge_dim == 16 and graph.original_id.tolist() == list(ids)
+    np.testing.assert_allclose(graph.node_feat, node_feat, rtol=1e-6)
+    assert graph.node_feat[ids["SFO"]].tolist() == [0.0] * graph.node_dim
+    assert graph.attrs["tgb_name"] == "tgbl-flight" and graph.attrs["tgb_version"] == 2
+
+
+def test_flight_reader_errors(tmp_path):
+    header = ["timestamp", "src", "dst", "callsign", "typecode"]
+    write_rows(tmp_path / "tgbl-flight_edgelist_v2.csv", header, [[1, "A", "B", "X", "Y"]])
+    with pytest.raises(DataError, match=r"no airport_node_feat_v2\.csv beside tgbl-flight_edgelist_v2\.csv"):
+        convert_tgb(tmp_path, tmp_path / "g.h5", name="tgbl-flight")
+    write_rows(tmp_path / "airport_node_feat_v2.csv", FLIGHT_NODES, [["A", "t", "c", "R", "1", "2"]])
+    write_rows(tmp_path / "tgbl-flight_edgelist_v2.csv", header, [[1, "A", "B", "X", "Y"], [2, "B", "A", "TOOLONG99", "Y"]])
+    with pytest.raises(DataError, match=r"line 3.*callsign 'TOOLONG99' is longer than 8"):
+        convert_tgb(tmp_path, tmp_path / "g.h5", name="tgbl-flight")
+    write_rows(tmp_path / "tgbl-flight_edgelist_v2.csv", header, [[1, "A", "B", "X", "Y"], ["2019-01-02", "B", "A", "Z", "Y"]])
+    with pytest.raises(DataError, match=r"line 3.*timestamp '2019-01-02' is not a unix time"):
+        convert_tgb(tmp_path, tmp_path / "g.h5", name="tgbl-flight")
+    write_rows(tmp_path / "tgbl-flight_edgelist_v2.csv", header, [[1, "A", "B", "X", "Y"]])
+    write_rows(tmp_path / "airport_node_feat_v2.csv", FLIGHT_NODES, [["A", "t", "c", "R", "east", "2"]])
+    with pytest.raises(DataError, match=r"airport_node_feat_v2\.csv.*line 2.*not numbers"):
+        convert_tgb(tmp_path, tmp_path / "g.h5", name="tgbl-flight")
+    assert not (tmp_path / "g.h5").exists()
+
+
+def test_flight_dates_are_local_midnights_as_tgb(tmp_path):
+    import datetime
+    write_rows(tmp_path / "tgbl-flight_edgelist_v2.csv", ["day", "src", "dst", "callsign", "typecode"],
+               [["2019-01-01", "A", "B", "X", "Y"], ["2019-01-03", "B", "A", "X", "Y"]])
+    write_rows(tmp_path / "airport_node_feat_v2.csv", FLIGHT_NODES, [["A", "t", "c", "R", "1", "2"]])
+    graph = convert_tgb(tmp_path, tmp_path / "g.h5", name="tgbl-flight")
+    expect = [float(datetime.datetime.strptime(d, "%Y-%m-%d").timestamp()) for d in ("2019-01-01", "2019-01-03")]
+    assert graph.t.tolist() == expect
+
+
 def test_tgb_split_equals_tgb_formula_and_chronological():
     rng = np.random.default_rng(3)
     for _ in range(200):
@@ -266,8 +375,6 @@ def test_tgb_split_equals_tgb_formula_and_chronological():
 
 
 def test_reader_errors(tmp_path):
-    with pytest.raises(DataError, match="tgbl-flight is not supported yet"):
-        convert_tgb(tmp_path, tmp_path / "g.h5", name="tgbl-flight")
     with pytest.raises(DataError, match="unknown TGB dataset"):
         convert_tgb(tmp_path, tmp_path / "g.h5", name="tgbl-nope")
     with pytest.raises(DataError, match=r"no tgbl-wiki_edgelist_v2\.csv here or in tgbl_wiki/"):

@@ -194,7 +194,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "only one for --format tgb)")
     t = p.add_argument_group("tgb (a folder of TGB's published files, flat or in tgbl_wiki/)")
     t.add_argument("--tgb-name", default=None,
-                   help="tgbl-wiki, tgbl-review, tgbl-coin or tgbl-comment (tgbl-flight: not supported yet)")
+                   help="tgbl-wiki, tgbl-review, tgbl-coin, tgbl-comment or tgbl-flight")
     t.add_argument("--tgb-version", type=int, default=None, help="dataset version (default: TGB's current)")
     t.add_argument("--negatives-out", default=None,
                    help="where the val/test negative pickles go as CSR (default: tgb_negatives.h5 beside --out; "

@@ -72,10 +72,10 @@ _TGL = "https://s3.us-west-2.amazonaws.com/dgl-data/dataset/tgl"
 _TGB = "https://object-arbutus.alliancecan.ca/swift/v1/14c95234f6cd4a21a47deafe20cce2a7/tgb"
 
 
-def _tgb(name: str, version: int, bipartite: bool, description: str) -> Dataset:
+def _tgb(name: str, version: int, bipartite: bool, description: str, extra: tuple[str, ...] = ()) -> Dataset:
     suffix = "" if version <= 1 else f"_v{version}"
     archive = f"{name}-v{version}.zip" if version > 1 else f"{name}.zip"
-    members = (f"{name}_edgelist{suffix}.csv", f"{name}_val_ns{suffix}.pkl", f"{name}_test_ns{suffix}.pkl")
+    members = (f"{name}_edgelist{suffix}.csv", *extra, f"{name}_val_ns{suffix}.pkl", f"{name}_test_ns{suffix}.pkl")
     return Dataset(name, (RemoteFile(archive, f"{_TGB}/{archive}", unzip=members),), "tgb", bipartite=bipartite,
                    directed=False, split="tgb", description=description,
                    aliases=(name.replace("-", "_"), f"{name}-v{version}"), tgb_name=name)
@@ -106,6 +106,8 @@ _ENTRIES = (
     _tgb("tgbl-review", 2, False, "TGB tgbl-review v2: Amazon reviews, log2 weight feature, 100 negatives"),
     _tgb("tgbl-coin", 2, False, "TGB tgbl-coin v2: stablecoin transfers, log2 weight feature, 20 negatives"),
     _tgb("tgbl-comment", 1, False, "TGB tgbl-comment: Reddit replies, [words/5000, score] features, 20 negatives"),
+    _tgb("tgbl-flight", 2, False, "TGB tgbl-flight v2: flights between airports, callsign/typecode edge features, "
+                                  "airport node features, 20 negatives", extra=("airport_node_feat_v2.csv",)),
 )
 
 DATASETS: Mapping[str, Dataset] = MappingProxyType({d.name: d for d in _ENTRIES})

@@ -12,7 +12,9 @@ and TGB's negative pickles index it directly:
   then ``log2(w)``; the edge feature is that 1-d ``w``.
 - ``tgbl-comment`` (``csv_to_pd_data_rc``): ``ts, src, dst`` and columns 3 and 4 read as integers
   (TGB's row[3], row[4]); edge features ``[row[3] / 5000, float(row[4])]``.
-- ``tgbl-flight``: not supported yet (its callsign/typecode encoding and airport node features).
+- ``tgbl-flight`` (``csv_to_pd_data``, ``process_node_feat``): ``ts, src, dst, callsign, typecode`` with
+  airport codes numbered by first appearance; 16 character-code edge features and 20 airport node features
+  from ``airport_node_feat_v2.csv`` (:mod:`disttgl.tgb.flight`).
 
 Timestamps are TGB's ``astype(int)``; the split is TGB's ``np.quantile(ts, [0.70, 0.85])``
 (linear): train ``t <= val_time``, val ``val_time < t <= test_time``, test ``t > test_time``.
@@ -35,6 +37,7 @@ from disttgl.data.graph import Graph, build_tcsr, chronological_split
 from disttgl.data.graph_store import sha256_files, write_graph
 from disttgl.data.readers import read_jodie
 from disttgl.errors import DataError
+from disttgl.tgb.flight import node_file_name, read_airport_features, read_flight_edges
 from disttgl.tgb.negatives_file import SPLITS, SplitNegatives, check_split, save_negatives
 from disttgl.tgb.pickles import load_tgb_negatives_pickle
 
@@ -62,21 +65,23 @@ class TgbEvents:
     label: np.ndarray | None
     original_id: np.ndarray  # per TGB id: the file's id (str) or the TGB id itself (wiki)
     num_nodes: int
+    node_feat: np.ndarray | None = None  # float32 [N, d_v] (tgbl-flight's airports)
 
 
 def tgb_file_names(name: str, version: int) -> dict[str, str]:
-    """The published names: ``{name}_edgelist_v2.csv``... (no suffix for version 1)."""
+    """The published names: ``{name}_edgelist_v2.csv``... (no suffix for version 1); tgbl-flight also
+    has its airport node file."""
     suffix = "" if version <= 1 else f"_v{version}"
-    return {"edgelist": f"{name}_edgelist{suffix}.csv", "val": f"{name}_val_ns{suffix}.pkl",
-            "test": f"{name}_test_ns{suffix}.pkl"}
+    names = {"edgelist": f"{name}_edgelist{suffix}.csv", "val": f"{name}_val_ns{suffix}.pkl",
+             "test": f"{name}_test_ns{suffix}.pkl"}
+    if TGB_DATASETS.get(name, (0, ""))[1] == "flight":
+        names["nodes"] = node_file_name(version)
+    return names
 
 
 def check_name(name: str, version: int | None) -> int:
     if name not in TGB_DATASETS:
         raise DataError(None, f"unknown TGB dataset {name!r}; known: {', '.join(TGB_DATASETS)}")
-    if TGB_DATASETS[name][1] == "flight":
-        raise DataError(None, "tgbl-flight is not supported yet (its callsign/typecode features and "
-                              "airport node file are not ported); use tgbl-wiki, -review, -coin or -comment")
     v = TGB_DATASETS[name][0] if version is None else int(version)
     if v < 1:
         raise DataError(None, f"--tgb-version must be >= 1, got {v}")
@@ -177,11 +182,22 @@ def read_rc(path: Path) -> TgbEvents:
                      label=None, original_id=original, num_nodes=len(original))
 
 
+def read_flight(path: Path, node_path: Path) -> TgbEvents:
+    df, t, feat = read_flight_edges(path)
+    src, dst, original = _first_appearance_ids(df.get_column("src"), df.get_column("dst"))
+    return TgbEvents(src=src, dst=dst, t=t, edge_feat=feat, label=None, original_id=original,
+                     num_nodes=len(original), node_feat=read_airport_features(node_path, original))
+
+
 PARSERS = {"wiki": read_wiki, "sc": read_sc, "rc": read_rc}
 
 
-def read_tgb_edgelist(path: str | os.PathLike, name: str) -> TgbEvents:
+def read_tgb_edgelist(path: str | os.PathLike, name: str, node_path: str | os.PathLike | None = None) -> TgbEvents:
     check_name(name, None)
+    if TGB_DATASETS[name][1] == "flight":
+        if node_path is None:
+            raise DataError(Path(path).parent, "tgbl-flight needs its airport node file beside the edge list")
+        return read_flight(Path(path), Path(node_path))
     return PARSERS[TGB_DATASETS[name][1]](Path(path))
 
 
@@ -231,7 +247,7 @@ def build_tgb_graph(ev: TgbEvents, *, path: Path, name: str, version: int, sha25
     tcsr = build_tcsr(src, dst, t, ev.num_nodes, directed=directed)
     graph = Graph(src=src, dst=dst, t=t, split=split, num_nodes=ev.num_nodes, bipartite=bipartite,
                   edge_feat=edge_feat, tcsr=tcsr, label=None if ev.label is None else ev.label[order],
-                  original_id=ev.original_id, side=side,
+                  original_id=ev.original_id, side=side, node_feat=ev.node_feat,
                   attrs=dict(source=f"tgb:{name}-v{version}:{path.name}", sha256=sha256,
                              sorted_on_input=sorted_on_input, split_rule="tgb", directed=directed,
                              tgb_name=name, tgb_version=int(version)))
@@ -277,8 +293,12 @@ def convert_tgb(directory: str | os.PathLike, out: str | os.PathLike, *, name: s
         missing = tgb_file_names(name, version)[SPLITS[pickles.index(None)]]
         raise DataError(files["edgelist"].parent, f"--negatives-out given but {missing} is not there")
     edgelist = files["edgelist"]
-    ev = PARSERS[TGB_DATASETS[name][1]](edgelist)
-    graph, _ = build_tgb_graph(ev, path=edgelist, name=name, version=version, sha256=sha256_files([edgelist]),
+    if "nodes" in files and files["nodes"] is None:
+        raise DataError(edgelist.parent, f"no {tgb_file_names(name, version)['nodes']} beside {edgelist.name} "
+                                         f"(tgbl-flight's airport node features)")
+    ev = read_tgb_edgelist(edgelist, name, files.get("nodes"))
+    sources = [edgelist] + ([files["nodes"]] if "nodes" in files else [])
+    graph, _ = build_tgb_graph(ev, path=edgelist, name=name, version=version, sha256=sha256_files(sources),
                                directed=directed, bipartite=bipartite)
     negatives = None
     if None not in pickles:
