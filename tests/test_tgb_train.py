@@ -98,6 +98,8 @@ def test_preset_tgb_is_tgbs_tgn_settings_on_a_cache_of_batches_of_200(data, tmp_
                  *FLAGS]) == 0
     s = json.loads((tmp_path / "ok" / "summary.json").read_text())
     assert (s["lr"], s["config"]["lr"], s["config"]["loss"]) == (1e-4, 1e-4, "bce")
+    assert main(["train", str(graph), str(cache), "--out", str(tmp_path / "alias"), "--tgb-compat", *FLAGS]) == 2
+    assert "batches of 200" in capsys.readouterr().err  # --tgb-compat is --preset tgb
 
 
 def test_workflow_refuses_preset_tgb_with_another_batch_size():

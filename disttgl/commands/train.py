@@ -68,6 +68,8 @@ def add_common_arguments(parser: argparse.ArgumentParser, config: type = TrainCo
     parser.add_argument("--preset", choices=sorted(PRESETS), default=None,
                         help="a published system's settings, under any flag given (disttgl: lr 1e-4, loss ce; "
                              "tgb: TGB's TGN example, lr 1e-4, loss bce, a cache of batches of 200)")
+    parser.add_argument("--tgb-compat", dest="preset", action="store_const", const="tgb",
+                        help="the same as --preset tgb: a like-for-like comparison with TGB's TGN")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
