@@ -1,0 +1,1 @@
+"""MSPipe: staleness-aware pipelined training (docs/design.md)."""
