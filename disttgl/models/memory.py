@@ -24,8 +24,12 @@ class Memory(Protocol):
     def gather(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """Memory [U, d] and mail [U, 2d] of the batch's unique nodes (``batch.nodes``)."""
 
+    def read(self, batch: Batch) -> tuple[Batch, torch.Tensor, torch.Tensor]:
+        """The batch as read, memory and mail: a memory whose reads lag its writes
+        (``disttgl.pipeline.stale_memory``) also replaces the batch's clock fields by the version read."""
+
     def write(self, batch: Batch, new_memory: torch.Tensor) -> None:
-        """Store the batch's updated memory [U, d] (detached) for the nodes it writes."""
+        """Store the batch's updated memory [U, d] (detached) for the nodes it writes (``batch``: as read)."""
 
     def reset(self) -> None:
         """Forget everything: the start of an epoch."""
@@ -51,6 +55,9 @@ class NodeMemory:
     def gather(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """Memory [U, d] and mail [U, 2d] of the batch's unique nodes."""
         return self.memory.index_select(0, batch.nodes), self.mail.index_select(0, batch.nodes)
+
+    def read(self, batch: Batch) -> tuple[Batch, torch.Tensor, torch.Tensor]:
+        return (batch, *self.gather(batch))  # always fresh: the cache's clock fields hold
 
     def write(self, batch: Batch, new_memory: torch.Tensor) -> None:
         """Store the batch's updated memory [U, d] for the ``write_mask`` roots only (detached).

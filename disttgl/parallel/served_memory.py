@@ -48,6 +48,9 @@ class ServedMemory:
         rows = h.rows.index_select(0, torch.searchsorted(h.nodes, batch.nodes))
         return rows[:, :self.dim], rows[:, self.dim:]
 
+    def read(self, batch: Batch) -> tuple[Batch, torch.Tensor, torch.Tensor]:
+        return (batch, *self.gather(batch))  # the server serves reads in schedule order: the clock holds
+
     def write(self, batch: Batch, new_memory: torch.Tensor) -> None:
         if self.step is None or not self.step.writes:
             return

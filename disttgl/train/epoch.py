@@ -111,7 +111,7 @@ def train_epoch(model: TGN, memory: Memory | None, batches: Iterable[Batch],
         t1 = clock()
         if batch is None:
             break
-        mem, mail = memory.gather(batch) if memory is not None else (None, None)
+        batch, mem, mail = memory.read(batch) if memory is not None else (batch, None, None)
         pos, neg, new_mem = model(batch, feats, mem, mail)
         step_loss = link_loss(pos, neg, loss)
         # checked before the step: a NaN would spread to every parameter and memory row. The float()
@@ -156,7 +156,7 @@ def evaluate(model: TGN, memory: Memory | None, batches: Iterable[Batch], feats:
     model.eval()
     acc = RankingMetrics()
     for b, batch in enumerate(batches):
-        mem, mail = memory.gather(batch) if memory is not None else (None, None)
+        batch, mem, mail = memory.read(batch) if memory is not None else (batch, None, None)
         pos, neg, new_mem = model(batch, feats, mem, mail)
         if not bool(torch.isfinite(pos).all() & torch.isfinite(neg).all()):  # one sync per batch
             raise non_finite_error("scores", split=split or "evaluation", epoch=epoch, batch=b, model=model,

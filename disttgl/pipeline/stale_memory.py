@@ -1,0 +1,214 @@
+"""A node memory whose reads lag its writes by a fixed schedule: MSPipe's bounded staleness
+(docs/design.md "Pipeline staleness (MSPipe)").
+
+Training batch i reads the memory *version* v_i: exactly the writes of batches 0..v_i of this epoch
+(``disttgl.pipeline.versions.memory_versions``; v_i = i - 1 is today's sequential training). Writes
+are kept in order: the *live* state takes every write at once, the *read* state replays the pending
+writes up to v_i before batch i reads. Both states carry the memory clock (``mem_t``, ``mail_t``,
+``mail_eid`` per node) beside the vectors, because a stale read is stale in its times too: the
+batch's precomputed clock fields (the cache's, which assume v_i = i - 1) are replaced by the version
+read, and a write sets ``mem_t <- mail_t as read``, ``mail_t <- t``, ``mail_eid <- eid`` exactly as
+the cache's bookkeeping does (``disttgl.cache.memory_clock.apply_writes``). With v_i = i - 1 every
+read therefore equals the cache's clock and the plain :class:`NodeMemory`'s rows, bit for bit.
+
+Staleness mitigation (optional) mixes the stalest roots' memory with the *live* memory of their
+similar nodes (``disttgl.pipeline.mitigation``); it runs where the batch is trained, after every
+earlier write, so its result does not depend on when a background fetch ran.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from dataclasses import dataclass, replace
+
+import numpy as np
+import torch
+
+from disttgl.cache.batch import Batch
+from disttgl.models.memory import NodeMemory, write_rows
+from disttgl.pipeline.mitigation import mitigate, root_row_times
+
+
+@dataclass
+class Clock:
+    """Per-node memory-clock tensors (the torch twin of ``disttgl.cache.memory_clock.ClockState``)."""
+
+    mem_t: torch.Tensor  # float64 [N]
+    mail_t: torch.Tensor  # float64 [N]
+    mail_eid: torch.Tensor  # int64 [N]
+
+    @classmethod
+    def initial(cls, num_nodes: int, num_events: int, device: torch.device | str | None = None) -> "Clock":
+        return cls(torch.zeros(num_nodes, dtype=torch.float64, device=device),
+                   torch.zeros(num_nodes, dtype=torch.float64, device=device),
+                   torch.full((num_nodes,), num_events, dtype=torch.int64, device=device))
+
+    def reset(self, num_events: int) -> None:
+        self.mem_t.zero_()
+        self.mail_t.zero_()
+        self.mail_eid.fill_(num_events)
+
+
+@dataclass(frozen=True)
+class Write:
+    """One batch's write: its rows and their new clock."""
+
+    index: int
+    nodes: torch.Tensor  # int64 [W], unique
+    memory: torch.Tensor  # [W, d]
+    mail: torch.Tensor  # [W, 2d]
+    mem_t: torch.Tensor  # float64 [W]
+    mail_t: torch.Tensor
+    mail_eid: torch.Tensor
+
+
+@dataclass(frozen=True)
+class Mitigation:
+    """MSPipe's staleness mitigation settings and the similar-nodes table."""
+
+    similar: torch.Tensor  # int64 [N, k] (-1: padding)
+    lam: float = 0.9
+    top_fraction: float = 0.01
+
+
+def _apply(state: NodeMemory, clock: Clock, w: Write) -> None:
+    state.memory[w.nodes] = w.memory.to(state.memory.dtype)
+    state.mail[w.nodes] = w.mail.to(state.mail.dtype)
+    clock.mem_t[w.nodes] = w.mem_t
+    clock.mail_t[w.nodes] = w.mail_t
+    clock.mail_eid[w.nodes] = w.mail_eid
+
+
+class StaleMemory:
+    """The :class:`~disttgl.models.memory.Memory` of staleness-bounded training.
+
+    Args:
+        num_nodes: N.
+        dim: memory size d.
+        num_events: E, the graph's events (``mail_eid = E`` is "no mail": the zero feature row).
+        device: where the states live.
+        mitigation: staleness mitigation, or None.
+
+    Call :meth:`start_epoch` with the epoch's versions before its first batch; then per batch
+    :meth:`read` (or :meth:`gather`) and :meth:`write`, in batch order. :attr:`live` is the memory
+    with every write, the one evaluation continues from.
+    """
+
+    def __init__(self, num_nodes: int, dim: int, num_events: int, device: torch.device | str | None = None,
+                 mitigation: Mitigation | None = None):
+        self.num_events = num_events
+        self.live = NodeMemory.zeros(num_nodes, dim, device)
+        self.live_clock = Clock.initial(num_nodes, num_events, device)
+        self._read = NodeMemory.zeros(num_nodes, dim, device)
+        self._read_clock = Clock.initial(num_nodes, num_events, device)
+        self.mitigation = mitigation
+        self.versions = np.zeros(0, dtype=np.int64)
+        self._pending: deque[Write] = deque()
+        self._applied = -1  # the read state holds writes 0.._applied
+        self._reads = 0  # batches read so far this epoch
+        self._writes = 0  # batches written so far this epoch
+        self._lock = threading.Condition()  # a background fetch (disttgl.pipeline.executor) waits on writes
+        self.read_versions: list[int] = []  # the version every batch of the epoch actually read
+
+    # ------------------------------------------------------------------ epoch
+    def start_epoch(self, versions: np.ndarray) -> None:
+        """Forget everything and read batch i at ``versions[i]`` (-1: the empty memory)."""
+        versions = np.asarray(versions, dtype=np.int64)
+        idx = np.arange(len(versions))
+        if len(versions) and ((versions >= idx).any() or (versions < -1).any()):
+            i = int(np.flatnonzero((versions >= idx) | (versions < -1))[0])
+            raise ValueError(f"batch {i} cannot read version {versions[i]} (versions must lie in [-1, i - 1])")
+        if len(versions) > 1 and (np.diff(versions) < 0).any():
+            raise ValueError("memory versions must not decrease (writes are applied in order)")
+        self.reset()
+        self.versions = versions
+
+    def reset(self) -> None:
+        with self._lock:
+            for state, clock in ((self.live, self.live_clock), (self._read, self._read_clock)):
+                state.reset()
+                clock.reset(self.num_events)
+            self._pending.clear()
+            self._applied, self._reads, self._writes = -1, 0, 0
+            self.read_versions = []
+            self.versions = np.zeros(0, dtype=np.int64)
+
+    # ------------------------------------------------------------------ reads
+    def version_of(self, i: int) -> int:
+        """The version batch ``i`` reads (past the schedule: sequential, i - 1)."""
+        return int(self.versions[i]) if i < len(self.versions) else i - 1
+
+    def fetch(self, batch: Batch, i: int) -> tuple[Batch, torch.Tensor, torch.Tensor]:
+        """Batch ``i``'s memory, mail and clock at its version; waits until that version is written.
+
+        Safe to call from one background thread while the trainer writes (reads must come in order)."""
+        v = self.version_of(i)
+        with self._lock:
+            self._lock.wait_for(lambda: self._writes > v)
+            while self._pending and self._pending[0].index <= v:
+                _apply(self._read, self._read_clock, self._pending.popleft())
+            self._applied = max(self._applied, v)
+            nodes = batch.nodes
+            mem, mail = self._read.memory.index_select(0, nodes), self._read.mail.index_select(0, nodes)
+            view = replace(batch, mem_t=self._read_clock.mem_t.index_select(0, nodes),
+                           mail_t=self._read_clock.mail_t.index_select(0, nodes),
+                           mail_eid=self._read_clock.mail_eid.index_select(0, nodes))
+        return view, mem, mail
+
+    def read(self, batch: Batch, fetched: tuple[Batch, torch.Tensor, torch.Tensor] | None = None
+             ) -> tuple[Batch, torch.Tensor, torch.Tensor]:
+        """The batch as read (its clock fields at its version), memory [U, d] and mail [U, 2d]."""
+        i = self._reads
+        view, mem, mail = fetched if fetched is not None else self.fetch(batch, i)
+        self._reads += 1
+        self.read_versions.append(self.version_of(i))
+        if self.mitigation is not None:
+            m = self.mitigation
+            row_t, is_root = root_row_times(view.root_idx, view.root_t, int(view.nodes.shape[0]))
+            mem = mitigate(mem, view.mem_t, view.nodes, row_t, self.live.memory, self.live_clock.mem_t, m.similar,
+                           lam=m.lam, top_fraction=m.top_fraction, eligible=is_root)
+        return view, mem, mail
+
+    def gather(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        _, mem, mail = self.read(batch)
+        return mem, mail
+
+    # ------------------------------------------------------------------ writes
+    def write(self, batch: Batch, new_memory: torch.Tensor) -> None:
+        """Store the batch's new memory (as :class:`NodeMemory` does) and its clock; ``batch`` is the
+        batch as read (:meth:`read`), whose ``mail_t`` the written memory absorbed."""
+        nodes, mem_rows, mail_rows = write_rows(batch, new_memory)
+        b = batch.num_events
+        roots = batch.write_mask.nonzero().squeeze(1)
+        event = roots % b
+        absorbed = batch.mail_t[batch.root_idx[roots]]  # mem_t <- the mail time the batch read
+        w = Write(self._writes, nodes, mem_rows, mail_rows, absorbed, batch.t[event], batch.eid[event])
+        with self._lock:
+            _apply(self.live, self.live_clock, w)
+            self._pending.append(w)
+            self._writes += 1
+            self._lock.notify_all()
+
+    # ------------------------------------------------------------------ checkpoint
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The live state (a checkpoint is taken between epochs, when nothing is pending)."""
+        c = self.live_clock
+        return {**self.live.state_dict(), "mem_t": c.mem_t.cpu(), "mail_t": c.mail_t.cpu(),
+                "mail_eid": c.mail_eid.cpu()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.live.load_state_dict(state)
+        self._read.load_state_dict(state)
+        for clock in (self.live_clock, self._read_clock):
+            clock.mem_t.copy_(state["mem_t"])
+            clock.mail_t.copy_(state["mail_t"])
+            clock.mail_eid.copy_(state["mail_eid"])
+
+
+def mean_read_staleness(read_versions: list[int]) -> float:
+    """Mean of (i - 1 - v_i): how many earlier batches' writes each read missed (0: sequential)."""
+    if not read_versions:
+        return 0.0
+    v = np.asarray(read_versions, dtype=np.int64)
+    return float(np.mean(np.arange(len(v)) - 1 - v))
