@@ -1,0 +1,1 @@
+"""MSPipe's staleness-aware pipeline as pure functions: stage timing, staleness bound, memory versions."""
