@@ -15,10 +15,12 @@ Rules (every batch is ready to be sampled at time 0; buffers between stages are 
 - the memory fetch of i starts after the write of batch i - k ends (staleness bound k >= 1).
 
 Eager: every stage starts as early as the rules allow. Delayed (MSPipe's): the memory fetch of i
-ends at ``D_i = min(T_i, D_{i+1} - t2 - t3)`` (``D_{n-1} = T_{n-1}``), where T_i is eager's train
-start of i: the latest end that delays no train start of any batch beyond eager's (a later end
-would push the feature and memory fetch of i + 1 past T_{i+1}). It never starts before the rules
-allow (``max``), so train and write times equal eager's and only the fetches move later.
+starts as late as possible without delaying any train start beyond eager's, which is: it ends
+exactly when eager's training of i starts (T_i), or later if the rules force it (``max``). That
+delays nothing downstream either: eager's train starts satisfy T_{i+1} >= T_i + t2 + t3 (if
+t2 + t3 >= t4 the copy resource is saturated and T_i is the memory fetch's end, else training
+alone spaces them by t4 > t2 + t3), so the feature and memory fetch of i + 1 still fit after T_i.
+Train and write times therefore equal eager's (up to float rounding) and only the fetches move.
 
 The memory version v_i that batch i reads is the largest j < i whose write ended at or before the
 memory fetch of i starts, -1 if none (j >= i is impossible: write i follows fetch i).
@@ -36,14 +38,15 @@ import numpy as np
 
 from disttgl.errors import DataError
 
-__all__ = ["STAGES", "PipelineInputError", "Schedule", "StalenessBound", "check_k", "check_tau",
+__all__ = ["STAGES", "PipelineInputError", "Schedule", "StalenessBound", "check_count", "check_k", "check_tau",
            "min_staleness", "simulate", "stalls_training", "train_stalls"]
 
 STAGES = ("sample", "feature", "memory", "train", "write")
 
-# A ratio within this relative distance of an integer counts as that integer, and a train start later
-# than the previous train's end by less than this share of the run's length is no stall: float sums of
-# profiled times land a few ulps either side of exact ties, which must not change k by one.
+# Relative tolerance for ties: a ratio this close to an integer counts as that integer, a stage this
+# close to t4 does not out-pace training, and a train start later than the previous train's end by
+# less than this share of the run's length is no stall. Float sums of decimal times land an ulp off
+# exact ties (0.1 + 0.2 > 0.3), which must not change k or the bottleneck.
 REL_EPS = 1e-9
 
 
@@ -167,14 +170,9 @@ def simulate(tau: Sequence[float], k: int, num_batches: int, *, delayed: bool = 
     k = check_k(k)
     n = check_count(num_batches)
     b, e = _forward(tau, k, n, None)
-    if delayed and n:
-        t2, t3 = tau[1], tau[2]
-        latest = [0.0] * n
-        latest[-1] = b[-1][3]
-        for i in range(n - 2, -1, -1):
-            # F_{i+1} cannot start before M_i ends, and M_{i+1} must end by latest[i+1]
-            latest[i] = min(b[i][3], latest[i + 1] - t3 - t2)
-        b, e = _forward(tau, k, n, latest)
+    if delayed:
+        # where memory fetch i should end: when eager's training of i starts
+        b, e = _forward(tau, k, n, [row[3] for row in b])
     start = np.array(b, dtype=np.float64).reshape(n, 5)
     end = np.array(e, dtype=np.float64).reshape(n, 5)
     versions = np.array(_versions(b, e), dtype=np.int64)
@@ -232,7 +230,9 @@ def min_staleness(tau: Sequence[float]) -> StalenessBound:
     """k_min = 1 + ceil((t3 + t5) / t4) when training is the bottleneck (t4 >= max(t1, t2 + t3, t5)).
 
     Otherwise the slowest other stage sets the pace whatever k is, so no k is returned; ties go to
-    training, then in the order sample, fetch, write.
+    training, then in the order sample, fetch, write. Comparisons within a relative REL_EPS count as
+    ties (profiled times are not that precise, and the simulation's stall test uses that tolerance).
+    Training-bound implies t3 <= t4 and t5 <= t4, so k_min is 1 (t3 = t5 = 0), 2 or 3.
 
     Args:
         tau: profiled stage times (t1..t5) in seconds.
@@ -240,7 +240,7 @@ def min_staleness(tau: Sequence[float]) -> StalenessBound:
     t1, t2, t3, t4, t5 = check_tau(tau)
     others = {"sample": t1, "fetch": t2 + t3, "write": t5}
     slowest = max(others, key=others.__getitem__)  # first of the maxima: deterministic
-    if t4 < others[slowest]:
+    if t4 < others[slowest] * (1 - REL_EPS):  # an ulp-level excess (0.1 + 0.2 > 0.3) is a tie
         what = {"sample": "t1", "fetch": "t2 + t3", "write": "t5"}[slowest]
         return StalenessBound(None, slowest, f"{what} = {others[slowest]:g} > t4 = {t4:g}: "
                                              f"{slowest} bounds the pipeline, staleness cannot help")
