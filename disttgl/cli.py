@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "batches": ("disttgl.cache.command", "precompute the mini-batch cache"),
     "pretrain": ("disttgl.commands.pretrain", "pretrain the static node memory"),
     "train": ("disttgl.commands.train", "train a TGN with (optional) static memory"),
+    "profile": ("disttgl.pipeline.profile", "time MSPipe's five stages on real batches: τ, k_min, bottleneck"),
     "similar": ("disttgl.pipeline.similar_command", "the k most similar nodes of each node, for staleness mitigation"),
     "launch": ("disttgl.parallel.launch", "start i x j x k training: torchrun on one node, srun + torchrun per node under SLURM"),
     "report": ("disttgl.report.command", "collect results into tables and plots"),

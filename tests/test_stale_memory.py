@@ -15,7 +15,8 @@ from disttgl.cache.reader import open_cache
 from disttgl.data.graph_store import load_graph, write_graph
 from disttgl.data.synth import SynthConfig, generate
 from disttgl.models.memory import NodeMemory, write_rows
-from disttgl.pipeline.stale_memory import Mitigation, StaleMemory, mean_read_staleness
+from disttgl.pipeline.stale_memory import Mitigation, StaleMemory
+from disttgl.pipeline.versions import mean_staleness
 
 DIM = 8
 
@@ -96,7 +97,7 @@ def test_sequential_reads_equal_the_caches_clock_and_a_plain_node_memory(data):
         probe.write(view, new)
         plain.write(batch, new)
     assert torch.equal(probe.live.memory, plain.memory) and torch.equal(probe.live.mail, plain.mail)
-    assert mean_read_staleness(m.read_versions) == 0.0
+    assert mean_staleness(m.read_versions) == 0.0
 
 
 @pytest.mark.parametrize("k", [2, 3])
@@ -105,7 +106,7 @@ def test_bounded_reads_see_exactly_the_writes_up_to_their_version(data, k):
     n = len(batches)
     versions = np.maximum(np.arange(n) - k, -1)
     m, log = run_schedule(g, batches, versions, seed=k)
-    assert mean_read_staleness(m.read_versions) > 0
+    assert mean_staleness(m.read_versions) > 0
     # live holds every write
     ref = replay(log, n - 1, g.num_nodes, g.num_events)
     assert torch.equal(m.live.memory, ref[0]) and torch.equal(m.live_clock.mem_t, ref[2])

@@ -44,6 +44,14 @@ _TRAIN_HELP = {
     "tgb_negatives": "--eval tgb: negatives file from `disttgl convert --format tgb` or `disttgl tgb-negatives` "
                      "(default: tgb_negatives.h5 beside GRAPH)",
     "tgb_batch_size": "--eval tgb: positives per evaluation batch",
+    "staleness": "MSPipe: batch i reads memory with the writes of batches <= i - K at most (1: sequential; "
+                 "auto: the minimal bound from --stage-times)",
+    "stage_times": "stage times from `disttgl profile` (auto's K; memory versions of the delayed fetch)",
+    "mitigation": "none or similar: MSPipe's staleness mitigation (needs --similar)",
+    "similar": "similar-nodes file from `disttgl similar`",
+    "mitigation_lambda": "mitigation: weight of a stale root's own memory",
+    "mitigation_top": "mitigation: share of a batch's roots treated as stale",
+    "pipeline": "off, threads (memory fetch on a background thread) or streams (CUDA: not implemented yet)",
 }
 
 
@@ -120,10 +128,18 @@ def run(args: argparse.Namespace) -> int:
     if (layout is None and ranks == 1) or (layout is not None and layout.world == 1):
         if ranks > 1:
             raise DataError(None, f"--parallelism {layout} is one process, torchrun started {ranks}")
+        if cfg.pipelined:
+            from disttgl.pipeline.strategy import train_pipelined
+
+            train_pipelined(cfg)
+            return 0
         from disttgl.train.single import train
 
         train(cfg)
         return 0
+    if cfg.pipelined:
+        raise DataError(None, f"--staleness/--mitigation/--pipeline run in one process, torchrun started {ranks} "
+                              f"(MSPipe's k inside DistTGL's memory server is not implemented yet)")
     # imported here: a one-process run never loads torch.distributed and the memory server
     from disttgl.parallel.strategy import train_parallel
 

@@ -110,6 +110,8 @@ class StaleMemory:
         self._writes = 0  # batches written so far this epoch
         self._lock = threading.Condition()  # a background fetch (disttgl.pipeline.executor) waits on writes
         self.read_versions: list[int] = []  # the version every batch of the epoch actually read
+        self._handed: deque[tuple[Batch, tuple[Batch, torch.Tensor, torch.Tensor]]] = deque()
+        self._aborted = False
 
     # ------------------------------------------------------------------ epoch
     def start_epoch(self, versions: np.ndarray) -> None:
@@ -130,6 +132,7 @@ class StaleMemory:
                 state.reset()
                 clock.reset(self.num_events)
             self._pending.clear()
+            self._handed.clear()
             self._applied, self._reads, self._writes = -1, 0, 0
             self.read_versions = []
             self.versions = np.zeros(0, dtype=np.int64)
@@ -139,13 +142,16 @@ class StaleMemory:
         """The version batch ``i`` reads (past the schedule: sequential, i - 1)."""
         return int(self.versions[i]) if i < len(self.versions) else i - 1
 
-    def fetch(self, batch: Batch, i: int) -> tuple[Batch, torch.Tensor, torch.Tensor]:
-        """Batch ``i``'s memory, mail and clock at its version; waits until that version is written.
+    def fetch(self, batch: Batch, i: int) -> tuple[Batch, torch.Tensor, torch.Tensor] | None:
+        """Batch ``i``'s memory, mail and clock at its version; waits until that version is written
+        (None if :meth:`abort_fetch` ends the wait).
 
-        Safe to call from one background thread while the trainer writes (reads must come in order)."""
+        Safe to call from one background thread while the trainer writes (fetches must come in order)."""
         v = self.version_of(i)
         with self._lock:
-            self._lock.wait_for(lambda: self._writes > v)
+            self._lock.wait_for(lambda: self._writes > v or self._aborted)
+            if self._writes <= v:
+                return None
             while self._pending and self._pending[0].index <= v:
                 _apply(self._read, self._read_clock, self._pending.popleft())
             self._applied = max(self._applied, v)
@@ -160,7 +166,13 @@ class StaleMemory:
              ) -> tuple[Batch, torch.Tensor, torch.Tensor]:
         """The batch as read (its clock fields at its version), memory [U, d] and mail [U, 2d]."""
         i = self._reads
-        view, mem, mail = fetched if fetched is not None else self.fetch(batch, i)
+        if fetched is None and self._handed:
+            handed, fetched = self._handed.popleft()
+            if handed is not batch:
+                raise RuntimeError("a prefetched memory read was handed over for another batch")
+        if fetched is None:
+            fetched = self.fetch(batch, i)
+        view, mem, mail = fetched
         self._reads += 1
         self.read_versions.append(self.version_of(i))
         if self.mitigation is not None:
@@ -173,6 +185,21 @@ class StaleMemory:
     def gather(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         _, mem, mail = self.read(batch)
         return mem, mail
+
+    # ------------------------------------------------------------------ the background fetch
+    def hand_over(self, batch: Batch, fetched: tuple[Batch, torch.Tensor, torch.Tensor]) -> None:
+        """A background fetch's result for the next :meth:`read` of ``batch``."""
+        self._handed.append((batch, fetched))
+
+    def abort_fetch(self) -> None:
+        """Release a background fetch waiting for a write that will not come (the epoch stopped)."""
+        with self._lock:
+            self._aborted = True
+            self._lock.notify_all()
+
+    def resume_fetch(self) -> None:
+        with self._lock:
+            self._aborted = False
 
     # ------------------------------------------------------------------ writes
     def write(self, batch: Batch, new_memory: torch.Tensor) -> None:
@@ -205,10 +232,3 @@ class StaleMemory:
             clock.mail_t.copy_(state["mail_t"])
             clock.mail_eid.copy_(state["mail_eid"])
 
-
-def mean_read_staleness(read_versions: list[int]) -> float:
-    """Mean of (i - 1 - v_i): how many earlier batches' writes each read missed (0: sequential)."""
-    if not read_versions:
-        return 0.0
-    v = np.asarray(read_versions, dtype=np.int64)
-    return float(np.mean(np.arange(len(v)) - 1 - v))

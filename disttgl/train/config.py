@@ -17,6 +17,7 @@ import torch
 from disttgl.errors import DataError
 from disttgl.models.tgn import ModelConfig
 from disttgl.layout import parse_parallelism
+from disttgl.pipeline.plan import parse_staleness
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +48,14 @@ class TrainConfig:
     eval: str = "disttgl"  # "tgb": also TGB's protocol on the best epoch at the end (disttgl.tgb.final_eval)
     tgb_negatives: str | None = None  # --eval tgb: the negatives file (None: tgb_negatives.h5 beside the graph)
     tgb_batch_size: int = 200  # --eval tgb: positives per evaluation batch (TGB's examples: 200)
+    # MSPipe (disttgl.pipeline): batch i reads the memory holding the writes of batches <= i - k at most
+    staleness: str = "1"  # 1 (sequential), K, or auto (from stage_times)
+    stage_times: str | None = None  # `disttgl profile` JSON: auto's k and the delayed-fetch versions
+    mitigation: str = "none"  # none | similar (MSPipe's staleness mitigation, needs `similar`)
+    similar: str | None = None  # `disttgl similar` file
+    mitigation_lambda: float = 0.9  # weight of a stale root's own memory (MSPipe's code: 0.9)
+    mitigation_top: float = 0.01  # share of a batch's roots treated as stale (MSPipe: the top 1 %)
+    pipeline: str = "off"  # off | threads (background memory fetch) | streams (CUDA streams: not yet)
     progress: bool = True
 
     def check(self) -> None:
@@ -68,8 +77,37 @@ class TrainConfig:
             raise DataError(None, f"--eval must be disttgl or tgb, got {self.eval!r}")
         if self.tgb_batch_size < 1:
             raise DataError(None, f"--tgb-batch-size must be >= 1, got {self.tgb_batch_size}")
+        self.check_pipeline()
         if self.device.startswith("cuda") and not torch.cuda.is_available():
             raise DataError(None, f"--device {self.device}: CUDA is not available on this machine")
+
+
+    def check_pipeline(self) -> None:
+        parse_staleness(self.staleness)
+        if str(self.staleness).strip().lower() == "auto" and not self.stage_times:
+            raise DataError(None, "--staleness auto needs --stage-times (from `disttgl profile GRAPH CACHE --out ...`)")
+        if self.mitigation not in ("none", "similar"):
+            raise DataError(None, f"--mitigation must be none or similar, got {self.mitigation!r}")
+        if self.mitigation == "similar" and not self.similar:
+            raise DataError(None, "--mitigation similar needs --similar SIMILAR.h5 (from `disttgl similar`)")
+        for name in ("mitigation_lambda", "mitigation_top"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise DataError(None, f"--{name.replace('_', '-')} must be in [0, 1], got {getattr(self, name)}")
+        if self.pipeline not in ("off", "threads", "streams"):
+            raise DataError(None, f"--pipeline must be off, threads or streams, got {self.pipeline!r}")
+        if self.pipeline == "streams":
+            raise DataError(None, "--pipeline streams (CUDA streams) is not implemented yet: it needs a CUDA "
+                                  "machine to build and test it on; --pipeline threads overlaps the memory fetch")
+        if self.pipelined and self.parallelism not in ("1x1x1", "auto"):
+            raise DataError(None, f"--staleness/--mitigation/--pipeline run in one process; with --parallelism "
+                                  f"{self.parallelism} they are not implemented yet (MSPipe's k inside DistTGL's "
+                                  f"memory server)")
+
+    @property
+    def pipelined(self) -> bool:
+        """Whether MSPipe's strategy (disttgl.pipeline.strategy) runs: anything but sequential training."""
+        return str(self.staleness) != "1" or self.stage_times is not None or self.mitigation != "none" \
+            or self.pipeline != "off"
 
 
 @dataclass
