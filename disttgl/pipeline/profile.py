@@ -28,7 +28,7 @@ from disttgl.models.memory import NodeMemory
 from disttgl.models.tgn import TGN, link_loss
 from disttgl.pipeline.plan import STAGE_TIMES_KIND
 from disttgl.pipeline.timing import STAGES, min_staleness
-from disttgl.train.config import TrainConfig, resolve_lr
+from disttgl.train.config import PRESETS, TrainConfig, resolve_lr
 from disttgl.train.epoch import adam, load_features, model_config
 from disttgl.train.rng import seed_everything
 
@@ -104,20 +104,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batches", type=int, default=40, help="training batches timed (default: 40)")
     parser.add_argument("--warmup", type=int, default=5, help="batches run untimed first (default: 5)")
     defaults = TrainConfig(graph="", cache="", out="")
-    for name in ("device", "dim", "time_dim", "heads", "threads", "loss", "seed", "static"):
+    kinds = {"threads": int, "lr": float}
+    for name in ("device", "dim", "time_dim", "heads", "dropout", "lr", "threads", "loss", "seed", "static"):
         value = getattr(defaults, name)
-        kind = type(value) if value is not None else (int if name == "threads" else str)
+        kind = type(value) if value is not None else kinds.get(name, str)
         parser.add_argument(f"--{name.replace('_', '-')}", type=kind, default=value,
                             help=f"as for `disttgl train` (default: {value})")
+    parser.add_argument("--preset", choices=sorted(PRESETS), default=None, help="as for `disttgl train`")
 
 
 def run(args: argparse.Namespace) -> int:
     if args.batches < 1 or args.warmup < 0:
         raise DataError(None, f"--batches must be >= 1 and --warmup >= 0, got {args.batches}, {args.warmup}")
     check_writable_dir(args.out)
+    preset = PRESETS.get(args.preset or "", {})
     cfg = TrainConfig(graph=args.graph, cache=args.cache, out=args.out, device=args.device, dim=args.dim,
-                      time_dim=args.time_dim, heads=args.heads, threads=args.threads, loss=args.loss, seed=args.seed,
-                      static=args.static)
+                      time_dim=args.time_dim, heads=args.heads, dropout=args.dropout, threads=args.threads,
+                      lr=args.lr if args.lr is not None else preset.get("lr"),
+                      loss=preset.get("loss", args.loss) if args.loss == TrainConfig.loss else args.loss,
+                      seed=args.seed, static=args.static)
     cfg.check()
     result = profile_stages(cfg, batches=args.batches, warmup=args.warmup)
     with atomic_path(args.out) as tmp:

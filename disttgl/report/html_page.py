@@ -7,6 +7,8 @@ import html
 from typing import Sequence
 
 from disttgl.report.tables import ABLATION_COLUMNS, ACCURACY_COLUMNS, accuracy_notes, by_dataset, format_cell
+from disttgl.report.staleness_table import NOTE as STALENESS_NOTE
+from disttgl.report.staleness_table import STALENESS_COLUMNS
 from disttgl.report.tgb_table import LEADERBOARD, TGB_COLUMNS, anchor_lines
 
 _CSS = """body{font-family:system-ui,sans-serif;margin:1.5em;color:#222}
@@ -21,7 +23,7 @@ TEXT_CLASS = ' class="t"'
 
 def _html_table(rows: Sequence[dict], columns: Sequence[tuple[str, str]], caption: str) -> list[str]:
     text_cols = {"dataset", "run", "status", "parallelism", "static_memory", "note", "contended", "run_static",
-                 "run_nostatic", "negatives", "compare"}
+                 "run_nostatic", "negatives", "compare", "requested", "mitigation", "pipeline"}
     out = [f"<table><caption>{html.escape(caption)}</caption>",
            "<tr>" + "".join(f"<th>{html.escape(h)}</th>" for _, h in columns) + "</tr>"]
     for row in rows:
@@ -33,7 +35,7 @@ def _html_table(rows: Sequence[dict], columns: Sequence[tuple[str, str]], captio
 
 
 def render_html(acc: Sequence[dict], abl: Sequence[dict], tta_fraction: float,
-                machine: dict[str, str] | None = None, tgb: Sequence[dict] = ()) -> str:
+                machine: dict[str, str] | None = None, tgb: Sequence[dict] = (), staleness: Sequence[dict] = ()) -> str:
     cols = [c for c in ACCURACY_COLUMNS if c[0] != "dataset"]
     body = ["<h1>Accuracy and speed</h1>"]
     for dataset, rows in by_dataset(acc).items():
@@ -51,6 +53,10 @@ def render_html(acc: Sequence[dict], abl: Sequence[dict], tta_fraction: float,
             for key in sorted({r["compare"] for r in rows if r["compare"] in LEADERBOARD}):
                 body.append(f"<p>Leaderboard, {html.escape(key)} (test MRR): "
                             f"{html.escape('; '.join(anchor_lines(key)))}</p>")
+    if staleness:
+        body += ["<h2>Staleness (MSPipe)</h2>", f"<p>{html.escape(STALENESS_NOTE)}</p>"]
+        for dataset, rows in by_dataset(staleness).items():
+            body += _html_table(rows, STALENESS_COLUMNS, dataset)
     if machine:
         body += ["<h2>Machine</h2>", "<ul>"]
         body += [f"<li><b>{html.escape(k)}</b>: {html.escape(v)}</li>" for k, v in machine.items()] + ["</ul>"]

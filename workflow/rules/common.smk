@@ -231,6 +231,55 @@ def run_static(wildcards):
     return [static_memory_path(wildcards.dataset)] if run_config(wildcards)["static_memory"] else []
 
 
+# --------------------------------------------------------------------------- MSPipe (pipeline.smk)
+
+def stage_times_path(dataset):
+    return f"{DATA}/{dataset}/stages.json"
+
+
+def similar_path(dataset, method):
+    return f"{DATA}/{dataset}/similar-{method}.h5"
+
+
+def run_stage_times(wildcards):
+    """train: the profiled stage times of a run with `staleness: auto`."""
+    auto = str(run_config(wildcards).get("staleness", 1)) == "auto"
+    return [stage_times_path(wildcards.dataset)] if auto else []
+
+
+def run_similar(wildcards):
+    """train: the similar-nodes file of a run with `mitigation: similar`."""
+    r = run_config(wildcards)
+    if r.get("mitigation", "none") != "similar":
+        return []
+    return [similar_path(wildcards.dataset, r.get("similar_method", "jaccard"))]
+
+
+def pipeline_args(wildcards, input):
+    """train: MSPipe's flags of the run (with the space before them), or nothing."""
+    r = run_config(wildcards)
+    args = []
+    if str(r.get("staleness", 1)) != "1":
+        args += ["--staleness", str(r["staleness"])]
+    if input.stages:
+        args += ["--stage-times", str(input.stages[0])]
+    if input.similar:
+        args += ["--mitigation", "similar", "--similar", str(input.similar[0])]
+    if r.get("pipeline", "off") != "off":
+        args += ["--pipeline", r["pipeline"]]
+    return f" {shlex.join(args)}" if args else ""
+
+
+def similar_inputs(wildcards):
+    """similar: the graph, and the static memory for static-cosine."""
+    static = [static_memory_path(wildcards.dataset)] if wildcards.method == "static-cosine" else []
+    return {"graph": graph_path(wildcards.dataset), "static": static}
+
+
+def similar_static_args(wildcards, input):
+    return shlex.join(["--static", str(input.static[0])]) if input.static else ""
+
+
 # --------------------------------------------------------------------------- distributed training
 # One torchrun per node: locally `torchrun --standalone`; in a multi-node SLURM job `srun` starts one
 # per node and they meet by c10d rendezvous on the allocation's first node (disttgl launch).

@@ -9,6 +9,8 @@ rule train:
         cache=lambda w: batch_cache_path(w.dataset, 1),
         static=run_static,
         tgb=tgb_input,
+        stages=run_stage_times,
+        similar=run_similar,
     output:
         f"{RESULTS}/{{dataset}}/{{run}}/summary.json",
     wildcard_constraints:
@@ -17,6 +19,7 @@ rule train:
         out=run_dir,
         static=static_args,
         eval=eval_args,
+        pipeline=pipeline_args,
         epochs=run_epochs,
         model=model_args(),
         t=config["train"],
@@ -30,7 +33,7 @@ rule train:
     conda:
         "../envs/disttgl.yaml"
     shell:
-        "disttgl train {input.graph:q} {input.cache:q} --out {params.out:q} {params.static}{params.eval}"
+        "disttgl train {input.graph:q} {input.cache:q} --out {params.out:q} {params.static}{params.eval}{params.pipeline}"
         " --epochs {params.epochs:q}"
         " {params.model}"
         " --device {params.t[device]:q} --seed {params.t[seed]:q} --threads {threads} --resume > {log:q} 2>&1"
