@@ -152,6 +152,12 @@ def test_bad_parameters(params, message):
         build_snapshots(np.zeros(2, np.int64), np.ones(2, np.int64), np.array([0.0, 1.0]), np.zeros(2), 2, params)
 
 
+def test_too_many_snapshots():
+    with pytest.raises(DataError, match="larger --delta"):
+        build_snapshots(np.zeros(2, np.int64), np.ones(2, np.int64), np.array([0.0, 1e7]), np.zeros(2), 2,
+                        SnapshotParams(delta=1.0))
+
+
 def test_zero_time_span_with_num_snapshots():
     with pytest.raises(DataError, match="zero time span"):
         build_snapshots(np.zeros(2, np.int64), np.ones(2, np.int64), np.zeros(2), np.zeros(2), 2,

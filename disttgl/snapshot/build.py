@@ -21,6 +21,7 @@ import numpy as np
 from disttgl.errors import DataError
 
 DIFF_KINDS = ("added", "removed", "changed")
+MAX_SNAPSHOTS = 1_000_000  # per-snapshot pointers beyond this are a mistyped --delta, not a dataset
 
 
 @dataclass(frozen=True)
@@ -110,9 +111,15 @@ def bucket_times(t: np.ndarray, params: SnapshotParams) -> tuple[np.ndarray, flo
         raise DataError(None, "the graph has no events to cut into snapshots")
     t0, t_max = float(t[0]), float(t[-1])
     if params.delta is not None:
+        last = math.floor((t_max - t0) / params.delta)
+        if last >= MAX_SNAPSHOTS:
+            raise DataError(None, f"--delta {params.delta} cuts the {t_max - t0:g} s span into {last + 1:,} "
+                                  f"snapshots, more than {MAX_SNAPSHOTS:,}: use a larger --delta")
         s = np.floor((t - t0) / params.delta).astype(np.int64)
         return s, t0, float(params.delta), int(s[-1]) + 1, False
     num = int(params.num_snapshots)
+    if num > MAX_SNAPSHOTS:
+        raise DataError(None, f"--num-snapshots {num:,} is more than {MAX_SNAPSHOTS:,}")
     span = t_max - t0
     if span <= 0:
         raise DataError(None, "all events share one timestamp: --num-snapshots cannot divide a zero time span")
