@@ -69,6 +69,22 @@ def test_apply_difference_drops_pairs_that_reach_zero():
     key, count = apply_difference(torch.tensor([1, 5, 9]), torch.tensor([2, 1, 3]),
                                   torch.tensor([0, 5, 9]), torch.tensor([4, -1, 2]))
     assert key.tolist() == [0, 1, 9] and count.tolist() == [4, 2, 5]
+    key, count = apply_difference(torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long),
+                                  torch.tensor([3, 4]), torch.tensor([1, 2]))
+    assert key.tolist() == [3, 4] and count.tolist() == [1, 2]
+    rng = np.random.default_rng(0)
+    for _ in range(50):  # against a dict
+        old = dict(zip(rng.choice(60, 20, replace=False).tolist(), rng.integers(1, 4, 20).tolist()))
+        change = dict(zip(rng.choice(60, 15, replace=False).tolist(), rng.integers(-3, 4, 15).tolist()))
+        change = {k: (v or 1) if k not in old else (v or -old[k]) for k, v in change.items()}
+        expect = {k: old.get(k, 0) + change.get(k, 0) for k in set(old) | set(change)}
+        expect = {k: v for k, v in expect.items() if v}
+        if any(v < 0 for v in expect.values()):
+            continue
+        ks, kd = sorted(old), sorted(change)
+        key, count = apply_difference(torch.tensor(ks, dtype=torch.long), torch.tensor([old[k] for k in ks]),
+                                      torch.tensor(kd, dtype=torch.long), torch.tensor([change[k] for k in kd]))
+        assert dict(zip(key.tolist(), count.tolist())) == expect and key.tolist() == sorted(expect)
 
 
 def _model(snaps, cfg, seed=0):

@@ -30,7 +30,8 @@ def data(tmp_path_factory):
 
 def _train(data, run, *extra):
     return main(["snapshot-train", str(data / "s.h5"), str(data / "g.h5"), "--out", str(data / run),
-                 "--epochs", "3", "--hidden", "8", "--degree-cap", "4", "--eval-negatives", "9", *extra])
+                 "--epochs", "3", "--hidden", "8", "--degree-cap", "4", "--eval-negatives", "9", "--threads", "1",
+                 *extra])
 
 
 @pytest.mark.parametrize("model", ["gcn-lstm", "tmgcn"])

@@ -30,7 +30,10 @@ MODES = ("whole", "diff")
 def apply_difference(key: torch.Tensor, count: torch.Tensor, d_key: torch.Tensor,
                      d_delta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The next adjacency from the previous one and a difference, as (key, count) sorted by key
-    (key = row * N + col); pairs whose count becomes 0 are dropped. Integer sums: exact on any device."""
+    (key = row * N + col); pairs whose count becomes 0 are dropped. Integer sums: exact on any device.
+
+    ``torch.unique`` over the merged keys rather than a merge by ``searchsorted``: on a busy CPU the
+    latter's thread pool cost 7 ms a call whatever the size (measured), the sort well under 1 ms."""
     keys, inverse = torch.unique(torch.cat([key, d_key]), sorted=True, return_inverse=True)
     counts = torch.zeros(len(keys), dtype=count.dtype, device=count.device)
     counts.index_add_(0, inverse, torch.cat([count, d_delta.to(count.dtype)]))
