@@ -30,6 +30,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "similar": ("disttgl.pipeline.similar_command", "the k most similar nodes of each node, for staleness mitigation"),
     "launch": ("disttgl.parallel.launch", "start i x j x k training: torchrun on one node, srun + torchrun per node under SLURM"),
     "report": ("disttgl.report.command", "collect results into tables and plots"),
+    "snapshots": ("disttgl.snapshot.command", "cut a graph store into snapshots (adjacency and differences)"),
+    "snapshot-train": ("disttgl.snapshot.train_command", "train a snapshot DGNN (GCN + LSTM or TM-GCN)"),
 }
 
 
