@@ -31,6 +31,12 @@ def check_config(config: dict[str, Any]) -> None:
     check_parallel(config)
     check_preset(config)
     custom = config.get("custom_datasets") or {}
+    for name in config.get("optional_datasets") or []:
+        if name != "synthetic" and name not in custom:
+            try:
+                get_dataset(name)
+            except DataError as exc:
+                raise DataError("config.yaml", f"optional_datasets: {exc.problem}") from None
     for i, name in enumerate(config["datasets"]):
         if name == "synthetic" or name in custom:
             continue
@@ -43,6 +49,42 @@ def check_config(config: dict[str, Any]) -> None:
         if spec.get("format") == "csv" and not spec.get("time_col"):
             raise DataError("config.yaml", f"custom_datasets.{name}: the csv format needs time_col "
                             "(and src_col, dst_col unless they are named src and dst)")
+
+
+def present_datasets(config: dict[str, Any]) -> list[str]:
+    """``optional_datasets`` that are here: converted already (``data_dir/NAME/graph.h5``), fetched
+    (every raw file in ``data_dir/NAME/raw``), in a local ``data_mirror`` (flat or in a folder named
+    after the dataset, as ``disttgl fetch`` looks), or — a URL mirror, which cannot be checked offline —
+    named at all. Custom datasets are here when their files are. Order kept, duplicates of
+    ``datasets`` dropped: the experiment configs run on what a machine has."""
+    from disttgl.data.registry import get_dataset, raw_paths
+
+    data_dir = Path(config.get("data_dir", "data"))
+    mirror = config.get("data_mirror")
+    custom = config.get("custom_datasets") or {}
+    out = []
+    for name in config.get("optional_datasets") or []:
+        if name in config["datasets"] or name in out:
+            continue
+        if name in custom:
+            here = all(Path(f).is_file() for f in custom[name]["files"])
+        elif (data_dir / name / "graph.h5").is_file():
+            here = True
+        else:
+            d = get_dataset(name)
+            here = all(p.is_file() for p in raw_paths(name, data_dir / name / "raw"))
+            if not here and mirror:
+                text = os.fspath(mirror)
+                if "://" in text and not text.startswith("file://"):
+                    here = True
+                else:
+                    folder = Path(text.removeprefix("file://"))
+                    here = all(any((base / f.filename).is_file() for base in
+                                   (folder, *(folder / a for a in (d.name, d.name.lower(), *d.aliases))))
+                               for f in d.files)
+        if here:
+            out.append(name)
+    return out
 
 
 def convert_arguments_for(config: dict[str, Any], dataset: str, inputs: list[str]) -> str:
@@ -86,6 +128,7 @@ def check_names(config: dict[str, Any]) -> None:
     """Dataset and run names are directory names: refuse ``.``, ``..`` and names starting with ``.``;
     refuse ``{``/``}`` in data_dir/results_dir (Snakemake would read them as wildcards)."""
     named = [(f"datasets[{i}]", n) for i, n in enumerate(config.get("datasets") or [])]
+    named += [(f"optional_datasets[{i}]", n) for i, n in enumerate(config.get("optional_datasets") or [])]
     named += [(f"custom_datasets.{n}", n) for n in (config.get("custom_datasets") or {})]
     named += [(f"runs.{n}", n) for n in (config.get("runs") or {})]
     for key, name in named:

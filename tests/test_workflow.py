@@ -471,3 +471,29 @@ def test_plain_rerun_after_kill_9_finishes(workdir):
     assert "removed stale Snakemake lock" in proc.stderr
     assert (workdir / "results" / "report" / "accuracy.html").exists()
     assert not list(workdir.rglob("*.part"))  # the killed writer's temporary went with the rerun
+
+
+def test_optional_datasets_join_only_where_present(tmp_path):
+    """optional_datasets: converted, fetched or mirrored ones join `datasets`; the others are left out."""
+    from disttgl.data.registry import raw_paths
+    from disttgl.errors import DataError
+    from disttgl.workflow_config import check_config, present_datasets
+
+    data = tmp_path / "data"
+    (data / "MOOC").mkdir(parents=True)
+    (data / "MOOC" / "graph.h5").write_bytes(b"")  # converted already
+    for p in raw_paths("UCI", data / "UCI" / "raw"):  # fetched
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(b"")
+    mirror = tmp_path / "mirror"
+    (mirror / "lastfm").mkdir(parents=True)
+    (mirror / "lastfm" / "lastfm.csv").write_bytes(b"")  # in the mirror, in a folder named after an alias
+    own = tmp_path / "own.csv"
+    own.write_text("x")
+    config = {"datasets": ["synthetic", "MOOC"], "data_dir": str(data), "data_mirror": str(mirror),
+              "optional_datasets": ["WIKI", "MOOC", "UCI", "LASTFM", "REDDIT", "mine", "gone"],
+              "custom_datasets": {"mine": {"files": [str(own)]}, "gone": {"files": [str(tmp_path / "no.csv")]}}}
+    assert present_datasets(config) == ["UCI", "LASTFM", "mine"]
+    assert "WIKI" in present_datasets({**config, "data_mirror": "https://example.org/tgn"})  # a URL: not checkable
+    with pytest.raises(DataError, match="optional_datasets: unknown dataset 'nope'"):
+        check_config({"datasets": ["synthetic"], "optional_datasets": ["nope"], "runs": {"a": {}}})

@@ -23,6 +23,7 @@ from disttgl.workflow_config import (
     batch_cache_name,
     check_config,
     convert_arguments_for,
+    present_datasets,
     record_lock_owner,
     remove_stale_locks,
     timed_run_units,
@@ -31,6 +32,8 @@ from disttgl.workflow_config import (
 
 validate(config, "../schemas/config.schema.yaml")
 check_config(config)
+# the experiment configs' optional datasets join when this machine has them (fetched, converted, mirrored)
+config["datasets"] = [*config["datasets"], *present_datasets(config)]
 
 DATA = config["data_dir"]
 RESULTS = config["results_dir"]
