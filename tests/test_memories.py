@@ -335,6 +335,24 @@ def test_every_parameter_gets_a_gradient_and_gru_is_still_tgn():
         build_model(cfg("rnn", head="apan"))
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("kind", ["rnn", "apan"])
+def test_cuda_matches_cpu(kind):
+    f, batch = feats(), small_batch()
+    outs = []
+    for device in ("cpu", "cuda"):
+        model = seeded_model(kind).to(device)
+        fd, bd = Features(edge_feat=f.edge_feat.to(device)), batch.to(device)
+        mem = build_memory(model.cfg, fd.edge_feat, device)
+        for _ in range(3):  # the third step reads what the first two wrote
+            memory, mail = mem.gather(bd)
+            pos, neg, new = model(bd, fd, memory, mail)
+            mem.write(bd, new)
+        outs.append((pos.detach().cpu(), neg.detach().cpu(), new.detach().cpu()))
+    for a, b in zip(*outs):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+
+
 # ------------------------------------------------------------------------------------ the CLI
 
 @pytest.fixture(scope="module")
@@ -391,6 +409,15 @@ def test_bad_memory_settings_exit_2_and_say_why(data, tmp_path, capsys):
     assert main(["pretrain", data[0], data[1], "--out", str(tmp_path / "s.h5"), "--memory", "bogus",
                  "--no-progress"]) == 2
     assert not (tmp_path / "r").exists() and not (tmp_path / "s.h5").exists()
+
+
+def test_rnn_runs_tgbs_protocol_on_its_node_memory(data, tmp_path):
+    negatives = tmp_path / "tgb_negatives.h5"
+    assert main(["tgb-negatives", data[0], "--out", str(negatives), "--num-neg", "5"]) == 0
+    assert main(train_args(data, tmp_path / "r", "--memory", "rnn", "--epochs", "1", "--eval", "tgb",
+                           "--tgb-negatives", str(negatives))) == 0
+    s = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert math.isfinite(s["test_tgb_mrr"]) and math.isfinite(s["val_tgb_mrr"])
 
 
 def test_gru_runs_as_before_with_the_new_fields(data, tmp_path):

@@ -1,5 +1,5 @@
 """APAN's memory updater (Wang et al., SIGMOD'21, as TGL's transformer memory updater configures it):
-attention of a node's memory over its mailbox (docs/design.md, "Memory variants: JODIE and APAN").
+attention of a node's memory over its mailbox (docs/design.md §10).
 
 For a node with memory m [d], mails x_s [d_mail] of ages a_s (reference time minus mail time) and
 validity v_s, with H heads of d/H:

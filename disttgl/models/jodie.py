@@ -1,5 +1,5 @@
 """JODIE's pieces (Kumar et al., KDD'19, as configured in TGL): an RNN memory updater and the
-time projection of the embedding (docs/design.md, "Memory variants: JODIE and APAN").
+time projection of the embedding (docs/design.md §10).
 
 - :class:`RNNMemory`: new memory = tanh(W_ih x + b_ih + W_hh m + b_hh) (``nn.RNNCell``) on the
   GRU's input x = [mail ‖ edge_feat[mail_eid] ‖ phi(mail_t - mem_t)];

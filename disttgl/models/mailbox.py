@@ -1,5 +1,5 @@
 """APAN's node state, held outside the model: memory [N, d] and a mailbox of the S most recent mails
-per node, behind the :class:`~disttgl.models.memory.Memory` interface (docs/design.md, "Memory
+per node, behind the :class:`~disttgl.models.memory.Memory` interface (docs/design.md §10)
 variants: JODIE and APAN").
 
 A mail is [h_own ‖ h_partner ‖ edge_feat[eid]] with the time t of its event. The mailbox stores the

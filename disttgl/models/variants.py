@@ -1,5 +1,5 @@
 """JODIE and APAN beside TGN, and the one place a model and its memory are built from a ModelConfig
-(docs/design.md, "Memory variants: JODIE and APAN").
+(docs/design.md §10).
 
 :class:`MemoryModel` embeds every root from its own node's updated memory, with no attention over
 neighbours: the update runs once per unique root node (the batch's sampled neighbours are not

@@ -39,7 +39,7 @@ class TrainConfig:
     time_dim: int = _MODEL.time_dim
     heads: int = _MODEL.heads
     dropout: float = _MODEL.dropout
-    memory: str = _MODEL.memory  # "gru" (TGN), "rnn" (JODIE) or "apan" (APAN): docs/design.md, memory variants
+    memory: str = _MODEL.memory  # "gru" (TGN), "rnn" (JODIE), "apan" (APAN): docs/design.md §10
     mailbox_size: int = _MODEL.mailbox_size  # memory "apan": mails kept per node
     loss: str = "bce"  # TGN's binary CE: best measured AP (1 neg); DistTGL's softmax CE: preset "disttgl"
     threads: int | None = None  # torch.set_num_threads; None leaves torch's default
@@ -63,7 +63,7 @@ class TrainConfig:
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise DataError(None, f"--{name.replace('_', '-')} must be in [0, 1), got {getattr(self, name)}")
         if self.memory not in MEMORIES:
-            raise DataError(None, f"--memory must be {', '.join(MEMORIES[:-1])} or {MEMORIES[-1]}, got {self.memory!r}")
+            raise DataError(None, f"--memory must be gru, rnn or apan, got {self.memory!r}")
         if self.mailbox_size < 1:
             raise DataError(None, f"--mailbox-size must be >= 1, got {self.mailbox_size}")
         if self.memory == "apan" and self.eval == "tgb":
