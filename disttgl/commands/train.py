@@ -30,12 +30,16 @@ _COMMON_HELP = {
     "time_dim": "time encoding size",
     "heads": "attention heads",
     "dropout": "dropout of the attention and output layers",
+    "memory": "memory model: gru (TGN: GRU memory, attention over neighbours), rnn (JODIE: RNN memory, "
+              "time-projected embedding) or apan (APAN: attention over a mailbox of mails delivered to "
+              "sampled neighbours); pretrain: the model whose embedding the table feeds",
     "threads": "torch CPU threads (default: torch's; i x j x k: the cores shared between a machine's trainers)",
     "prefetch": "batches read ahead",
 }
 _TRAIN_HELP = {
     "static": "frozen static memory (.h5 from `disttgl pretrain`)",
     "static_dropout": "training: chance that a node's static memory row is left out",
+    "mailbox_size": "--memory apan: mails kept per node",
     "parallelism": "i x j x k or auto; more than one rank runs under torchrun: "
                    "torchrun --nproc-per-node W -m disttgl.train ... --parallelism IxJxK",
     "timeout": "i x j x k: seconds a rank waits for another (collectives, memory server)",

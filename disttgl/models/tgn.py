@@ -39,8 +39,12 @@ class ModelConfig:
     node_dim: int = 0  # raw node features added to the memory (0: none)
     static_dim: int = 0  # frozen static memory added to the memory (0: none)
     static_dropout: float = 0.0  # training: chance that a node's static memory row is left out
-    memory: str = "gru"  # "gru": dynamic memory; "table": learnable per-node table (static pretraining)
+    # "gru": TGN's dynamic memory; "rnn": JODIE's; "apan": APAN's mailbox attention (the latter two
+    # in disttgl.models.variants); "table": learnable per-node table (static pretraining)
+    memory: str = "gru"
     num_nodes: int = 0  # rows of the table (memory="table" only)
+    mailbox_size: int = 10  # memory="apan": mails kept per node
+    head: str = ""  # embedding: "tgn" (attention), "jodie", "apan"; "": the memory kind's own (table: tgn)
 
 
 @dataclass

@@ -62,6 +62,10 @@ FAULT_ENV = "DISTTGL_FAULT"  # "RANK:ITERATION": that rank kills itself there (f
 def train_parallel(cfg: TrainConfig) -> int:
     """Run this rank's part of an i x j x k training (rank 0 writes the run directory); the exit
     status: 0, or 1 when a peer failed (the message names it)."""
+    # the memory server holds memory‖mail, not APAN's mailbox; JODIE would fit it but is not tested here
+    if cfg.memory != "gru":
+        raise DataError(None, f"--memory {cfg.memory} trains in one process only: the i x j x k trainers "
+                              f"(--parallelism {cfg.parallelism}) support --memory gru")
     env = Env.from_environ()
     exit_with_parent()  # torchrun runs each rank in its own session: when it is killed, so are we
     keep_freed_memory()

@@ -22,6 +22,7 @@ from disttgl.pipeline.plan import parse_staleness
 log = logging.getLogger(__name__)
 
 _MODEL = ModelConfig()
+MEMORIES = ("gru", "rnn", "apan")  # the memory kinds a run trains (ModelConfig's "table" is pretraining's)
 
 
 @dataclass
@@ -39,6 +40,8 @@ class TrainConfig:
     time_dim: int = _MODEL.time_dim
     heads: int = _MODEL.heads
     dropout: float = _MODEL.dropout
+    memory: str = _MODEL.memory  # "gru" (TGN), "rnn" (JODIE), "apan" (APAN): docs/design.md §10
+    mailbox_size: int = _MODEL.mailbox_size  # memory "apan": mails kept per node
     loss: str = "bce"  # TGN's binary CE: best measured AP (1 neg); DistTGL's softmax CE: preset "disttgl"
     threads: int | None = None  # torch.set_num_threads; None leaves torch's default
     prefetch: int = 4
@@ -68,6 +71,13 @@ class TrainConfig:
         for name in ("dropout", "static_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise DataError(None, f"--{name.replace('_', '-')} must be in [0, 1), got {getattr(self, name)}")
+        if self.memory not in MEMORIES:
+            raise DataError(None, f"--memory must be gru, rnn or apan, got {self.memory!r}")
+        if self.mailbox_size < 1:
+            raise DataError(None, f"--mailbox-size must be >= 1, got {self.mailbox_size}")
+        if self.memory == "apan" and self.eval == "tgb":
+            raise DataError(None, "--eval tgb keeps the best epoch's memory and mail, not a mailbox: it does not "
+                                  "support --memory apan yet")
         if self.dim % self.heads:
             raise DataError(None, f"--dim {self.dim} must be divisible by --heads {self.heads}")
         if not (math.isfinite(self.timeout) and self.timeout > 0):

@@ -22,6 +22,7 @@ from disttgl.data.graph_store import load_graph
 from disttgl.errors import DataError
 from disttgl.models.memory import Memory
 from disttgl.models.tgn import TGN, Features, ModelConfig, link_loss
+from disttgl.models.variants import HEADS
 from disttgl.train.config import TrainConfig
 from disttgl.train.metrics import RankingMetrics
 from disttgl.train.static_table import load_static
@@ -85,12 +86,15 @@ def load_features(graph_path: str, device: torch.device, static: str | None = No
     return feats, graph
 
 
-def model_config(cfg: TrainConfig, graph: Any, feats: Features, memory: str = "gru") -> ModelConfig:
+def model_config(cfg: TrainConfig, graph: Any, feats: Features, memory: str | None = None) -> ModelConfig:
+    """The model of ``cfg`` on ``graph``; ``memory``: None (``cfg.memory``) or "table" (pretraining:
+    the table feeds ``cfg.memory``'s embedding head)."""
     return ModelConfig(dim=cfg.dim, time_dim=cfg.time_dim, heads=cfg.heads, dropout=cfg.dropout,
                        edge_dim=graph.edge_dim, node_dim=graph.node_dim,
                        static_dim=0 if feats.static is None else int(feats.static.shape[1]),
                        static_dropout=cfg.static_dropout,
-                       memory=memory, num_nodes=graph.num_nodes)
+                       memory=cfg.memory if memory is None else memory, num_nodes=graph.num_nodes,
+                       mailbox_size=cfg.mailbox_size, head=HEADS.get(cfg.memory, ""))
 
 
 def train_epoch(model: TGN, memory: Memory | None, batches: Iterable[Batch],

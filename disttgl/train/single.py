@@ -17,8 +17,8 @@ from tqdm import tqdm
 
 from disttgl.cache.loader import BatchLoader
 from disttgl.cache.reader import open_cache
-from disttgl.models.memory import NodeMemory
-from disttgl.models.tgn import TGN
+from disttgl.models.memory import Memory
+from disttgl.models.variants import build_memory, build_model
 from disttgl.runtime import keep_freed_memory
 from disttgl.train import machine_load
 from disttgl.train.config import TrainConfig, resolve_lr
@@ -45,16 +45,18 @@ class SingleProcess:
 
     Args:
         cfg: the run's settings.
-        memory: ``"gru"`` (the TGN's dynamic memory, held in a :class:`NodeMemory`) or ``"table"``
-            (a learnable per-node table and no memory: static-memory pretraining).
+        memory: None: ``cfg.memory`` (gru: TGN, rnn: JODIE, both with a :class:`NodeMemory`; apan:
+            APAN, with a :class:`~disttgl.models.mailbox.MailboxMemory`), or ``"table"`` (a learnable
+            per-node table feeding ``cfg.memory``'s embedding, and no memory: static-memory pretraining).
         desc: the progress bar's label.
     """
 
     unit = "epoch"
     evaluates = True
 
-    def __init__(self, cfg: TrainConfig, memory: str = "gru", desc: str = "train"):
+    def __init__(self, cfg: TrainConfig, memory: str | None = None, desc: str = "train"):
         cfg.check()
+        memory = cfg.memory if memory is None else memory
         keep_freed_memory()
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
@@ -62,15 +64,16 @@ class SingleProcess:
         self.units = cfg.epochs
         self.device = torch.device(cfg.device)
         self.rng = seed_everything(cfg.seed)
-        self.feats, graph = load_features(cfg.graph, self.device, cfg.static if memory == "gru" else None)
+        self.feats, graph = load_features(cfg.graph, self.device, cfg.static if memory != "table" else None)
         # pretraining saves zero rows for the others; keeping this mask, not the graph, frees the T-CSR
         self.trained_nodes = nodes_with_training_events(graph) if memory == "table" else None
         with open_cache(cfg.cache, graph_path=cfg.graph) as cache:
             self.meta = cache.meta
             self.num_batches = {s: cache.num_batches(s) for s in ("train", "val", "test")}
             self.neg_sets = cache.num_neg_sets("train")
-        self.model = TGN(model_config(cfg, graph, self.feats, memory)).to(self.device)
-        self.memory = NodeMemory.zeros(graph.num_nodes, cfg.dim, self.device) if memory == "gru" else None
+        model_cfg = model_config(cfg, graph, self.feats, memory)
+        self.model = build_model(model_cfg).to(self.device)
+        self.memory = build_memory(model_cfg, self.feats.edge_feat, self.device)
         self.lr = resolve_lr(cfg, self.num_batches["train"])
         self.optimizer = adam(self.model.parameters(), self.lr)
         self.config_record = asdict(cfg)
@@ -94,7 +97,7 @@ class SingleProcess:
         return UnitResult(stats, {"train_loss": stats.loss, "train_events_per_s": stats.events_per_s},
                           {k: v for k, v in fields.items() if k in machine_load.ROW_FIELDS})
 
-    def eval_memory(self) -> NodeMemory | None:
+    def eval_memory(self) -> Memory | None:
         return self.memory  # carried on from training
 
     # --- the checkpoint: the memory and every RNG, so a resumed run continues bitwise
