@@ -266,6 +266,13 @@ def test_static_dropout_matters_for_resume_only_with_static_memory():
     assert _config_changes({**saved, "static": "s.h5"}, with_table) == ["static_dropout"]
 
 
+def test_a_setting_newer_than_the_checkpoint_counts_as_its_default():
+    saved = asdict(TrainConfig(graph="g", cache="c", out="o"))
+    del saved["memory"], saved["staleness"]  # a checkpoint written before these settings existed
+    assert _config_changes(saved, TrainConfig(graph="g", cache="c", out="o")) == []
+    assert _config_changes(saved, TrainConfig(graph="g", cache="c", out="o", memory="rnn")) == ["memory"]
+
+
 def test_nodes_with_training_events():
     g = SimpleNamespace(num_nodes=6, src=np.array([0, 1, 2, 3]), dst=np.array([4, 4, 5, 1]),
                         split=np.array([0, 0, 1, 2], dtype=np.int8))

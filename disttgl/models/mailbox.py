@@ -122,6 +122,9 @@ class MailboxMemory:
                             valid.unsqueeze(2).to(age.dtype)], 2)
         return self.memory.index_select(0, batch.nodes), packed
 
+    def read(self, batch: Batch) -> tuple[Batch, torch.Tensor, torch.Tensor]:
+        return (batch, *self.gather(batch))  # always fresh: the cache's clock fields hold
+
     def write(self, batch: Batch, new_memory: torch.Tensor) -> None:
         """Store the ``write_mask`` roots' new memory (detached), then deliver the batch's mails."""
         nodes, own, _ = write_rows(batch, new_memory)

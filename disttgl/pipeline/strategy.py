@@ -17,6 +17,7 @@ import torch
 from tqdm import tqdm
 
 from disttgl.data.graph_store import read_attrs
+from disttgl.errors import DataError
 from disttgl.models.memory import NodeMemory
 from disttgl.pipeline.executor import MemoryPrefetch
 from disttgl.pipeline.plan import plan_staleness
@@ -51,6 +52,9 @@ class StalePipeline(SingleProcess):
 
     def __init__(self, cfg: TrainConfig):
         self.plan = plan_staleness(cfg.staleness, cfg.stage_times)  # a bad value fails before any loading
+        if cfg.memory not in ("gru", "rnn"):
+            raise DataError(None, f"--staleness/--mitigation/--pipeline with --memory {cfg.memory}: a versioned "
+                                  f"mailbox (APAN) is not implemented yet; gru (TGN) and rnn (JODIE) are")
         super().__init__(cfg)
         graph_nodes, dim = self.memory.memory.shape
         mitigation = None

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import pickle
-from dataclasses import asdict
+from dataclasses import MISSING, asdict, fields
 from pathlib import Path
 from typing import Any, Callable
 
@@ -69,9 +69,13 @@ _RESUMABLE = {"epochs", "resume", "progress", "threads", "prefetch", "device", "
 
 
 def _config_changes(saved: dict[str, Any], cfg: TrainConfig) -> list[str]:
+    """Settings that differ from the checkpoint's. A setting the checkpoint does not name (it was
+    written before the setting existed) counts as its default, so adding a setting does not make
+    every earlier run start afresh."""
     now = asdict(cfg)
+    defaults = {f.name: f.default for f in fields(cfg) if f.default is not MISSING}
     ignored = _RESUMABLE | ({"static_dropout"} if cfg.static is None else set())  # no table: no effect
-    return [k for k in now if k not in ignored and saved.get(k) != now[k]]
+    return [k for k in now if k not in ignored and saved.get(k, defaults.get(k)) != now[k]]
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
