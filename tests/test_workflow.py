@@ -497,3 +497,22 @@ def test_optional_datasets_join_only_where_present(tmp_path):
     assert "WIKI" in present_datasets({**config, "data_mirror": "https://example.org/tgn"})  # a URL: not checkable
     with pytest.raises(DataError, match="optional_datasets: unknown dataset 'nope'"):
         check_config({"datasets": ["synthetic"], "optional_datasets": ["nope"], "runs": {"a": {}}})
+
+
+def test_mspipe_config_lays_out_its_grid_and_picks_up_a_converted_dataset(workdir):
+    """workflow/configs/mspipe.yaml: TGN/JODIE/APAN runs with profile and similar jobs; an optional dataset
+    joins once its graph store is there."""
+    proc = snakemake(workdir, "-n", "-p", configfile="workflow/configs/mspipe.yaml")
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    for run in ("tgn", "tgn-auto", "tgn-k3", "tgn-k3-mitigated", "jodie", "jodie-auto", "apan"):
+        assert f"results/synthetic/{run}/summary.json" in out
+    assert "disttgl profile" in out and "--method jaccard" in out and "--memory rnn" in out
+    assert "--staleness auto --stage-times data/synthetic/stages.json" in out
+    assert "--mitigation similar --similar data/synthetic/similar-jaccard.h5" in out
+    assert "results/UCI/" not in out
+    (workdir / "data" / "UCI").mkdir(parents=True)
+    (workdir / "data" / "UCI" / "graph.h5").write_bytes(b"")
+    proc = snakemake(workdir, "-n", configfile="workflow/configs/mspipe.yaml")
+    assert proc.returncode == 0, proc.stderr
+    assert "results/UCI/tgn-auto/summary.json" in proc.stdout

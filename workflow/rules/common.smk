@@ -258,10 +258,13 @@ def run_similar(wildcards):
     return [similar_path(wildcards.dataset, r.get("similar_method", "jaccard"))]
 
 
-def pipeline_args(wildcards, input):
-    """train: MSPipe's flags of the run (with the space before them), or nothing."""
+def run_args(wildcards, input):
+    """train: the run's own flags, its memory kind and MSPipe's settings (with the space before
+    them), or nothing."""
     r = run_config(wildcards)
     args = []
+    if r.get("memory", "gru") != "gru":
+        args += ["--memory", r["memory"]]
     if str(r.get("staleness", 1)) != "1":
         args += ["--staleness", str(r["staleness"])]
     if input.stages:

@@ -19,7 +19,7 @@ rule train:
         out=run_dir,
         static=static_args,
         eval=eval_args,
-        pipeline=pipeline_args,
+        run=run_args,
         epochs=run_epochs,
         model=model_args(),
         t=config["train"],
@@ -33,7 +33,7 @@ rule train:
     conda:
         "../envs/disttgl.yaml"
     shell:
-        "disttgl train {input.graph:q} {input.cache:q} --out {params.out:q} {params.static}{params.eval}{params.pipeline}"
+        "disttgl train {input.graph:q} {input.cache:q} --out {params.out:q} {params.static}{params.eval}{params.run}"
         " --epochs {params.epochs:q}"
         " {params.model}"
         " --device {params.t[device]:q} --seed {params.t[seed]:q} --threads {threads} --resume > {log:q} 2>&1"
