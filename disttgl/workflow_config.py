@@ -122,6 +122,11 @@ def check_preset(config: dict[str, Any]) -> None:
     if want is not None and have != want:
         raise DataError("config.yaml", f"model.preset = {preset} trains on batches of {want}, but batches.batch_size "
                                        f"= {have}: set it to {want}")
+    for name, run in (config.get("runs") or {}).items():
+        own = (run or {}).get("batch_size")
+        if want is not None and own is not None and own != want:
+            raise DataError("config.yaml", f"model.preset = {preset} trains on batches of {want}, but "
+                                           f"runs.{name}.batch_size = {own}")
 
 
 def check_names(config: dict[str, Any]) -> None:

@@ -44,3 +44,24 @@ def test_no_mspipe_run_no_section(tmp_path):
     assert staleness_rows([_run(tmp_path, "wiki", "seq")]) == []
     assert main(["report", str(tmp_path / "res"), "--out", str(tmp_path / "o")]) == 0
     assert "Staleness" not in (tmp_path / "o" / "accuracy.md").read_text()
+
+
+def test_batch_size_section_needs_two_sizes_and_orders_them(tmp_path):
+    from disttgl.report.batch_table import batch_rows
+
+    def sized(run, size, mrr, dataset="wiki"):
+        r = _run(tmp_path, dataset, run, test_mrr=mrr)
+        s = json.loads((Path(r.path) / "summary.json").read_text())
+        s["batch_size"] = size
+        (Path(r.path) / "summary.json").write_text(json.dumps(s))
+        return load_run(Path(r.path), dataset, run)
+
+    runs = [sized("b2400", 2400, 0.55), sized("b600", 600, 0.6), sized("b150", 150, 0.62),
+            sized("only", 600, 0.5, dataset="college")]
+    rows = batch_rows(runs)
+    assert [(r["run"], r["batch_size"]) for r in rows] == [("b150", 150), ("b600", 600), ("b2400", 2400)]
+    assert main(["report", str(tmp_path / "res"), "--out", str(tmp_path / "o")]) == 0
+    md = (tmp_path / "o" / "accuracy.md").read_text()
+    assert "# Accuracy against batch size" in md and "## college" not in md[md.index("# Accuracy against"):]
+    svg = (tmp_path / "o" / "batch_size.svg").read_text()
+    assert 'id="batch_size/wiki/' in svg

@@ -516,3 +516,16 @@ def test_mspipe_config_lays_out_its_grid_and_picks_up_a_converted_dataset(workdi
     proc = snakemake(workdir, "-n", configfile="workflow/configs/mspipe.yaml")
     assert proc.returncode == 0, proc.stderr
     assert "results/UCI/tgn-auto/summary.json" in proc.stdout
+
+
+def test_disttgl_config_lays_out_the_papers_experiments(workdir):
+    """workflow/configs/disttgl.yaml: the batch-size sweep reads caches of its own batch sizes, the
+    static ablation and the layouts grid are all planned."""
+    proc = snakemake(workdir, "-n", "-p", configfile="workflow/configs/disttgl.yaml")
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    for size in (150, 300, 1200, 2400, 4800):
+        assert f"results/synthetic/b{size}/summary.json" in out and f"--batch-size {size}" in out
+    for run in ("static", "nostatic", "2x1x1", "1x2x2", "1x1x4"):
+        assert f"results/synthetic/{run}/summary.json" in out
+    assert "batch_size.svg" in out

@@ -287,7 +287,7 @@ class ScheduledRanks:
         # best_epoch counts passes here (each j·k epochs' worth of batches)
         return {"best_unit": "pass", "best_epochs_trained": best["best_epoch"] * lay.j * lay.k,
                 "epochs_trained": len(history) * lay.j * lay.k, "rank_events_per_s": per_rank,
-                "parallelism": str(lay), "world_size": lay.world}
+                "parallelism": str(lay), "world_size": lay.world, "batch_size": int(self.meta.batch_size)}
 
 
 def rank_load(rates: list) -> dict[str, Any]:

@@ -102,6 +102,7 @@ class StalePipeline(SingleProcess):
         return {**super().state(), "staleness_plan": self.plan.record()}
 
     def summary_fields(self, history: list[dict[str, Any]], best: dict[str, Any]) -> dict[str, Any]:
-        return {"staleness": {**self.plan.record(), "mitigation": self.cfg.mitigation, "pipeline": self.cfg.pipeline,
-                              "mean_staleness": mean_staleness(self.versions)}}
+        staleness = {**self.plan.record(), "mitigation": self.cfg.mitigation, "pipeline": self.cfg.pipeline,
+                     "mean_staleness": mean_staleness(self.versions)}
+        return {**super().summary_fields(history, best), "staleness": staleness}
 

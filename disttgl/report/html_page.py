@@ -7,6 +7,8 @@ import html
 from typing import Sequence
 
 from disttgl.report.tables import ABLATION_COLUMNS, ACCURACY_COLUMNS, accuracy_notes, by_dataset, format_cell
+from disttgl.report.batch_table import BATCH_COLUMNS
+from disttgl.report.batch_table import CAPTION as BATCH_CAPTION
 from disttgl.report.staleness_table import NOTE as STALENESS_NOTE
 from disttgl.report.staleness_table import STALENESS_COLUMNS
 from disttgl.report.tgb_table import LEADERBOARD, TGB_COLUMNS, anchor_lines
@@ -35,7 +37,8 @@ def _html_table(rows: Sequence[dict], columns: Sequence[tuple[str, str]], captio
 
 
 def render_html(acc: Sequence[dict], abl: Sequence[dict], tta_fraction: float,
-                machine: dict[str, str] | None = None, tgb: Sequence[dict] = (), staleness: Sequence[dict] = ()) -> str:
+                machine: dict[str, str] | None = None, tgb: Sequence[dict] = (), staleness: Sequence[dict] = (),
+                batch: Sequence[dict] = ()) -> str:
     cols = [c for c in ACCURACY_COLUMNS if c[0] != "dataset"]
     body = ["<h1>Accuracy and speed</h1>"]
     for dataset, rows in by_dataset(acc).items():
@@ -53,6 +56,10 @@ def render_html(acc: Sequence[dict], abl: Sequence[dict], tta_fraction: float,
             for key in sorted({r["compare"] for r in rows if r["compare"] in LEADERBOARD}):
                 body.append(f"<p>Leaderboard, {html.escape(key)} (test MRR): "
                             f"{html.escape('; '.join(anchor_lines(key)))}</p>")
+    if batch:
+        body += ["<h2>Accuracy against batch size</h2>", f"<p>{html.escape(BATCH_CAPTION)}</p>"]
+        for dataset, rows in by_dataset(batch).items():
+            body += _html_table(rows, BATCH_COLUMNS, dataset)
     if staleness:
         body += ["<h2>Staleness (MSPipe)</h2>", f"<p>{html.escape(STALENESS_NOTE)}</p>"]
         for dataset, rows in by_dataset(staleness).items():

@@ -128,3 +128,26 @@ def ablation_figure(rows: Sequence[dict]) -> Figure:
             ax.set(title=title, xticks=list(xs), xticklabels=labels, ylim=(0, 1.25))
             ax.legend(fontsize=7, loc="upper center", ncol=2)
         return fig
+
+
+def batch_size_figure(rows: Sequence[dict]) -> Figure:
+    """Test MRR against batch size (log scale), one line per dataset and static-memory setting
+    (rows of :func:`disttgl.report.batch_table.batch_rows`)."""
+    with matplotlib.rc_context(_RC):
+        if not rows:
+            return _empty(Figure(figsize=(6, 2)), "no dataset has runs with two or more batch sizes")
+        fig = Figure(figsize=(5.5, 3.4), layout="constrained")
+        ax = fig.add_subplot()
+        series: dict[tuple[str, str], list[tuple[int, float]]] = {}
+        for row in rows:
+            if row["test_mrr"] is not None:
+                series.setdefault((row["dataset"], row["static_memory"]), []).append((row["batch_size"],
+                                                                                     row["test_mrr"]))
+        for (dataset, static), pts in sorted(series.items()):
+            xs, ys = zip(*sorted(pts))
+            (line,) = ax.plot(xs, ys, marker="o", label=f"{dataset} (static memory: {static})")
+            line.set_gid(_gid("batch_size", dataset, static))
+        ax.set_xscale("log", base=2)
+        ax.set(xlabel="batch size", ylabel="test MRR@49", title="accuracy against batch size")
+        ax.legend(fontsize=7)
+        return fig

@@ -8,6 +8,7 @@ import io
 from typing import Any, Sequence
 
 from disttgl.report.collect import RunResult, finite_number
+from disttgl.report.batch_table import render_batch_markdown
 from disttgl.report.staleness_table import render_staleness_markdown
 from disttgl.report.tgb_table import render_tgb_markdown
 
@@ -178,7 +179,7 @@ def accuracy_notes(tta_fraction: float) -> list[str]:
 
 def render_markdown(acc: Sequence[dict], abl: Sequence[dict], tta_fraction: float,
                     machine: dict[str, str] | None = None, tgb: Sequence[dict] = (),
-                    staleness: Sequence[dict] = ()) -> str:
+                    staleness: Sequence[dict] = (), batch: Sequence[dict] = ()) -> str:
     cols = [c for c in ACCURACY_COLUMNS if c[0] != "dataset"]
     lines = ["# Accuracy and speed", ""]
     for dataset, rows in by_dataset(acc).items():
@@ -190,6 +191,7 @@ def render_markdown(acc: Sequence[dict], abl: Sequence[dict], tta_fraction: floa
     lines += (markdown_table(abl, ABLATION_COLUMNS) if abl else ["No dataset has runs both with and without static memory."])
     lines.append("")
     lines += render_tgb_markdown(tgb, markdown_table)
+    lines += render_batch_markdown(batch, markdown_table)
     lines += render_staleness_markdown(staleness, markdown_table)
     if machine:
         lines += ["# Machine", ""] + [f"- {k}: {v}" for k, v in machine.items()] + [""]

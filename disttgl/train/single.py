@@ -128,4 +128,4 @@ class SingleProcess:
         pass
 
     def summary_fields(self, history: list[dict[str, Any]], best: dict[str, Any]) -> dict[str, Any]:
-        return {}
+        return {"batch_size": int(self.meta.batch_size)}

@@ -122,9 +122,11 @@ def graph_path(dataset):
     return f"{DATA}/{dataset}/graph.h5"
 
 
-def batch_cache_path(dataset, i):
-    """The cache that training with minibatch parallelism ``i`` reads (keyed by every batch parameter)."""
-    return f"{DATA}/{dataset}/batches/{batch_cache_name(config['batches'], i)}.h5"
+def batch_cache_path(dataset, i, batch_size=None):
+    """The cache that training with minibatch parallelism ``i`` reads (keyed by every batch parameter);
+    ``batch_size`` overrides batches.batch_size (a run's own, for the batch-size sweep)."""
+    batches = {**config["batches"], **({"batch_size": batch_size} if batch_size else {})}
+    return f"{DATA}/{dataset}/batches/{batch_cache_name(batches, i)}.h5"
 
 
 def static_memory_path(dataset):
@@ -222,6 +224,11 @@ def timed_run(wildcards):
 
 def run_config(wildcards):
     return config["runs"][wildcards.run]
+
+
+def run_cache(wildcards):
+    """train: the i = 1 cache, with the run's own `batch_size` when it has one."""
+    return batch_cache_path(wildcards.dataset, 1, run_config(wildcards).get("batch_size"))
 
 
 def run_epochs(wildcards):

@@ -19,6 +19,7 @@ rule report:
         ablation_csv=report(f"{REPORT}/static_ablation.csv", caption="../report/static_ablation_csv.rst",
                             category="Static memory"),
         ablation_md=f"{REPORT}/static_ablation.md",
+        batch_size=report(f"{REPORT}/batch_size.svg", caption="../report/batch_size.rst", category="Batch size"),
     params:
         run_dirs=report_run_dirs,
         expect=report_runs(),

@@ -6,7 +6,7 @@
 rule train:
     input:
         graph=graph_path("{dataset}"),
-        cache=lambda w: batch_cache_path(w.dataset, 1),
+        cache=run_cache,
         static=run_static,
         tgb=tgb_input,
         stages=run_stage_times,
