@@ -335,6 +335,7 @@ def test_every_parameter_gets_a_gradient_and_gru_is_still_tgn():
         build_model(cfg("rnn", head="apan"))
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("kind", ["rnn", "apan"])
 def test_cuda_matches_cpu(kind):

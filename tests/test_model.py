@@ -216,6 +216,7 @@ def test_static_dropout_leaves_out_whole_rows_in_training_only():
     assert torch.equal(m0._static_rows(batch, feats.static), full)
 
 
+@pytest.mark.cuda
 def test_cuda_matches_cpu():
     if not torch.cuda.is_available():
         pytest.skip("no CUDA device")

@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# Every check that needs a CUDA GPU, in one script (a few minutes on one GPU), with one JSON out:
+#
+#   bash benchmarks/gpu_check.sh [OUT_DIR]        # default: $OUT, else ./gpu_check
+#
+# 1. the CUDA tests (pytest -m cuda: CUDA against CPU for the TGN, JODIE and APAN models);
+# 2. benchmarks/train.py on the Wikipedia shape (batch 600, d = 100): train and eval events/s, fp32
+#    (and bf16 where the benchmark offers --precision);
+# 3. benchmarks/pipeline.py: MSPipe's --pipeline threads against off on the GPU;
+# 4. a 2-rank run (1x2x1) on the one GPU: correctness, not speed (two ranks on one GPU all-reduce
+#    through gloo: NCCL needs a GPU per rank);
+# and writes OUT_DIR/gpu_check.json with each step's exit status, seconds and numbers.
+# Data: ../shared/datasets/wikipedia when present, else a synthetic stream of Wikipedia's shape
+# (157,474 events, 9,227 nodes, bipartite). Exit 77 when there is no CUDA GPU (nothing to check).
+# Assumes disttgl and its dependencies are installed (pip install -e ".[test]" with a CUDA torch).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT_DIR=${1:-${OUT:-gpu_check}}
+mkdir -p "$OUT_DIR"
+if ! python3 -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)"; then
+    echo "gpu_check: no CUDA GPU here (torch.cuda.is_available() is False): nothing to check" >&2
+    exit 77
+fi
+WORK=$(mktemp -d)
+trap 'rm -rf "$WORK"' EXIT
+STEPS="$WORK/steps.jsonl"
+: > "$STEPS"
+
+step() {  # step NAME TIMEOUT_S CMD...: run, record exit status and seconds
+    local name=$1 limit=$2
+    shift 2
+    local t0=$SECONDS
+    echo "== $name: $*" >&2
+    timeout "$limit" "$@" > "$OUT_DIR/$name.log" 2>&1
+    local rc=$?
+    printf '{"step": "%s", "rc": %d, "seconds": %d}\n' "$name" "$rc" "$((SECONDS - t0))" >> "$STEPS"
+    tail -3 "$OUT_DIR/$name.log" >&2
+}
+
+# data of Wikipedia's shape
+WIKI=../shared/datasets/wikipedia/wikipedia.csv
+GRAPH="$WORK/graph.h5"
+if [ -f "$WIKI" ]; then
+    step convert 300 disttgl convert "$WIKI" --format jodie --out "$GRAPH"
+else
+    step convert 300 disttgl synth --events 157474 --nodes 9227 --edge-dim 0 --bipartite --out "$GRAPH"
+fi
+step batches 300 disttgl batches "$GRAPH" --out "$WORK/cache.h5" --batch-size 600 --neg-sets 4
+
+step cuda_tests 240 python3 -m pytest -q -m cuda tests
+step train_fp32 240 python3 benchmarks/train.py --graph "$GRAPH" --cache "$WORK/cache.h5" --device cuda \
+    --rounds 2 --json "$OUT_DIR/train_fp32.json"
+if python3 benchmarks/train.py --help 2>/dev/null | grep -q -- "--precision"; then
+    step train_bf16 240 python3 benchmarks/train.py --graph "$GRAPH" --cache "$WORK/cache.h5" --device cuda \
+        --rounds 2 --precision bf16 --json "$OUT_DIR/train_bf16.json"
+fi
+step pipeline 240 python3 benchmarks/pipeline.py --graph "$GRAPH" --cache "$WORK/cache.h5" --device cuda \
+    --rounds 2 --json "$OUT_DIR/pipeline.json"
+step two_ranks 300 torchrun --standalone --nproc-per-node 2 -m disttgl.train "$GRAPH" "$WORK/cache.h5" \
+    --out "$WORK/run_1x2x1" --parallelism 1x2x1 --device cuda --epochs 1 --no-progress
+cp "$WORK/run_1x2x1/summary.json" "$OUT_DIR/two_ranks_summary.json" 2>/dev/null
+
+python3 - "$OUT_DIR" "$STEPS" <<'PY'
+import json, pathlib, sys, torch
+out, steps = pathlib.Path(sys.argv[1]), [json.loads(l) for l in open(sys.argv[2])]
+def read(name):
+    p = out / name
+    return json.loads(p.read_text()) if p.exists() else None
+result = {"gpu": torch.cuda.get_device_name(0), "torch": torch.__version__, "cuda": torch.version.cuda,
+          "steps": steps, "train_fp32": read("train_fp32.json"), "train_bf16": read("train_bf16.json"),
+          "pipeline": read("pipeline.json"), "two_ranks": read("two_ranks_summary.json")}
+(out / "gpu_check.json").write_text(json.dumps(result, indent=2) + "\n")
+print(json.dumps({"gpu": result["gpu"], "steps": {s["step"]: s["rc"] for s in steps}}, indent=1))
+sys.exit(0 if all(s["rc"] == 0 for s in steps) else 1)
+PY
