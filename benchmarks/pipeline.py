@@ -113,7 +113,7 @@ def main() -> None:
               "events_per_s": speeds, "best_events_per_s": best,
               "threads_over_off": best["threads"] / best["off"], "off_over_plain": best["off"] / best["plain"],
               "loss": losses, "other_cores_busy": fields.get("other_cores_busy"),
-              "contended": fields.get("contended"), "machine": platform.node(), "cpu": platform.processor(),
+              "contended": machine_load.summarize([fields])["contended"], "machine": platform.node(), "cpu": platform.processor(),
               "cores": len(__import__("os").sched_getaffinity(0))}
     print(json.dumps({k: result[k] for k in ("best_events_per_s", "threads_over_off", "off_over_plain",
                                              "other_cores_busy", "contended")}, indent=1))
