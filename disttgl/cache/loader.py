@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import os
-import queue
-import threading
 from typing import Any, Iterator, Sequence
 
 import torch
 
+from disttgl.cache.ahead import read_ahead
 from disttgl.cache.batch import Batch
 from disttgl.cache.reader import BatchCache, open_cache
 
@@ -42,45 +41,16 @@ class BatchLoader:
 
     def __iter__(self) -> Iterator[Batch]:
         cache = self._open()
-        q: queue.Queue = queue.Queue(maxsize=self.prefetch)
-        stop = threading.Event()
-        done = object()
         device = None if self.device is None else torch.device(self.device)
 
-        def put(x: object) -> bool:
-            while not stop.is_set():
-                try:
-                    q.put(x, timeout=0.1)
-                    return True
-                except queue.Full:
-                    pass
-            return False
+        def produce() -> Iterator[Batch]:
+            for b, s in self.items:
+                batch = cache.batch(self.split, int(b), int(s))
+                if device is not None and device.type != "cpu":
+                    batch = batch.pin_memory().to(device, non_blocking=True)
+                yield batch
 
-        def work() -> None:
-            try:
-                for b, s in self.items:
-                    batch = cache.batch(self.split, int(b), int(s))
-                    if device is not None and device.type != "cpu":
-                        batch = batch.pin_memory().to(device, non_blocking=True)
-                    if not put(batch):
-                        return
-                put(done)
-            except BaseException as exc:  # handed to the consumer, which re-raises it
-                put(exc)
-
-        thread = threading.Thread(target=work, name="disttgl-batch-loader", daemon=True)
-        thread.start()
-        try:
-            while True:
-                x = q.get()
-                if x is done:
-                    return
-                if isinstance(x, BaseException):
-                    raise x
-                yield x
-        finally:
-            stop.set()
-            thread.join()
+        yield from read_ahead(produce(), self.prefetch, "disttgl-batch-loader")
 
     def __getstate__(self) -> dict[str, Any]:
         # Sent to another process (spawn, torchrun workers): never ship an open file mapping.

@@ -200,10 +200,7 @@ class TGN(nn.Module):
         if cfg.memory == "gru":
             self.memory = GRUMemory(cfg.dim, cfg.edge_dim, cfg.time_dim)
         elif cfg.memory == "table":
-            if cfg.num_nodes <= 0:
-                raise ValueError("memory='table' needs num_nodes")
-            self.table = nn.Embedding(cfg.num_nodes, cfg.dim)
-            nn.init.normal_(self.table.weight, std=0.1)
+            self.table = node_table(cfg)
         else:
             raise ValueError(f"unknown memory kind {cfg.memory!r} (gru or table)")
         self.node_proj = _proj(cfg.node_dim, cfg.dim)
@@ -252,6 +249,15 @@ class TGN(nn.Module):
             keep = torch.rand(rows.shape[0], 1, device=rows.device) >= p
             rows = rows * keep
         return rows
+
+
+def node_table(cfg: ModelConfig) -> nn.Embedding:
+    """The learnable per-node table of static pretraining (``memory="table"``)."""
+    if cfg.num_nodes <= 0:
+        raise ValueError("memory='table' needs num_nodes")
+    table = nn.Embedding(cfg.num_nodes, cfg.dim)
+    nn.init.normal_(table.weight, std=0.1)
+    return table
 
 
 def _proj(in_dim: int, dim: int) -> nn.Module | None:

@@ -23,7 +23,7 @@ from disttgl.models.apan import MailAttention
 from disttgl.models.jodie import RNNMemory, TimeProjection, time_delta
 from disttgl.models.mailbox import MailboxMemory, root_nodes, unpack_mail
 from disttgl.models.memory import Memory, NodeMemory
-from disttgl.models.tgn import TGN, Features, LinkPredictor, ModelConfig, _proj
+from disttgl.models.tgn import TGN, Features, LinkPredictor, ModelConfig, _proj, node_table
 
 # the embedding head each memory kind trains with (a table feeds the head of the kind it stands for)
 HEADS = {"gru": "tgn", "table": "tgn", "rnn": "jodie", "apan": "apan"}
@@ -76,10 +76,7 @@ class MemoryModel(nn.Module):
         elif cfg.memory == "apan" and self.kind == "apan":
             self.memory = MailAttention(cfg.dim, 2 * cfg.dim + cfg.edge_dim, cfg.time_dim, cfg.heads, cfg.dropout)
         elif cfg.memory == "table":
-            if cfg.num_nodes <= 0:
-                raise ValueError("memory='table' needs num_nodes")
-            self.table = nn.Embedding(cfg.num_nodes, cfg.dim)
-            nn.init.normal_(self.table.weight, std=0.1)
+            self.table = node_table(cfg)
         else:
             raise ValueError(f"memory {cfg.memory!r} does not go with the {self.kind!r} head")
         self.node_proj = _proj(cfg.node_dim, cfg.dim)

@@ -11,14 +11,11 @@ whatever the timing, so the executor changes speed only: for a fixed schedule of
 
 from __future__ import annotations
 
-import queue
-import threading
 from typing import Iterable, Iterator
 
+from disttgl.cache.ahead import read_ahead
 from disttgl.cache.batch import Batch
 from disttgl.pipeline.stale_memory import StaleMemory
-
-_DONE = object()
 
 
 class MemoryPrefetch:
@@ -34,42 +31,17 @@ class MemoryPrefetch:
         self.batches, self.memory, self.depth = batches, memory, max(1, depth)
 
     def __iter__(self) -> Iterator[Batch]:
-        q: queue.Queue = queue.Queue(maxsize=self.depth)
-        stop = threading.Event()
-
-        def put(item: object) -> bool:
-            while not stop.is_set():
-                try:
-                    q.put(item, timeout=0.1)
-                    return True
-                except queue.Full:
-                    pass
-            return False
-
-        def work() -> None:
-            try:
-                for i, batch in enumerate(self.batches):
-                    fetched = self.memory.fetch(batch, i)
-                    if fetched is None or not put((batch, fetched)):
-                        return
-                put(_DONE)
-            except BaseException as exc:  # re-raised in the trainer's thread
-                put(exc)
-
-        thread = threading.Thread(target=work, name="disttgl-memory-fetch", daemon=True)
-        thread.start()
-        try:
-            while True:
-                item = q.get()
-                if item is _DONE:
+        def fetch_in_order() -> Iterator[tuple[Batch, tuple]]:
+            for i, batch in enumerate(self.batches):
+                fetched = self.memory.fetch(batch, i)
+                if fetched is None:  # the trainer stopped: abort_fetch ended the wait
                     return
-                if isinstance(item, BaseException):
-                    raise item
-                batch, fetched = item
+                yield batch, fetched
+
+        try:
+            for batch, fetched in read_ahead(fetch_in_order(), self.depth, "disttgl-memory-fetch",
+                                             release=self.memory.abort_fetch):
                 self.memory.hand_over(batch, fetched)
                 yield batch
         finally:
-            stop.set()
-            self.memory.abort_fetch()
-            thread.join()
             self.memory.resume_fetch()

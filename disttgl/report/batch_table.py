@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 from disttgl.report.collect import RunResult, finite_number
+from disttgl.report.sections import markdown_section
 
 BATCH_COLUMNS = [("run", "run"), ("batch_size", "batch size"), ("static_memory", "static memory"),
                  ("best_epoch", "best epoch"), ("val_mrr", "best val MRR"), ("test_mrr", "test MRR"),
@@ -44,13 +45,4 @@ def batch_rows(runs: Sequence[RunResult]) -> list[dict[str, Any]]:
 
 def render_batch_markdown(rows: Sequence[dict[str, Any]], table) -> list[str]:  # noqa: ANN001
     """The section's Markdown lines (``table``: tables.markdown_table); empty without rows."""
-    if not rows:
-        return []
-    lines = ["# Accuracy against batch size", "", CAPTION, ""]
-    by_dataset: dict[str, list[dict[str, Any]]] = {}
-    for row in rows:
-        by_dataset.setdefault(row["dataset"], []).append(row)
-    for dataset, rs in by_dataset.items():
-        lines += [f"## {dataset}", "", *table(rs, BATCH_COLUMNS), ""]
-    return lines
-
+    return markdown_section("Accuracy against batch size", CAPTION, rows, BATCH_COLUMNS, table)

@@ -6,7 +6,8 @@ from __future__ import annotations
 import html
 from typing import Sequence
 
-from disttgl.report.tables import ABLATION_COLUMNS, ACCURACY_COLUMNS, accuracy_notes, by_dataset, format_cell
+from disttgl.report.sections import by_dataset
+from disttgl.report.tables import ABLATION_COLUMNS, ACCURACY_COLUMNS, accuracy_notes, format_cell
 from disttgl.report.batch_table import BATCH_COLUMNS
 from disttgl.report.batch_table import CAPTION as BATCH_CAPTION
 from disttgl.report.staleness_table import NOTE as STALENESS_NOTE

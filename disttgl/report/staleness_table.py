@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 from disttgl.report.collect import RunResult, finite_number
+from disttgl.report.sections import markdown_section
 
 STALENESS_COLUMNS = [("run", "run"), ("k", "k"), ("requested", "staleness"), ("mitigation", "mitigation"),
                      ("pipeline", "pipeline"), ("mean_staleness", "mean staleness (batches)"),
@@ -46,12 +47,4 @@ NOTE = ("MSPipe (docs/design.md \"Pipeline staleness\"): training batch i reads 
 
 def render_staleness_markdown(rows: Sequence[dict[str, Any]], table) -> list[str]:  # noqa: ANN001
     """The section's Markdown lines (``table``: tables.markdown_table); empty without rows."""
-    if not rows:
-        return []
-    lines = ["# Staleness (MSPipe)", "", NOTE, ""]
-    by_dataset: dict[str, list[dict[str, Any]]] = {}
-    for row in rows:
-        by_dataset.setdefault(row["dataset"], []).append(row)
-    for dataset, rs in by_dataset.items():
-        lines += [f"## {dataset}", "", *table(rs, STALENESS_COLUMNS), ""]
-    return lines
+    return markdown_section("Staleness (MSPipe)", NOTE, rows, STALENESS_COLUMNS, table)

@@ -8,6 +8,7 @@ import io
 from typing import Any, Sequence
 
 from disttgl.report.collect import RunResult, finite_number
+from disttgl.report.sections import by_dataset
 from disttgl.report.batch_table import render_batch_markdown
 from disttgl.report.staleness_table import render_staleness_markdown
 from disttgl.report.tgb_table import render_tgb_markdown
@@ -150,13 +151,6 @@ def markdown_table(rows: Sequence[dict], columns: Sequence[tuple[str, str]]) -> 
         cells = [("**" + row[k] + "**" if k == "status" and row[k] != "ok" else format_cell(k, row.get(k)))
                  for k, _ in columns]
         out.append("| " + " | ".join(esc(c) for c in cells) + " |")
-    return out
-
-
-def by_dataset(rows: Sequence[dict]) -> dict[str, list[dict]]:
-    out: dict[str, list[dict]] = {}
-    for row in rows:
-        out.setdefault(row["dataset"], []).append(row)
     return out
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 from disttgl.report.collect import RunResult, finite_number
+from disttgl.report.sections import markdown_section
 
 # TGB's link-property leaderboard (tgb.complexdatalab.com, docs/leaderboard/leader_linkprop.md at
 # 86b975f9): test MRR, mean ± std over 5 runs, for the dataset versions named
@@ -63,18 +64,14 @@ def anchor_lines(key: str) -> list[str]:
     return [f"{model}: {mrr:.3f}" + (f" ± {std:.3f}" if std is not None else "") for model, mrr, std in LEADERBOARD[key]]
 
 
+TGB_INTRO = ("TGB MRR ranks each positive among its own TGB negatives with ties averaged (TGB's Evaluator); it is "
+             "not the MRR@49 above. Best epoch chosen by validation MRR@49; TGB's protocol scores that epoch.")
+
+
 def render_tgb_markdown(rows: Sequence[dict[str, Any]], table) -> list[str]:  # noqa: ANN001 - tables.markdown_table
     """The section's Markdown lines (``table`` renders rows as a Markdown table); empty without rows."""
-    if not rows:
-        return []
-    lines = ["# TGB protocol", "",
-             "TGB MRR ranks each positive among its own TGB negatives with ties averaged (TGB's Evaluator); it is "
-             "not the MRR@49 above. Best epoch chosen by validation MRR@49; TGB's protocol scores that epoch.", ""]
-    by_dataset: dict[str, list[dict[str, Any]]] = {}
-    for row in rows:
-        by_dataset.setdefault(row["dataset"], []).append(row)
-    for dataset, rs in by_dataset.items():
-        lines += [f"## {dataset}", "", *table(rs, TGB_COLUMNS), ""]
-        for key in sorted({r["compare"] for r in rs if r["compare"] in LEADERBOARD}):
-            lines += [f"Leaderboard, {key} (test MRR): " + "; ".join(anchor_lines(key)), ""]
-    return lines
+    def leaderboard(dataset: str, rs: list[dict[str, Any]]) -> list[str]:
+        keys = sorted({r["compare"] for r in rs if r["compare"] in LEADERBOARD})
+        return [line for key in keys for line in (f"Leaderboard, {key} (test MRR): " + "; ".join(anchor_lines(key)), "")]
+
+    return markdown_section("TGB protocol", TGB_INTRO, rows, TGB_COLUMNS, table, after=leaderboard)
