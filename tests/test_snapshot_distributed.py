@@ -267,3 +267,23 @@ def test_parallel_needs_torchrun(data, capsys, monkeypatch):
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     assert main(["snapshot-train", str(data / "s.h5"), str(data / "g.h5"), "--out", str(data / "x"), "--parallel"]) == 2
     assert "needs torchrun" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_benchmark_runs_on_a_tiny_input(data, tmp_path):
+    out = tmp_path / "bench.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "snapshot.py"), str(data / "g.h5"),
+                           "--num-snapshots", "20", "--edge-life", "3", "--procs", "1", "2", "--epochs", "1",
+                           "--hidden", "8", "--repeats", "1", "--device", "cpu", "--out", str(out)],
+                          capture_output=True, text=True, cwd=ROOT, timeout=240,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["transfer"]["identical"] is True and result["transfer"]["bytes_ratio"] > 1
+    runs = {r["run"]: r for r in result["training"]}
+    assert set(runs) == {"single", "P=1", "P=2"}
+    assert runs["P=1"]["all_to_all_bytes_per_direction"] == 0 == runs["P=1"]["vertex_halo_bytes_per_direction"]
+    two = runs["P=2"]
+    assert two["all_to_all_bytes_per_direction"] == two["all_to_all_formula_bytes"] > 0
+    assert two["all_to_all_formula_bytes"] <= two["all_to_all_bound_bytes"] and two["vertex_halo_bytes_per_direction"] > 0
+    assert "events/s" in proc.stdout

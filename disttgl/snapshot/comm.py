@@ -102,7 +102,8 @@ class Exchange(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):  # noqa: ANN001, ANN205
-        return ctx.comm.all_to_all(grad.contiguous(), ctx.recv, ctx.send, ctx.name + "_backward"), None, None, None, None
+        back = ctx.comm.all_to_all(grad.contiguous(), ctx.recv, ctx.send, ctx.name + "_backward")
+        return back, None, None, None, None
 
 
 def exchange(x: torch.Tensor, send: Sequence[int], recv: Sequence[int], comm: Comm, name: str) -> torch.Tensor:
