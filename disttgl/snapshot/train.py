@@ -6,6 +6,10 @@ and scores validation and test from that one forward pass (the models are causal
 snapshots <= t only). The reported test metrics are those of the best validation-MRR epoch, as in
 every disttgl run. ``metrics.jsonl`` is rewritten each epoch and ``summary.json`` at the end,
 both atomically, in the run directory's format (§3.4) plus the transfer's bytes and seconds.
+
+With ``parallel`` (under torchrun) the same loop runs over P ranks through
+:class:`~disttgl.snapshot.distributed.DistributedStep` (§11.6): convolution by snapshot, temporal
+step by vertex; rank 0 writes the files, with every rank's communication bytes in the summary.
 """
 
 from __future__ import annotations
@@ -22,11 +26,14 @@ import torch
 from disttgl.atomic import check_writable_dir
 from disttgl.data.graph_store import graph_info, load_graph
 from disttgl.errors import DataError
+from disttgl.snapshot.comm import Comm, init_from_env, torchrun_env
+from disttgl.snapshot.distributed import DistributedStep
 from disttgl.snapshot.features import NodeFeatures, resolve_mode
 from disttgl.snapshot.models import ModelConfig, SnapshotLinkModel
 from disttgl.snapshot.store import SnapshotFile, load_snapshots
 from disttgl.snapshot.streamer import SnapshotStreamer
 from disttgl.snapshot.task import Targets, candidate_pool, draw_negatives, evaluate, split_targets, train_step
+from disttgl.snapshot.partition import Partition
 from disttgl.train import machine_load
 from disttgl.train.run_files import run_summary, write_jsonl, write_summary
 
@@ -54,6 +61,7 @@ class SnapshotTrainConfig:
     eval_negatives: int = 49
     device: str = "cpu"
     threads: int | None = None
+    parallel: bool = False
 
     def model_config(self) -> ModelConfig:
         return ModelConfig(model=self.model, hidden=self.hidden, m_window=self.m_window, m_choice=self.m_choice,
@@ -102,63 +110,144 @@ def _targets(cfg: SnapshotTrainConfig, sf: SnapshotFile, device: torch.device) -
     return out
 
 
+class LocalStep:
+    """The single-process step (the path every distributed result is checked against)."""
+
+    comm = None
+
+    def __init__(self, model: SnapshotLinkModel, streamer: SnapshotStreamer):
+        self.model, self.streamer = model, streamer
+
+    def train_loss(self, targets: Targets, negatives: list[torch.Tensor]) -> tuple[torch.Tensor, float]:
+        loss = train_step(self.model, list(self.streamer.stream(0, targets.last)), targets, negatives)
+        return loss, loss.item()
+
+    def reduce_gradients(self) -> None:
+        pass
+
+    def sum_scalars(self, values: list[float], name: str = "scalars") -> list[float]:
+        return list(values)
+
+    @torch.no_grad()
+    def evaluate(self, stop: int, splits: list[tuple[Targets, list[torch.Tensor]]]) -> list[dict[str, float]]:
+        z = self.model.embed(list(self.streamer.stream(0, stop)))
+        return [evaluate(self.model, z, tg, negs) for tg, negs in splits]
+
+
+def _world(cfg: SnapshotTrainConfig) -> tuple[int, torch.device]:
+    """(P, this rank's device): checks that ``--parallel`` and torchrun go together."""
+    env = torchrun_env()
+    device = torch.device(cfg.device)
+    if not cfg.parallel:
+        if env is not None and env.world > 1:
+            raise DataError(None, f"torchrun started {env.world} ranks: pass --parallel to split the work over them")
+        return 1, device
+    if env is None:
+        raise DataError(None, "--parallel needs torchrun: torchrun --nproc-per-node P -m disttgl snapshot-train "
+                              "SNAPSHOTS GRAPH --out RUN --parallel")
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", env.local_rank)
+    return env.world, device
+
+
+def _parallel_summary(comm: Comm, step: DistributedStep, part: Partition) -> dict[str, Any]:
+    """Every rank's communication and transfer bytes (gathered by a sum of one row per rank)."""
+    names = sorted(comm.counter.sent)
+    row = torch.zeros(comm.size, 2 * len(names) + 1, dtype=torch.float64, device=step.streamer.device)
+    row[comm.rank] = torch.tensor([comm.counter.sent[k] for k in names] + [comm.counter.received[k] for k in names]
+                                  + [step.streamer.bytes_copied], dtype=torch.float64)
+    torch.distributed.all_reduce(row, group=comm.group)  # bookkeeping, not counted
+    table = row.cpu().long().tolist()
+    per_rank = [{k: {"sent": r[i], "received": r[len(names) + i]} for i, k in enumerate(names)} for r in table]
+    return {"world": comm.size, "snapshot_blocks": list(part.snapshots), "vertex_blocks": list(part.vertices),
+            "comm_bytes": per_rank, "transfer_bytes_per_rank": [r[-1] for r in table]}
+
+
 def train(cfg: SnapshotTrainConfig) -> dict[str, Any]:
     """Train and evaluate; write metrics.jsonl and summary.json under ``cfg.out``; return the summary."""
     cfg.check()
     out = Path(cfg.out)
     check_writable_dir(out / "summary.json")
+    world, device = _world(cfg)
     sf = load_snapshots(cfg.snapshots)
     info = _check_graph(cfg, sf)
     snaps = sf.snapshots
-    device = torch.device(cfg.device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     model = SnapshotLinkModel(_features(cfg, info, snaps.num_nodes), cfg.model_config()).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     targets = _targets(cfg, sf, device)
+    eval_stop = max(targets["val"].last, targets["test"].last)
+    if cfg.parallel and min(targets["train"].last, snaps.num_nodes) < world:
+        raise DataError(cfg.snapshots, f"{world} ranks need at least {world} snapshots before the last training "
+                                       f"target and {world} nodes; got {targets['train'].last} and {snaps.num_nodes}")
     pool = candidate_pool(snaps, sf.bipartite)
     eval_rng = np.random.default_rng([cfg.seed, 1])
     eval_negs = {k: draw_negatives(eval_rng, targets[k], cfg.eval_negatives, snaps.num_nodes, pool, device)
                  for k in ("val", "test")}
     train_rng = np.random.default_rng([cfg.seed, 0])
     streamer = SnapshotStreamer(snaps, device, cfg.transfer)
-    eval_stop = max(targets["val"].last, targets["test"].last)
+    comm = init_from_env(device) if cfg.parallel else None
+    step = DistributedStep(model, streamer, comm) if comm else LocalStep(model, streamer)
+    try:
+        summary = _fit(cfg, model, opt, step, targets, eval_negs, train_rng, pool, eval_stop, out)
+        summary |= {"node_features": model.features.mode, "num_snapshots": snaps.num_snapshots,
+                    "edge_life": snaps.edge_life, "delta": snaps.delta,
+                    "target_snapshots": {k: len(v.snapshots) for k, v in targets.items()},
+                    "target_positives": {k: v.positives for k, v in targets.items()}, "graph_sha256": sf.graph_sha256}
+        if comm:
+            summary["parallel"] = _parallel_summary(comm, step, step.partition(targets["train"].last))
+            summary["transfer_bytes"] = sum(summary["parallel"]["transfer_bytes_per_rank"])
+        if not comm or comm.rank == 0:
+            write_summary(out, summary, "epoch")
+    finally:
+        if comm:
+            torch.distributed.destroy_process_group()
+    return summary
+
+
+def _fit(cfg: SnapshotTrainConfig, model: SnapshotLinkModel, opt: torch.optim.Optimizer,
+         step: LocalStep | DistributedStep, targets: dict[str, Targets], eval_negs: dict[str, list[torch.Tensor]],
+         train_rng: np.random.Generator, pool: np.ndarray | None, eval_stop: int, out: Path) -> dict[str, Any]:
+    """The epochs; metrics.jsonl (rank 0); the summary's run fields."""
+    streamer, num_nodes, device = step.streamer, model.features.num_nodes, step.streamer.device
+    counter = step.comm.counter if step.comm else None
+    writer = counter is None or step.comm.rank == 0
     history: list[dict[str, Any]] = []
     best: dict[str, Any] = {"best_epoch": -1, "val_mrr": -1.0}
     for epoch in range(cfg.epochs):
         meter = machine_load.Interval().start()
         bytes0, start = streamer.bytes_copied, time.perf_counter()
         model.train()
-        negs = draw_negatives(train_rng, targets["train"], 1, snaps.num_nodes, pool, device)
+        comm0 = counter.total_sent() if counter else 0
+        negs = draw_negatives(train_rng, targets["train"], 1, num_nodes, pool, device)
         opt.zero_grad()
-        loss = train_step(model, list(streamer.stream(0, targets["train"].last)), targets["train"], negs)
+        loss, loss_value = step.train_loss(targets["train"], negs)
         loss.backward()
+        step.reduce_gradients()
         opt.step()
         train_seconds = time.perf_counter() - start
         model.eval()
-        with torch.no_grad():
-            z = model.embed(list(streamer.stream(0, eval_stop)))
-            val = evaluate(model, z, targets["val"], eval_negs["val"])
-            test = evaluate(model, z, targets["test"], eval_negs["test"])
+        val, test = step.evaluate(eval_stop, [(targets[k], eval_negs[k]) for k in ("val", "test")])
         load = meter.stop()
-        row = {"epoch": epoch, "train_loss": loss.item(), "train_events_per_s": targets["train"].events / train_seconds,
+        comm_sent = counter.total_sent() - comm0 if counter else 0
+        # the row's comm_bytes_sent counts every collective of the epoch but this sum itself
+        moved, comm_sent = step.sum_scalars([streamer.bytes_copied - bytes0, comm_sent], "epoch_sums")
+        row = {"epoch": epoch, "train_loss": loss_value, "train_events_per_s": targets["train"].events / train_seconds,
                **{f"val_{k}": v for k, v in val.items()}, **{f"test_{k}": v for k, v in test.items()},
-               "transfer_bytes": streamer.bytes_copied - bytes0, "seconds": time.perf_counter() - start,
+               "transfer_bytes": int(moved), "seconds": time.perf_counter() - start,
+               **({"comm_bytes_sent": int(comm_sent)} if counter else {}),
                **{k: load[k] for k in machine_load.ROW_FIELDS}}
         history.append(row)
         if val["mrr"] > best["val_mrr"]:
             best = {"best_epoch": epoch, **{f"val_{k}": v for k, v in val.items()},
                     **{f"test_{k}": v for k, v in test.items()}}
-        write_jsonl(out / "metrics.jsonl", history)
-        log.info("epoch %d: loss %.4f val MRR %.4f AP %.4f (%.2fs)", epoch, row["train_loss"], val["mrr"], val["ap"],
-                 row["seconds"])
-    summary = run_summary(history, best, asdict(cfg)) | {
-        "lr": cfg.lr, "best_unit": "epoch", "model": cfg.model, "node_features": model.features.mode,
-        "transfer": cfg.transfer, "transfer_bytes": streamer.bytes_copied,
-        "transfer_entries": streamer.entries_copied, "transfer_seconds": streamer.seconds,
-        "num_snapshots": snaps.num_snapshots, "edge_life": snaps.edge_life, "delta": snaps.delta,
-        "target_snapshots": {k: len(v.snapshots) for k, v in targets.items()},
-        "target_positives": {k: v.positives for k, v in targets.items()}, "graph_sha256": sf.graph_sha256}
-    write_summary(out, summary, "epoch")
-    return summary
+        if writer:
+            write_jsonl(out / "metrics.jsonl", history)
+            log.info("epoch %d: loss %.4f val MRR %.4f AP %.4f (%.2fs)", epoch, row["train_loss"], val["mrr"],
+                     val["ap"], row["seconds"])
+    return run_summary(history, best, asdict(cfg)) | {
+        "lr": cfg.lr, "best_unit": "epoch", "model": cfg.model, "transfer": cfg.transfer,
+        "transfer_bytes": streamer.bytes_copied, "transfer_entries": streamer.entries_copied,
+        "transfer_seconds": streamer.seconds}

@@ -1,5 +1,6 @@
 """``disttgl snapshot-train SNAPSHOTS.h5 GRAPH --model gcn-lstm|tmgcn --out RUN [--transfer whole|diff]
-[--epochs] [--seed] ...``: train a snapshot DGNN on link prediction (docs/design.md §11.5)."""
+[--epochs] [--seed] ...``: train a snapshot DGNN on link prediction (docs/design.md §11.5); under
+``torchrun --nproc-per-node P -m disttgl snapshot-train ... --parallel`` over P ranks (§11.6)."""
 
 from __future__ import annotations
 
@@ -21,6 +22,8 @@ _HELP = {
     "m_rownorm": "TM-GCN: normalise M's rows to sum 1", "m_inverse": "TM-GCN: apply M^-1 to the output",
     "eval_negatives": "negatives per positive for validation and test", "device": "cpu, cuda, cuda:1, ...",
     "threads": "torch CPU threads (default: torch's)",
+    "parallel": "split the work over the ranks torchrun started (convolution by snapshot, temporal step by "
+                "vertex, one all-to-all between; docs/design.md §11.6)",
 }
 _CHOICES = {"model": MODELS, "transfer": ("whole", "diff"), "node_features": FEATURE_MODES, "m_choice": (1, 2)}
 
