@@ -146,6 +146,12 @@ def run(args: argparse.Namespace) -> int:
     if cfg.pipelined:
         raise DataError(None, f"--staleness/--mitigation/--pipeline run in one process, torchrun started {ranks} "
                               f"(MSPipe's k inside DistTGL's memory server is not implemented yet)")
+    if cfg.task == "edge-class" and os.environ.get("RANK", "0") == "0":
+        # rank 0 creates the run directory before the ranks load the graph: bad labels fail first
+        from disttgl.data.graph_store import read_labels
+        from disttgl.train.task import label_classes
+
+        label_classes(*read_labels(cfg.graph), cfg.graph)
     # imported here: a one-process run never loads torch.distributed and the memory server
     from disttgl.parallel.strategy import train_parallel
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 import html
 from typing import Sequence
 
+from disttgl.report.edge_class_table import EDGE_CLASS_COLUMNS
+from disttgl.report.edge_class_table import NOTE as EDGE_CLASS_NOTE
 from disttgl.report.tables import ABLATION_COLUMNS, ACCURACY_COLUMNS, accuracy_notes, by_dataset, format_cell
 from disttgl.report.staleness_table import NOTE as STALENESS_NOTE
 from disttgl.report.staleness_table import STALENESS_COLUMNS
@@ -23,7 +25,7 @@ TEXT_CLASS = ' class="t"'
 
 def _html_table(rows: Sequence[dict], columns: Sequence[tuple[str, str]], caption: str) -> list[str]:
     text_cols = {"dataset", "run", "status", "parallelism", "static_memory", "note", "contended", "run_static",
-                 "run_nostatic", "negatives", "compare", "requested", "mitigation", "pipeline"}
+                 "run_nostatic", "negatives", "compare", "requested", "mitigation", "pipeline", "best"}
     out = [f"<table><caption>{html.escape(caption)}</caption>",
            "<tr>" + "".join(f"<th>{html.escape(h)}</th>" for _, h in columns) + "</tr>"]
     for row in rows:
@@ -35,7 +37,8 @@ def _html_table(rows: Sequence[dict], columns: Sequence[tuple[str, str]], captio
 
 
 def render_html(acc: Sequence[dict], abl: Sequence[dict], tta_fraction: float,
-                machine: dict[str, str] | None = None, tgb: Sequence[dict] = (), staleness: Sequence[dict] = ()) -> str:
+                machine: dict[str, str] | None = None, tgb: Sequence[dict] = (), staleness: Sequence[dict] = (),
+                edge_class: Sequence[dict] = ()) -> str:
     cols = [c for c in ACCURACY_COLUMNS if c[0] != "dataset"]
     body = ["<h1>Accuracy and speed</h1>"]
     for dataset, rows in by_dataset(acc).items():
@@ -57,6 +60,10 @@ def render_html(acc: Sequence[dict], abl: Sequence[dict], tta_fraction: float,
         body += ["<h2>Staleness (MSPipe)</h2>", f"<p>{html.escape(STALENESS_NOTE)}</p>"]
         for dataset, rows in by_dataset(staleness).items():
             body += _html_table(rows, STALENESS_COLUMNS, dataset)
+    if edge_class:
+        body += ["<h2>Edge classification</h2>", f"<p>{html.escape(EDGE_CLASS_NOTE)}</p>"]
+        for dataset, rows in by_dataset(edge_class).items():
+            body += _html_table(rows, EDGE_CLASS_COLUMNS, dataset)
     if machine:
         body += ["<h2>Machine</h2>", "<ul>"]
         body += [f"<li><b>{html.escape(k)}</b>: {html.escape(v)}</li>" for k, v in machine.items()] + ["</ul>"]

@@ -37,8 +37,9 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
 
     The run directory is locked for the run: a second run on it waits for this one, then resumes."""
     cfg.check()  # a bad setting leaves no run directory behind
+    strategy = SingleProcess(cfg)  # before the lock, so does bad data (edge classification without labels)
     with run_dir_lock(cfg.out):
-        return fit(SingleProcess(cfg))
+        return fit(strategy)
 
 
 class SingleProcess:
