@@ -1,4 +1,5 @@
-"""Link-prediction metrics over a split: AP and MRR with Q negatives per positive, TGN-style AP.
+"""Metrics over a split: link prediction's AP and MRR with Q negatives per positive and TGN-style
+AP; edge classification's F1-micro, F1-macro and accuracy (:func:`f1_scores`, docs/design.md §13).
 
 Names as in the run outputs: ``mrr`` = mean reciprocal rank of the positive among its 1 + Q
 candidates with ties counted in the positive's favour (DistTGL); ``ap`` = average precision over all
