@@ -198,7 +198,8 @@ def test_positive_only_batches_are_the_positive_part_of_the_full_ones(tiny):
                 m = int((full.nbr_root < r).sum())
                 u = int(pos.nodes.shape[0])
                 assert pos.neg.shape == (n, 0) and torch.equal(pos.root_idx, full.root_idx[:r])
-                assert torch.equal(pos.nodes, full.nodes[:u]) and u == int(torch.cat([pos.root_idx, pos.nbr_idx]).max()) + 1
+                assert torch.equal(pos.nodes, full.nodes[:u])
+                assert u == int(torch.cat([pos.root_idx, pos.nbr_idx]).max()) + 1  # every node referenced
                 for name in ("nbr_root", "nbr_idx", "nbr_eid", "nbr_dt"):
                     assert torch.equal(getattr(pos, name), getattr(full, name)[:m]), name
                 for name in ("mem_t", "mail_t", "mail_eid"):

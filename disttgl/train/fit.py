@@ -192,8 +192,7 @@ def _validate(s: Strategy, n: int, result: UnitResult, history: list[dict[str, A
     key = f"val_{task.select}"
     if improves(val[task.select], best.get(key)):
         test = evaluate(s.model, memory, s.loader("test"), s.feats, split="test", epoch=n, task=task)  # memory runs on
-        best = {"best_epoch": n, key: val[task.select], **{f"val_{k}": val[k] for k in task.keys},
-                **{f"test_{k}": test[k] for k in task.keys}}
+        best = {"best_epoch": n, **{f"val_{k}": val[k] for k in task.keys}, **{f"test_{k}": test[k] for k in task.keys}}
         if tgb is not None:
             tgb.keep(s.model, start, n)
     row["seconds"] = time.perf_counter() - t0
