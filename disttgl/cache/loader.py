@@ -16,14 +16,16 @@ class BatchLoader:
     """Iterate ``items`` = (batch index, negative set) of one split as :class:`Batch`es.
 
     A background thread reads ahead up to ``prefetch`` batches (optionally moved to ``device``), so
-    reading overlaps compute. The HDF5 file is opened lazily by the process that iterates (never
+    reading overlaps compute. ``negatives=False`` reads each batch's positive part only. The HDF5 file is opened lazily by the process that iterates (never
     inherited across fork/spawn); an error in the thread is re-raised to the caller.
     """
 
     def __init__(self, cache_path: str | os.PathLike, split: str, items: Sequence[tuple[int, int]], *,
                  prefetch: int = 4, device: torch.device | str | None = None,
-                 graph_path: str | os.PathLike | None = None, minibatch_parallelism: int | None = None):
+                 graph_path: str | os.PathLike | None = None, minibatch_parallelism: int | None = None,
+                 negatives: bool = True):
         self.cache_path, self.split, self.items = cache_path, split, list(items)
+        self.negatives = negatives
         self.prefetch, self.device = max(1, prefetch), device
         self.graph_path, self.minibatch_parallelism = graph_path, minibatch_parallelism
         self._cache: BatchCache | None = None
@@ -45,7 +47,7 @@ class BatchLoader:
 
         def produce() -> Iterator[Batch]:
             for b, s in self.items:
-                batch = cache.batch(self.split, int(b), int(s))
+                batch = cache.batch(self.split, int(b), int(s), self.negatives)
                 if device is not None and device.type != "cpu":
                     batch = batch.pin_memory().to(device, non_blocking=True)
                 yield batch

@@ -106,8 +106,9 @@ class BatchCache:
     def num_neg_sets(self, split: str) -> int:
         return self._layout[split][1]
 
-    def arrays(self, split: str, b: int, neg_set: int = 0) -> dict[str, np.ndarray]:
-        """The numpy pieces of batch ``b`` (the :class:`Batch` fields, before tensor conversion)."""
+    def arrays(self, split: str, b: int, neg_set: int = 0, negatives: bool = True) -> dict[str, np.ndarray]:
+        """The numpy pieces of batch ``b`` (the :class:`Batch` fields, before tensor conversion);
+        ``negatives=False``: its positive part only (Q = 0: no negative roots, nodes or slots)."""
         if split not in SPLIT_NAMES:
             raise ValueError(f"split must be one of {SPLIT_NAMES}, got {split!r}")
         nb = self.num_batches(split)
@@ -126,19 +127,21 @@ class BatchCache:
             x[name] = data[name][lo:hi]
         for name in NEGATIVE_PARTS:
             pname = PARTS[name][0]
-            x[name] = data[name][p[pname][seg]:p[pname][seg + 1]]
+            lo, hi = (p[pname][seg], p[pname][seg + 1]) if negatives else (0, 0)
+            x[name] = data[name][lo:hi]
         if self.verify:
             if parts_crc(x[k] for k in POSITIVE_PARTS) != p["pos_crc"][b]:
                 raise DataError(self.path, f"corrupt batch cache: checksum mismatch in {split} batch {b} "
                                            "(positive part)")
-            if parts_crc(x[k] for k in NEGATIVE_PARTS) != p["neg_crc"][seg]:
+            if negatives and parts_crc(x[k] for k in NEGATIVE_PARTS) != p["neg_crc"][seg]:
                 raise DataError(self.path, f"corrupt batch cache: checksum mismatch in {split} batch {b} "
                                            f"negative set {seg - b * sets}")
         return assemble(x, self._event_t)
 
-    def batch(self, split: str, b: int, neg_set: int = 0) -> Batch:
-        """Batch ``b`` of ``split`` with train negative set ``neg_set`` (ignored for val/test)."""
-        return Batch(**{k: torch.from_numpy(v) for k, v in self.arrays(split, b, neg_set).items()})
+    def batch(self, split: str, b: int, neg_set: int = 0, negatives: bool = True) -> Batch:
+        """Batch ``b`` of ``split`` with train negative set ``neg_set`` (ignored for val/test), or
+        without negatives (``negatives=False``: edge classification reads the positives only)."""
+        return Batch(**{k: torch.from_numpy(v) for k, v in self.arrays(split, b, neg_set, negatives).items()})
 
     def close(self) -> None:
         # Dropping the views unmaps the file once no returned array refers to it (batches are copies).

@@ -37,6 +37,8 @@ _COMMON_HELP = {
     "prefetch": "batches read ahead",
 }
 _TRAIN_HELP = {
+    "task": "link (link prediction: MRR/AP against the cache's negatives) or edge-class (the class of each "
+            "event from the graph's events/label: cross-entropy, F1-micro/F1-macro; --loss then does not apply)",
     "static": "frozen static memory (.h5 from `disttgl pretrain`)",
     "static_dropout": "training: chance that a node's static memory row is left out",
     "mailbox_size": "--memory apan: mails kept per node",
@@ -144,6 +146,12 @@ def run(args: argparse.Namespace) -> int:
     if cfg.pipelined:
         raise DataError(None, f"--staleness/--mitigation/--pipeline run in one process, torchrun started {ranks} "
                               f"(MSPipe's k inside DistTGL's memory server is not implemented yet)")
+    if cfg.task == "edge-class" and os.environ.get("RANK", "0") == "0":
+        # rank 0 creates the run directory before the ranks load the graph: bad labels fail first
+        from disttgl.data.graph_store import read_labels
+        from disttgl.train.task import label_classes
+
+        label_classes(*read_labels(cfg.graph), cfg.graph)
     # imported here: a one-process run never loads torch.distributed and the memory server
     from disttgl.parallel.strategy import train_parallel
 

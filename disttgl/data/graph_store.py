@@ -301,6 +301,14 @@ def load_graph(path: str | os.PathLike, *, features: bool = True) -> Graph:
     return graph
 
 
+def read_labels(path: str | os.PathLike) -> tuple[np.ndarray | None, np.ndarray]:
+    """(``events/label`` or None, ``events/split``) alone, checksummed: what edge classification
+    checks before a run starts, without reading the rest of the store."""
+    with _open(path) as f:
+        label = _read(path, f, "events/label") if "label" in f["events"] else None
+        return label, _read(path, f, "events/split")
+
+
 def load_tcsr(path: str | os.PathLike) -> TCSR:
     with _open(path) as f:
         tcsr = TCSR(**{k: _read(path, f, f"tcsr/{k}") for k in _TCSR_ARRAYS})

@@ -18,6 +18,7 @@ import polars as pl
 from disttgl.data.delimited import (check_header_columns, check_nonempty, column_array, feature_matrix,
                                     first_data_line, header_fields, is_number, open_text, read_table,
                                     read_whitespace_table, row_counter, split_line)
+from disttgl.data.tgl_labels import CLASS_FILE, LABELS_FILE, class_tensor_labels, labels_csv_events
 from disttgl.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -262,15 +263,16 @@ def _named_header(path: Path, required: Sequence[str]) -> list[str]:
 
 def read_tgl(paths: Sequence[Path]) -> RawEvents:
     """TGL layout: ``edges.csv`` (unnamed index column, src, dst, time, optional int_roll, ext_roll)
-    plus optional ``edge_features.pt`` and ``node_features.pt`` (plain tensors)."""
+    plus optional ``edge_features.pt`` and ``node_features.pt`` (plain tensors) and event labels
+    (``ec_edge_class.pt``, or ``labels.csv`` when it has one row per event: :mod:`disttgl.data.tgl_labels`)."""
     by_name = {p.name: p for p in paths}
     edges = by_name.get("edges.csv")
     if edges is None:
         raise DataError(paths[0] if paths else None, "the tgl format needs an edges.csv among the inputs")
-    unknown = set(by_name) - {"edges.csv", "edge_features.pt", "node_features.pt", "labels.csv"}
+    unknown = set(by_name) - {"edges.csv", "edge_features.pt", "node_features.pt", LABELS_FILE, CLASS_FILE}
     if unknown:
-        raise DataError(by_name[sorted(unknown)[0]], "unexpected file for the tgl format "
-                        "(expected edges.csv, edge_features.pt, node_features.pt, labels.csv)")
+        raise DataError(by_name[sorted(unknown)[0]], "unexpected file for the tgl format (expected edges.csv, "
+                        f"edge_features.pt, node_features.pt, {LABELS_FILE}, {CLASS_FILE})")
     names = _named_header(edges, ("src", "dst", "time"))
     kinds = ["int" if n in ("src", "dst", "int_roll", "ext_roll") or n.startswith("_index") else
              "float" if n == "time" else "str" for n in names]
@@ -290,6 +292,10 @@ def read_tgl(paths: Sequence[Path]) -> RawEvents:
     if "node_features.pt" in by_name:
         raw.node_feat_path = by_name["node_features.pt"]
         raw.node_feat = load_plain_tensor(raw.node_feat_path)
+    if CLASS_FILE in by_name:
+        raw.label = class_tensor_labels(by_name[CLASS_FILE], load_plain_tensor(by_name[CLASS_FILE]), raw.num_events)
+    elif LABELS_FILE in by_name:
+        raw.label = labels_csv_events(by_name[LABELS_FILE], raw.src, raw.dst, raw.t)
     return raw
 
 

@@ -27,6 +27,13 @@ Generative process (every step vectorised over all events):
 6. **Edge features.** ``(a[c_src] + b[c_dst] + q[phase]) / sqrt(3) + feature_noise * N(0, I)``
    with fixed random Gaussian codes ``a, b, q``: a noisy message that tells the memory which
    community a node is talking to right now. Row ``E`` is the zero "no message yet" sentinel.
+7. **Labels** (``events/label``, ``labels`` K > 0; edge classification, docs/design.md §13): an
+   event's class is the destination community its source's community prefers in the event's phase,
+   modulo K (``perm[phase][c_src] mod K``: one class per community with the default K = 8). It is
+   computed from the draws above and draws nothing, so the other arrays (and the store's sha256 for
+   the default K) are those of an unlabelled run. The class is temporal: it changes with the phase,
+   and the test split's phases were never trained on, so it is read off the source's recent
+   partners (memory, neighbours) and the destination, not learnt per node.
 
 What a model can learn from it: a node's recent partners (memory / recent neighbours) predict most
 of its next destinations and its current community preference; static popularity and all-of-train
@@ -78,6 +85,7 @@ class SynthConfig:
     item_fraction: float = 0.2  # bipartite: share of nodes on the item side
     mean_gap: float = 60.0  # seconds between consecutive events on average
     feature_noise: float = 1.0  # std of the Gaussian noise added to the edge feature code
+    labels: int = 8  # K classes of events/label (the preferred community mod K); 0: no labels
 
     def __post_init__(self) -> None:
         def bad(key: str, need: str) -> DataError:
@@ -85,10 +93,12 @@ class SynthConfig:
             return DataError(None, f"synthetic: {key}{flag} must be {need}, got {getattr(self, key)!r}")
 
         for key, low in (("events", 1), ("nodes", 2), ("edge_dim", 0), ("seed", 0),
-                         ("communities", 1), ("phases", 1), ("window", 1)):
+                         ("communities", 1), ("phases", 1), ("window", 1), ("labels", 0)):
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
                 raise bad(key, f"an integer >= {low}")
+        if self.labels == 1:
+            raise bad("labels", "0 (no labels) or a number of classes >= 2")
         if not isinstance(self.bipartite, (bool, np.bool_)):
             raise bad("bipartite", "true or false")
         for key in ("affinity", "repeat", "burst", "feature_noise"):
@@ -104,11 +114,14 @@ class SynthConfig:
 
     def sha256(self) -> str:
         """Stable hash of the parameters (and generator version): the dataset's provenance checksum."""
-        payload = json.dumps({"generator_version": GENERATOR_VERSION, **asdict(self)}, sort_keys=True)
+        params = asdict(self)
+        if params["labels"] == SynthConfig.labels:  # labels draw nothing: the default keeps the unlabelled hash
+            del params["labels"]
+        payload = json.dumps({"generator_version": GENERATOR_VERSION, **params}, sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()
 
 
-_CLI_KEYS = ("events", "nodes", "edge_dim", "seed", "bipartite")
+_CLI_KEYS = ("events", "nodes", "edge_dim", "seed", "bipartite", "labels")
 
 
 @dataclass(frozen=True)
@@ -249,6 +262,8 @@ def generate(cfg: SynthConfig = SynthConfig()) -> Graph:
     dst = fresh_dst[_resolve(np.where(rep, prev, idx))]
 
     edge_feat = _features(cfg, planted, src, dst, phase, rng)
+    # computed from the draws above, drawing nothing: the other arrays do not depend on `labels`
+    label = planted.preference[phase, planted.community[src]] % cfg.labels if cfg.labels else None
     side = None
     if cfg.bipartite:
         side = (np.arange(n) >= planted.dst_offset).astype(np.int8)
@@ -258,6 +273,7 @@ def generate(cfg: SynthConfig = SynthConfig()) -> Graph:
     src, dst = src.astype(np.int64), dst.astype(np.int64)
     return Graph(src=src, dst=dst, t=t, split=chronological_split(t), num_nodes=n,
                  bipartite=cfg.bipartite, edge_feat=edge_feat, tcsr=build_tcsr(src, dst, t, n),
+                 label=None if label is None else label.astype(np.int64),
                  original_id=np.arange(n, dtype=np.int64), side=side, attrs=attrs)
 
 
@@ -275,6 +291,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"communities per side (default {d.communities})")
     parser.add_argument("--phases", type=int, default=d.phases,
                         help=f"preference regimes over the timeline (default {d.phases})")
+    parser.add_argument("--labels", type=int, default=d.labels,
+                        help=f"classes of the event labels for --task edge-class: the community the source's "
+                             f"community prefers in the event's phase, mod K (default {d.labels}; 0: no labels)")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -25,6 +25,7 @@ from torch import nn
 
 from disttgl.models import native
 from disttgl.cache.batch import Batch
+from disttgl.models.edge_head import EdgeClassifier
 from disttgl.models.kernels import cos_encoding, dropout_scale, slot_attention, slot_layout
 from disttgl.models.kernels import dropout as apply_dropout
 
@@ -45,6 +46,7 @@ class ModelConfig:
     num_nodes: int = 0  # rows of the table (memory="table" only)
     mailbox_size: int = 10  # memory="apan": mails kept per node
     head: str = ""  # embedding: "tgn" (attention), "jodie", "apan"; "": the memory kind's own (table: tgn)
+    classes: int = 0  # 0: link prediction (LinkPredictor); C >= 2: an EdgeClassifier over C classes instead
 
 
 @dataclass
@@ -206,7 +208,7 @@ class TGN(nn.Module):
         self.node_proj = _proj(cfg.node_dim, cfg.dim)
         self.static_proj = _proj(cfg.static_dim, cfg.dim)
         self.attn = TemporalAttention(cfg.dim, cfg.edge_dim, cfg.time_dim, cfg.heads, cfg.dropout)
-        self.predict = LinkPredictor(cfg.dim)
+        self.predict, self.classifier = heads(cfg)
 
     def update_memory(self, batch: Batch, memory: torch.Tensor, mail: torch.Tensor,
                       feats: Features) -> torch.Tensor:
@@ -217,6 +219,19 @@ class TGN(nn.Module):
     def forward(self, batch: Batch, feats: Features, memory: torch.Tensor | None = None,
                 mail: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Scores pos [B], neg [B, Q] and the batch's new memory [U, d] (None for the table variant)."""
+        z, new_memory = self.embed(batch, feats, memory, mail)
+        pos, neg = required(self.predict, "link")(z, batch.num_events)
+        return pos, neg, new_memory
+
+    def classify(self, batch: Batch, feats: Features, memory: torch.Tensor | None = None,
+                 mail: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Class logits [B, C] of the positive events and the batch's new memory [U, d]."""
+        z, new_memory = self.embed(batch, feats, memory, mail)
+        return required(self.classifier, "edge-class")(z, batch), new_memory
+
+    def embed(self, batch: Batch, feats: Features, memory: torch.Tensor | None = None,
+              mail: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Root embeddings z [R, d] and the batch's new memory [U, d] (None for the table variant)."""
         if self.cfg.memory == "gru":
             if memory is None or mail is None:
                 raise ValueError("the GRU model needs the batch's memory and mail")
@@ -233,8 +248,7 @@ class TGN(nn.Module):
             h = h + self.node_proj(feats.node_feat.index_select(0, batch.nodes))
         nbr_feat = feats.edge_feat.index_select(0, batch.nbr_eid) if self.cfg.edge_dim else None
         z = self.attn(h, batch.root_idx, batch.nbr_root, batch.nbr_idx, nbr_feat, batch.nbr_dt.float())
-        pos, neg = self.predict(z, batch.num_events)
-        return pos, neg, new_memory
+        return z, new_memory
 
     def _static_rows(self, batch: Batch, static: torch.Tensor) -> torch.Tensor:
         """The batch's static memory rows; in training each row is zeroed with ``static_dropout``.
@@ -258,6 +272,22 @@ def node_table(cfg: ModelConfig) -> nn.Embedding:
     table = nn.Embedding(cfg.num_nodes, cfg.dim)
     nn.init.normal_(table.weight, std=0.1)
     return table
+
+
+def heads(cfg: ModelConfig) -> tuple[LinkPredictor | None, EdgeClassifier | None]:
+    """(link predictor, edge classifier): the one the task needs (``cfg.classes``), the other None."""
+    if cfg.classes:
+        return None, EdgeClassifier(cfg.dim, cfg.time_dim, cfg.classes)
+    return LinkPredictor(cfg.dim), None
+
+
+def required(head: nn.Module | None, task: str) -> nn.Module:
+    """``head``, or an error saying which task the model was built for (``ModelConfig.classes``)."""
+    if head is None:
+        built = "edge classification (ModelConfig.classes > 0)" if task == "link" else \
+            "link prediction (ModelConfig.classes = 0)"
+        raise ValueError(f"this model was built for {built}: it has no {task} head")
+    return head
 
 
 def _proj(in_dim: int, dim: int) -> nn.Module | None:

@@ -23,7 +23,7 @@ from disttgl.models.apan import MailAttention
 from disttgl.models.jodie import RNNMemory, TimeProjection, time_delta
 from disttgl.models.mailbox import MailboxMemory, root_nodes, unpack_mail
 from disttgl.models.memory import Memory, NodeMemory
-from disttgl.models.tgn import TGN, Features, LinkPredictor, ModelConfig, _proj, node_table
+from disttgl.models.tgn import TGN, Features, ModelConfig, _proj, heads, node_table, required
 
 # the embedding head each memory kind trains with (a table feeds the head of the kind it stands for)
 HEADS = {"gru": "tgn", "table": "tgn", "rnn": "jodie", "apan": "apan"}
@@ -38,7 +38,8 @@ def head_of(cfg: ModelConfig) -> str:
 
 def build_model(cfg: ModelConfig) -> nn.Module:
     """TGN (``memory`` gru, or table with TGN's head) or :class:`MemoryModel` (rnn, apan, or a table
-    with their head). Every model is called ``model(batch, feats, memory, mail) -> (pos, neg, new_memory)``."""
+    with their head). Every model is called ``model(batch, feats, memory, mail) -> (pos, neg, new_memory)``,
+    or, built with ``cfg.classes`` (edge classification), ``model.classify(...) -> (logits, new_memory)``."""
     return TGN(cfg) if head_of(cfg) == "tgn" else MemoryModel(cfg)
 
 
@@ -83,7 +84,7 @@ class MemoryModel(nn.Module):
         self.static_proj = _proj(cfg.static_dim, cfg.dim)
         self.norm = nn.LayerNorm(cfg.dim)
         self.project = TimeProjection(cfg.dim) if self.kind == "jodie" else None
-        self.predict = LinkPredictor(cfg.dim)
+        self.predict, self.classifier = heads(cfg)  # TGN's link predictor, or the edge classifier
 
     def update_memory(self, batch: Batch, rows: torch.Tensor, memory: torch.Tensor, mail: torch.Tensor,
                       feats: Features) -> torch.Tensor:
@@ -102,6 +103,19 @@ class MemoryModel(nn.Module):
     def forward(self, batch: Batch, feats: Features, memory: torch.Tensor | None = None,
                 mail: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Scores pos [B], neg [B, Q] and the batch's new memory [U, d] (None for the table)."""
+        z, new_memory = self.embed(batch, feats, memory, mail)
+        pos, neg = required(self.predict, "link")(z, batch.num_events)
+        return pos, neg, new_memory
+
+    def classify(self, batch: Batch, feats: Features, memory: torch.Tensor | None = None,
+                 mail: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Class logits [B, C] of the positive events and the batch's new memory [U, d]."""
+        z, new_memory = self.embed(batch, feats, memory, mail)
+        return required(self.classifier, "edge-class")(z, batch), new_memory
+
+    def embed(self, batch: Batch, feats: Features, memory: torch.Tensor | None = None,
+              mail: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Root embeddings z [R, d] and the batch's new memory [U, d] (None for the table)."""
         rows, inverse = root_nodes(batch)
         nodes = batch.nodes[rows]
         if self.cfg.memory == "table":
@@ -121,8 +135,7 @@ class MemoryModel(nn.Module):
         z = self.norm(h).index_select(0, inverse)
         if self.project is not None:
             z = self.project(z, time_delta(batch.root_t, batch.mail_t[batch.root_idx]))
-        pos, neg = self.predict(z, batch.num_events)
-        return pos, neg, new_memory
+        return z, new_memory
 
     def _static_rows(self, nodes: torch.Tensor, static: torch.Tensor) -> torch.Tensor:
         """Static rows of ``nodes``; in training each is zeroed with ``static_dropout`` (as TGN's)."""

@@ -53,6 +53,7 @@ from disttgl.train.fit import UnitResult, fit
 from disttgl.train.machine_load import Interval, others_busy, process_cpu_seconds
 from disttgl.train.rng import seed_everything
 from disttgl.train.run_lock import run_dir_lock
+from disttgl.train.task import make_task
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +122,9 @@ class ScheduledRanks:
         self.num_nodes = graph.num_nodes
         self.T = memory_batches(self.nb["train"], layout.i)
         self.units = passes(cfg.epochs, layout.j, layout.k)
-        self.model = TGN(model_config(cfg, graph, self.feats)).to(device)
+        # edge classification: the same schedule and memory; batches read without negatives (§13)
+        self.task = make_task(cfg.task, cfg.loss, graph.label, graph.split, device, cfg.graph)
+        self.model = TGN(model_config(cfg, graph, self.feats, classes=self.task.num_classes)).to(device)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         for p in self.params:  # identical start everywhere (seeded already; cheap insurance)
             dist.broadcast(p.data, 0)
@@ -159,7 +162,7 @@ class ScheduledRanks:
                 nxt = self.step_of(self.env.rank, t + q) if t + q < end else None
                 items.append((s.sub, nxt.neg_set if nxt is not None and nxt.stream == s.stream else s.neg_set))
         loader = BatchLoader(self.cfg.cache, "train", items, prefetch=self.cfg.prefetch * self.lay.j,
-                             device=self.device)
+                             device=self.device, negatives=self.task.negatives)
         it = iter(loader)
         for t, s in firsts:
             yield Hold(s.stream, [next(it) for _ in range(self.lay.j)])
@@ -230,7 +233,7 @@ class ScheduledRanks:
         with tqdm(total=None, unit="ev", unit_scale=True, desc=f"train {lay} pass {n}",
                   disable=not self.cfg.progress or self.env.rank != 0, mininterval=2.0) as bar:
             stats = train_epoch(self.model, self.memory, self._pass_batches(p), self.optimizer,
-                                self.feats, loss=self.cfg.loss, progress=bar, epoch=n)
+                                self.feats, loss=self.cfg.loss, task=self.task, progress=bar, epoch=n)
         train_s = time.perf_counter() - t0
         fields = load.stop()
         if server_cpu is not None:  # our own memory server is not another process's load
@@ -253,7 +256,7 @@ class ScheduledRanks:
     def loader(self, split: str) -> BatchLoader:
         # batches of B as one process evaluates (the cache never groups val/test by i)
         return BatchLoader(self.cfg.cache, split, [(b, 0) for b in range(self.nb[split])], prefetch=self.cfg.prefetch,
-                           device=self.device)
+                           device=self.device, negatives=self.task.negatives)
 
     def sync(self) -> None:
         dist.barrier()  # every copy's memory is on disk before the checkpoint names it

@@ -69,6 +69,12 @@ class RunResult:
         return max(vals) if vals else finite_number(self.summary.get("val_mrr"))
 
     @property
+    def task(self) -> str:
+        """``link`` or ``edge-class`` (what summary.json records; a run without one predicts links)."""
+        cfg = self.summary.get("config") if isinstance(self.summary.get("config"), dict) else {}
+        return str(self.summary.get("task") or cfg.get("task") or "link")
+
+    @property
     def is_parallel(self) -> bool:
         """A distributed i x j x k run: its metrics and best_epoch count passes, each j·k epochs."""
         return self.parallelism is not None and self.parallelism != (1, 1, 1)
@@ -191,7 +197,9 @@ def load_run(run_dir: str | os.PathLike, dataset: str | None = None, run: str | 
             summary = json.loads(summary_path.read_text(encoding="utf-8"))
             if not isinstance(summary, dict):
                 raise ValueError("not a JSON object")
-            for key in ("test_mrr", "test_ap"):
+            cfg = summary.get("config") if isinstance(summary.get("config"), dict) else {}
+            edge_class = (summary.get("task") or cfg.get("task")) == "edge-class"
+            for key in ("test_f1_micro", "test_f1_macro") if edge_class else ("test_mrr", "test_ap"):
                 if finite_number(summary.get(key)) is None:
                     raise ValueError(f"key {key!r} missing or not a number")
             res.summary = summary

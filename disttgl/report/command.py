@@ -15,6 +15,7 @@ from typing import Sequence
 from disttgl.atomic import atomic_path
 from disttgl.errors import DataError
 from disttgl.report.collect import RunResult, collect, machine_info, parse_expect
+from disttgl.report.edge_class_table import edge_class_rows
 from disttgl.report.html_page import render_html
 from disttgl.report.batch_table import batch_rows
 from disttgl.report.staleness_table import staleness_rows
@@ -40,10 +41,10 @@ def write_report(runs: Sequence[RunResult], out: str | os.PathLike, tta_fraction
 
     out = Path(out)
     acc, abl, tgb, stale = accuracy_rows(runs, tta_fraction), ablation_rows(runs), tgb_rows(runs), staleness_rows(runs)
-    batch = batch_rows(runs)
-    _write_text(out / "accuracy.md", render_markdown(acc, abl, tta_fraction, machine, tgb, stale, batch))
+    batch, ec = batch_rows(runs), edge_class_rows(runs)
+    _write_text(out / "accuracy.md", render_markdown(acc, abl, tta_fraction, machine, tgb, stale, batch, ec))
     _write_text(out / "accuracy.csv", render_csv(acc, ACCURACY_COLUMNS))
-    _write_text(out / "accuracy.html", render_html(acc, abl, tta_fraction, machine, tgb, stale, batch))
+    _write_text(out / "accuracy.html", render_html(acc, abl, tta_fraction, machine, tgb, stale, batch, ec))
     plots.save(plots.convergence_figure(runs), out / "convergence.svg")
     plots.save(plots.scaling_figure(runs, acc), out / "scaling.svg")
     plots.save(plots.ablation_figure(abl), out / "static_ablation.svg")

@@ -6,10 +6,12 @@ from __future__ import annotations
 import html
 from typing import Sequence
 
-from disttgl.report.sections import by_dataset
-from disttgl.report.tables import ABLATION_COLUMNS, ACCURACY_COLUMNS, accuracy_notes, format_cell
 from disttgl.report.batch_table import BATCH_COLUMNS
 from disttgl.report.batch_table import CAPTION as BATCH_CAPTION
+from disttgl.report.edge_class_table import EDGE_CLASS_COLUMNS
+from disttgl.report.edge_class_table import NOTE as EDGE_CLASS_NOTE
+from disttgl.report.sections import by_dataset
+from disttgl.report.tables import ABLATION_COLUMNS, ACCURACY_COLUMNS, accuracy_notes, format_cell
 from disttgl.report.staleness_table import NOTE as STALENESS_NOTE
 from disttgl.report.staleness_table import STALENESS_COLUMNS
 from disttgl.report.tgb_table import LEADERBOARD, TGB_COLUMNS, anchor_lines
@@ -26,7 +28,7 @@ TEXT_CLASS = ' class="t"'
 
 def _html_table(rows: Sequence[dict], columns: Sequence[tuple[str, str]], caption: str) -> list[str]:
     text_cols = {"dataset", "run", "status", "parallelism", "static_memory", "note", "contended", "run_static",
-                 "run_nostatic", "negatives", "compare", "requested", "mitigation", "pipeline"}
+                 "run_nostatic", "negatives", "compare", "requested", "mitigation", "pipeline", "best"}
     out = [f"<table><caption>{html.escape(caption)}</caption>",
            "<tr>" + "".join(f"<th>{html.escape(h)}</th>" for _, h in columns) + "</tr>"]
     for row in rows:
@@ -37,9 +39,19 @@ def _html_table(rows: Sequence[dict], columns: Sequence[tuple[str, str]], captio
     return out + ["</table>"]
 
 
+def _html_section(title: str, note: str, rows: Sequence[dict], columns: Sequence[tuple[str, str]]) -> list[str]:
+    """A titled section with one table per dataset; nothing without rows."""
+    if not rows:
+        return []
+    body = [f"<h2>{html.escape(title)}</h2>", f"<p>{html.escape(note)}</p>"]
+    for dataset, rs in by_dataset(rows).items():
+        body += _html_table(rs, columns, dataset)
+    return body
+
+
 def render_html(acc: Sequence[dict], abl: Sequence[dict], tta_fraction: float,
                 machine: dict[str, str] | None = None, tgb: Sequence[dict] = (), staleness: Sequence[dict] = (),
-                batch: Sequence[dict] = ()) -> str:
+                batch: Sequence[dict] = (), edge_class: Sequence[dict] = ()) -> str:
     cols = [c for c in ACCURACY_COLUMNS if c[0] != "dataset"]
     body = ["<h1>Accuracy and speed</h1>"]
     for dataset, rows in by_dataset(acc).items():
@@ -57,14 +69,9 @@ def render_html(acc: Sequence[dict], abl: Sequence[dict], tta_fraction: float,
             for key in sorted({r["compare"] for r in rows if r["compare"] in LEADERBOARD}):
                 body.append(f"<p>Leaderboard, {html.escape(key)} (test MRR): "
                             f"{html.escape('; '.join(anchor_lines(key)))}</p>")
-    if batch:
-        body += ["<h2>Accuracy against batch size</h2>", f"<p>{html.escape(BATCH_CAPTION)}</p>"]
-        for dataset, rows in by_dataset(batch).items():
-            body += _html_table(rows, BATCH_COLUMNS, dataset)
-    if staleness:
-        body += ["<h2>Staleness (MSPipe)</h2>", f"<p>{html.escape(STALENESS_NOTE)}</p>"]
-        for dataset, rows in by_dataset(staleness).items():
-            body += _html_table(rows, STALENESS_COLUMNS, dataset)
+    body += _html_section("Accuracy against batch size", BATCH_CAPTION, batch, BATCH_COLUMNS)
+    body += _html_section("Staleness (MSPipe)", STALENESS_NOTE, staleness, STALENESS_COLUMNS)
+    body += _html_section("Edge classification", EDGE_CLASS_NOTE, edge_class, EDGE_CLASS_COLUMNS)
     if machine:
         body += ["<h2>Machine</h2>", "<ul>"]
         body += [f"<li><b>{html.escape(k)}</b>: {html.escape(v)}</li>" for k, v in machine.items()] + ["</ul>"]

@@ -48,6 +48,7 @@ def convergence_figure(runs: Sequence[RunResult]) -> Figure:
     """Validation MRR against wall-clock time (left) and epoch (right); one row per dataset,
     one line per run that logged epochs (an unfinished run's partial curve is drawn dotted)."""
     with matplotlib.rc_context(_RC):
+        runs = [r for r in runs if r.task == "link"]  # val MRR: edge classification has its own table
         datasets = sorted({r.dataset for r in runs if r.epochs})
         if not datasets:
             return _empty(Figure(figsize=(6, 2)), "no run logged any epoch")

@@ -8,8 +8,9 @@ import io
 from typing import Any, Sequence
 
 from disttgl.report.collect import RunResult, finite_number
-from disttgl.report.sections import by_dataset
 from disttgl.report.batch_table import render_batch_markdown
+from disttgl.report.edge_class_table import render_edge_class_markdown
+from disttgl.report.sections import by_dataset
 from disttgl.report.staleness_table import render_staleness_markdown
 from disttgl.report.tgb_table import render_tgb_markdown
 
@@ -31,9 +32,9 @@ ACCURACY_COLUMNS = [
 
 
 def baseline_for(run: RunResult, runs: Sequence[RunResult]) -> RunResult | None:
-    """The 1x1x1 run of the same dataset and static setting (the one named ``1x1x1`` first)."""
+    """The 1x1x1 run of the same dataset, task and static setting (the one named ``1x1x1`` first)."""
     cands = [r for r in runs if r.status == "ok" and r.dataset == run.dataset and r.static == run.static
-             and r.parallelism == (1, 1, 1)]
+             and r.parallelism == (1, 1, 1) and r.task == run.task]
     cands.sort(key=lambda r: (r.run != "1x1x1", r.run))
     return cands[0] if cands else None
 
@@ -57,7 +58,8 @@ def accuracy_rows(runs: Sequence[RunResult], tta_fraction: float = DEFAULT_TTA_F
                        test_ap_1neg=finite_number(s.get("test_ap_1neg")), best_val_mrr=r.best_val_mrr,
                        time_to_best_s=r.time_to_best, train_events_per_s=finite_number(s.get("train_events_per_s")),
                        contended={True: "yes", False: "no", None: "load not recorded"}[r.contended])
-            notes = [r.reason, r.contention_note()]
+            notes = [r.reason, r.contention_note(),
+                     "edge classification: F1 in the section below" if r.task == "edge-class" else ""]
             base = baseline_for(r, runs)
             # A speed-up is a ratio of two speeds: neither may have been measured on shared cores.
             refuse = r.contended or (base is not None and base.contended)
@@ -91,7 +93,7 @@ def ablation_rows(runs: Sequence[RunResult]) -> list[dict]:
     A run without a readable summary has no known setting, so it only appears in the accuracy table."""
     groups: dict[tuple[str, str], dict[bool, RunResult]] = {}
     for r in runs:
-        if r.static is None:
+        if r.static is None or r.task != "link":  # MRR/AP pairs: link prediction runs only
             continue
         side = groups.setdefault((r.dataset, r.par_label), {})
         side.setdefault(r.static, r)
@@ -173,7 +175,8 @@ def accuracy_notes(tta_fraction: float) -> list[str]:
 
 def render_markdown(acc: Sequence[dict], abl: Sequence[dict], tta_fraction: float,
                     machine: dict[str, str] | None = None, tgb: Sequence[dict] = (),
-                    staleness: Sequence[dict] = (), batch: Sequence[dict] = ()) -> str:
+                    staleness: Sequence[dict] = (), batch: Sequence[dict] = (),
+                    edge_class: Sequence[dict] = ()) -> str:
     cols = [c for c in ACCURACY_COLUMNS if c[0] != "dataset"]
     lines = ["# Accuracy and speed", ""]
     for dataset, rows in by_dataset(acc).items():
@@ -187,6 +190,7 @@ def render_markdown(acc: Sequence[dict], abl: Sequence[dict], tta_fraction: floa
     lines += render_tgb_markdown(tgb, markdown_table)
     lines += render_batch_markdown(batch, markdown_table)
     lines += render_staleness_markdown(staleness, markdown_table)
+    lines += render_edge_class_markdown(edge_class, markdown_table)
     if machine:
         lines += ["# Machine", ""] + [f"- {k}: {v}" for k, v in machine.items()] + [""]
     return "\n".join(lines)

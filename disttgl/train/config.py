@@ -18,6 +18,7 @@ from disttgl.errors import DataError
 from disttgl.models.tgn import ModelConfig
 from disttgl.layout import parse_parallelism
 from disttgl.pipeline.plan import parse_staleness
+from disttgl.train.task import TASKS
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,7 @@ class TrainConfig:
     memory: str = _MODEL.memory  # "gru" (TGN), "rnn" (JODIE), "apan" (APAN): docs/design.md §10
     mailbox_size: int = _MODEL.mailbox_size  # memory "apan": mails kept per node
     loss: str = "bce"  # TGN's binary CE: best measured AP (1 neg); DistTGL's softmax CE: preset "disttgl"
+    task: str = "link"  # link prediction, or edge-class: the class of each event (events/label), §13
     threads: int | None = None  # torch.set_num_threads; None leaves torch's default
     prefetch: int = 4
     resume: bool = False
@@ -66,6 +68,7 @@ class TrainConfig:
             raise DataError(None, f"--lr must be a finite number >= 0, got {self.lr}")
         if self.loss not in ("ce", "bce"):
             raise DataError(None, f"--loss must be ce or bce, got {self.loss!r}")
+        self.check_task()
         if self.epochs < 1:
             raise DataError(None, f"--epochs must be >= 1, got {self.epochs}")
         for name in ("dropout", "static_dropout"):
@@ -91,6 +94,15 @@ class TrainConfig:
         if self.device.startswith("cuda") and not torch.cuda.is_available():
             raise DataError(None, f"--device {self.device}: CUDA is not available on this machine")
 
+
+    def check_task(self) -> None:
+        if self.task not in TASKS:
+            raise DataError(None, f"--task must be link or edge-class, got {self.task!r}")
+        if self.task == "edge-class" and self.eval == "tgb":
+            raise DataError(None, "--eval tgb is TGB's link-prediction protocol: it does not go with --task edge-class")
+        if self.task == "edge-class" and self.pipelined:
+            raise DataError(None, "--task edge-class with --staleness/--mitigation/--pipeline is not implemented "
+                                  "yet (MSPipe's strategy trains link prediction)")
 
     def check_pipeline(self) -> None:
         parse_staleness(self.staleness)

@@ -21,11 +21,11 @@ from disttgl.cache.batch import Batch
 from disttgl.data.graph_store import load_graph
 from disttgl.errors import DataError
 from disttgl.models.memory import Memory
-from disttgl.models.tgn import TGN, Features, ModelConfig, link_loss
+from disttgl.models.tgn import TGN, Features, ModelConfig
 from disttgl.models.variants import HEADS
 from disttgl.train.config import TrainConfig
-from disttgl.train.metrics import RankingMetrics
 from disttgl.train.static_table import load_static
+from disttgl.train.task import LinkTask
 
 
 @dataclass
@@ -86,23 +86,28 @@ def load_features(graph_path: str, device: torch.device, static: str | None = No
     return feats, graph
 
 
-def model_config(cfg: TrainConfig, graph: Any, feats: Features, memory: str | None = None) -> ModelConfig:
+def model_config(cfg: TrainConfig, graph: Any, feats: Features, memory: str | None = None,
+                 classes: int = 0) -> ModelConfig:
     """The model of ``cfg`` on ``graph``; ``memory``: None (``cfg.memory``) or "table" (pretraining:
-    the table feeds ``cfg.memory``'s embedding head)."""
+    the table feeds ``cfg.memory``'s embedding head); ``classes``: 0 (link prediction) or the edge
+    classifier's number of classes (the task's ``num_classes``)."""
     return ModelConfig(dim=cfg.dim, time_dim=cfg.time_dim, heads=cfg.heads, dropout=cfg.dropout,
                        edge_dim=graph.edge_dim, node_dim=graph.node_dim,
                        static_dim=0 if feats.static is None else int(feats.static.shape[1]),
                        static_dropout=cfg.static_dropout,
                        memory=cfg.memory if memory is None else memory, num_nodes=graph.num_nodes,
-                       mailbox_size=cfg.mailbox_size, head=HEADS.get(cfg.memory, ""))
+                       mailbox_size=cfg.mailbox_size, head=HEADS.get(cfg.memory, ""), classes=classes)
 
 
 def train_epoch(model: TGN, memory: Memory | None, batches: Iterable[Batch],
-                optimizer: torch.optim.Optimizer, feats: Features, *, loss: str = "ce",
+                optimizer: torch.optim.Optimizer, feats: Features, *, loss: str = "ce", task: Any = None,
                 progress: tqdm | None = None, sync: bool = False, epoch: int | None = None) -> EpochStats:
     """One pass over ``batches``: predict, step, then write memory (GRU model only).
 
-    A non-finite loss raises :class:`NonFiniteError` (``epoch`` only names the step in it)."""
+    ``task`` (:mod:`disttgl.train.task`): how the model is called and its loss; None: link
+    prediction with ``loss``. A non-finite loss raises :class:`NonFiniteError` (``epoch`` only names
+    the step in it)."""
+    task = LinkTask(loss) if task is None else task
     model.train()
     stats = EpochStats()
     total_loss, steps = 0.0, 0
@@ -116,8 +121,8 @@ def train_epoch(model: TGN, memory: Memory | None, batches: Iterable[Batch],
         if batch is None:
             break
         batch, mem, mail = memory.read(batch) if memory is not None else (batch, None, None)
-        pos, neg, new_mem = model(batch, feats, mem, mail)
-        step_loss = link_loss(pos, neg, loss)
+        out, new_mem = task.step(model, batch, feats, mem, mail)
+        step_loss = task.loss(out, batch)
         # checked before the step: a NaN would spread to every parameter and memory row. The float()
         # is the one sync per step that used to come after the step.
         value = float(step_loss.detach())
@@ -153,21 +158,23 @@ def train_epoch(model: TGN, memory: Memory | None, batches: Iterable[Batch],
 
 @torch.inference_mode()
 def evaluate(model: TGN, memory: Memory | None, batches: Iterable[Batch], feats: Features, *,
-             split: str | None = None, epoch: int | None = None) -> dict[str, float]:
-    """Metrics over ``batches`` (ap, mrr, ap_1neg); memory is updated as in training.
+             split: str | None = None, epoch: int | None = None, task: Any = None) -> dict[str, float]:
+    """The task's metrics over ``batches`` (link: ap, mrr, ap_1neg; edge-class: f1_micro, f1_macro,
+    accuracy); memory is updated as in training.
 
     Non-finite scores raise :class:`NonFiniteError` (``split`` and ``epoch`` only name the step)."""
+    task = LinkTask() if task is None else task
     model.eval()
-    acc = RankingMetrics()
+    acc = task.metrics()
     for b, batch in enumerate(batches):
         batch, mem, mail = memory.read(batch) if memory is not None else (batch, None, None)
-        pos, neg, new_mem = model(batch, feats, mem, mail)
-        if not bool(torch.isfinite(pos).all() & torch.isfinite(neg).all()):  # one sync per batch
+        out, new_mem = task.step(model, batch, feats, mem, mail)
+        if not task.finite(out):
             raise non_finite_error("scores", split=split or "evaluation", epoch=epoch, batch=b, model=model,
                                    feats=feats, mem=mem, mail=mail)
         if memory is not None:
             memory.write(batch, new_mem)
-        acc.update(pos, neg)
+        acc.update(out, batch)
     return acc.compute()
 
 

@@ -7,8 +7,10 @@ worth of batches), gives the memory to evaluate with and says whether this rank 
 writes the run directory; everything a run records is decided here, once.
 
 Per unit (docs/design.md §4): train; validate with the memory carried on from training; when
-validation MRR improves, test right away with the memory carried on from validation; append the
-row to ``metrics.jsonl`` and write ``checkpoint.pt``. At the end, ``summary.json``.
+validation MRR (edge classification: F1-micro, the task's ``select``) improves, test right away with
+the memory carried on from validation; append the row to ``metrics.jsonl`` and write
+``checkpoint.pt``. At the end, ``summary.json``. The strategy's ``task``
+(:mod:`disttgl.train.task`) names the metrics: rows hold ``val_<metric>``, the summary ``test_<metric>``.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from disttgl.models.tgn import TGN, Features
 from disttgl.train.config import TrainConfig
 from disttgl.train.epoch import EpochStats, evaluate
 from disttgl.train.run_files import resumable_checkpoint, run_summary, save_checkpoint, write_jsonl, write_summary
+from disttgl.train.task import LinkTask
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +48,8 @@ class Strategy(Protocol):
 
     Attributes: ``cfg``, ``model``, ``optimizer``, ``feats``, ``lr`` (the lr in use), ``units``
     (epochs or passes to run), ``unit`` ("epoch" or "pass"), ``evaluates`` (this rank validates,
-    tests and writes the run directory), ``config_record`` (the configuration summary.json records).
+    tests and writes the run directory), ``config_record`` (the configuration summary.json records),
+    ``task`` (:class:`~disttgl.train.task.LinkTask` or ``EdgeClassTask``; absent: link prediction).
     """
 
     cfg: TrainConfig
@@ -109,11 +113,12 @@ def fit(strategy: Strategy) -> dict[str, Any] | None:
 
     Returns the summary on the rank that evaluates, None on the others."""
     cfg, s = strategy.cfg, strategy
+    task = task_of(s)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     ckpt_path = out / "checkpoint.pt"
     history: list[dict[str, Any]] = []
-    best: dict[str, Any] = {"best_epoch": 0, "val_mrr": -math.inf}
+    best: dict[str, Any] = {"best_epoch": 0, f"val_{task.select}": -math.inf}
     done = 0
     # TGB's protocol needs the best epoch's weights and memory at the end (checked before training)
     tgb = _tgb_final(cfg) if cfg.eval == "tgb" and s.evaluates else None
@@ -154,11 +159,17 @@ def fit(strategy: Strategy) -> dict[str, Any] | None:
         s.close()
     if not s.evaluates:
         return None
-    summary = run_summary(history, best, s.config_record) | s.summary_fields(history, best) | {"lr": s.lr}
+    summary = run_summary(history, best, s.config_record, task.summary_keys) | task.summary_fields() \
+        | s.summary_fields(history, best) | {"lr": s.lr}
     if tgb is not None:
         summary |= tgb.run(s.model, s.feats)
-    write_summary(out, summary, s.unit)
+    write_summary(out, summary, s.unit, task.describe(summary, "test"))
     return summary
+
+
+def task_of(s: Strategy) -> Any:
+    """The strategy's task (a strategy that names none predicts links)."""
+    return getattr(s, "task", None) or LinkTask(s.cfg.loss)
 
 
 def _tgb_final(cfg: TrainConfig) -> Any:
@@ -171,22 +182,23 @@ def _validate(s: Strategy, n: int, result: UnitResult, history: list[dict[str, A
               t0: float, tgb: Any = None) -> dict[str, Any]:
     """Validate unit ``n`` (and test it when validation improves), append its row; the new best.
     With ``tgb`` (--eval tgb), the best unit's weights and memory as validation starts are kept."""
+    task = task_of(s)
     memory = s.eval_memory()
     start = tgb.snapshot(memory) if tgb is not None else None
-    val = evaluate(s.model, memory, s.loader("val"), s.feats, split="val", epoch=n)
+    val = evaluate(s.model, memory, s.loader("val"), s.feats, split="val", epoch=n, task=task)
     stats = result.stats
-    row = {"epoch": n, **result.row, "val_ap": val["ap"], "val_mrr": val["mrr"], "val_ap_1neg": val["ap_1neg"],
+    row = {"epoch": n, **result.row, **{f"val_{k}": val[k] for k in task.keys},
            "time_split": {k: v / max(stats.seconds, 1e-9) for k, v in stats.timing.items()}}
-    if improves(val["mrr"], best.get("val_mrr")):
-        test = evaluate(s.model, memory, s.loader("test"), s.feats, split="test", epoch=n)  # memory runs on
-        best = {"best_epoch": n, "val_mrr": val["mrr"], "val_ap": val["ap"],
-                "test_ap": test["ap"], "test_mrr": test["mrr"], "test_ap_1neg": test["ap_1neg"]}
+    key = f"val_{task.select}"
+    if improves(val[task.select], best.get(key)):
+        test = evaluate(s.model, memory, s.loader("test"), s.feats, split="test", epoch=n, task=task)  # memory runs on
+        best = {"best_epoch": n, **{f"val_{k}": val[k] for k in task.keys}, **{f"test_{k}": test[k] for k in task.keys}}
         if tgb is not None:
             tgb.keep(s.model, start, n)
     row["seconds"] = time.perf_counter() - t0
     row.update(result.load)
     history.append(row)
-    log.info("%s %d: loss %.4f, %.0f train events/s, val AP %.4f MRR %.4f (best %s %d)", s.unit, n,
-             row["train_loss"], row["train_events_per_s"], val["ap"], val["mrr"], s.unit, best["best_epoch"])
+    log.info("%s %d: loss %.4f, %.0f train events/s, %s (best %s %d)", s.unit, n, row["train_loss"],
+             row["train_events_per_s"], task.describe(row, "val"), s.unit, best["best_epoch"])
     return best
 

@@ -1,4 +1,5 @@
-"""Link-prediction metrics over a split: AP and MRR with Q negatives per positive, TGN-style AP.
+"""Metrics over a split: link prediction's AP and MRR with Q negatives per positive and TGN-style
+AP; edge classification's F1-micro, F1-macro and accuracy (:func:`f1_scores`, docs/design.md §13).
 
 Names as in the run outputs: ``mrr`` = mean reciprocal rank of the positive among its 1 + Q
 candidates with ties counted in the positive's favour (DistTGL); ``ap`` = average precision over all
@@ -86,3 +87,46 @@ def _check_finite(*scores: np.ndarray) -> None:
         what = ["positive", "negative"] if len(bad) == 2 else ["score"]
         raise NonFiniteScores("non-finite scores (" + ", ".join(f"{b} {w}" for b, w in zip(bad, what) if b)
                               + "): no metric is computed from them")
+
+
+def f1_scores(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
+    """F1-micro, F1-macro and accuracy of single-label class predictions, as sklearn's
+    ``f1_score(average=...)`` and ``accuracy_score`` define them (``zero_division=0``).
+
+    Macro averages over the classes in ``y_true`` or ``y_pred`` (sklearn's default ``labels``): a
+    class never predicted, or predicted but absent, has precision or recall 0/0 taken as 0, hence
+    F1 0. With one label per event F1-micro equals accuracy. An empty split gives 0.0 (never NaN).
+    """
+    y_true, y_pred = np.asarray(y_true, dtype=np.int64).ravel(), np.asarray(y_pred, dtype=np.int64).ravel()
+    if y_true.shape != y_pred.shape:
+        raise ValueError(f"{len(y_true)} labels but {len(y_pred)} predictions")
+    if len(y_true) == 0:
+        return {"f1_micro": 0.0, "f1_macro": 0.0, "accuracy": 0.0}
+    classes, inv = np.unique(np.concatenate([y_true, y_pred]), return_inverse=True)
+    t, p = inv[:len(y_true)], inv[len(y_true):]
+    k = len(classes)
+    tp = np.bincount(t[t == p], minlength=k).astype(np.float64)
+    fp = np.bincount(p, minlength=k) - tp
+    fn = np.bincount(t, minlength=k) - tp
+    # F1 = 2 tp / (2 tp + fp + fn); every class here is in y_true or y_pred, so the denominator is > 0
+    per_class = 2 * tp / (2 * tp + fp + fn)
+    micro = 2 * tp.sum() / (2 * tp.sum() + fp.sum() + fn.sum())
+    return {"f1_micro": float(micro), "f1_macro": float(per_class.mean()), "accuracy": float(tp.sum() / len(t))}
+
+
+class ClassMetrics:
+    """Accumulates (logits [B, C], true class [B]) batch by batch; ``compute()`` gives
+    :func:`f1_scores` of the argmax predictions (ties: the lowest class index, as ``torch.argmax``)."""
+
+    def __init__(self) -> None:
+        self._true: list[torch.Tensor] = []
+        self._pred: list[torch.Tensor] = []
+
+    def update(self, logits: torch.Tensor, target: torch.Tensor) -> None:
+        self._pred.append(logits.detach().argmax(1).cpu())
+        self._true.append(target.detach().cpu())
+
+    def compute(self) -> dict[str, float]:
+        if not self._true:
+            return f1_scores(np.zeros(0), np.zeros(0))
+        return f1_scores(torch.cat(self._true).numpy(), torch.cat(self._pred).numpy())

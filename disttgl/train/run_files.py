@@ -25,25 +25,30 @@ from disttgl.train.config import TrainConfig
 log = logging.getLogger(__name__)
 
 
-def run_summary(history: list[dict[str, Any]], best: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
+LINK_KEYS = ("test_ap", "test_mrr", "test_ap_1neg", "val_mrr", "val_ap")  # link prediction's metrics
+
+
+def run_summary(history: list[dict[str, Any]], best: dict[str, Any], config: dict[str, Any],
+                keys: tuple[str, ...] = LINK_KEYS) -> dict[str, Any]:
     """``summary.json`` fields shared by the single-process and distributed trainers.
 
-    ``machine``: :func:`disttgl.train.machine_load.summarize` of the rows' load fields, so a speed measured
-    while other processes used our cores is flagged (``contended``)."""
+    ``keys``: the best epoch's metrics it records (the task's ``summary_keys``; link prediction's by
+    default). ``machine``: :func:`disttgl.train.machine_load.summarize` of the rows' load fields, so a
+    speed measured while other processes used our cores is flagged (``contended``)."""
     rates = [r["train_events_per_s"] for r in history]
-    return {"best_epoch": best["best_epoch"], "test_ap": best.get("test_ap"), "test_mrr": best.get("test_mrr"),
-            "test_ap_1neg": best.get("test_ap_1neg"), "val_mrr": best.get("val_mrr"),
-            "val_ap": best.get("val_ap"), "epochs": len(history),
+    return {"best_epoch": best["best_epoch"], **{k: best.get(k) for k in keys}, "epochs": len(history),
             "train_events_per_s": float(np.mean(rates)) if rates else 0.0,
             "total_seconds": float(sum(r["seconds"] for r in history)),
             "machine": machine_load.summarize(history), "config": config}
 
 
-def write_summary(out: Path, summary: dict[str, Any], unit: str) -> None:
+def write_summary(out: Path, summary: dict[str, Any], unit: str, scores: str | None = None) -> None:
+    """Write ``summary.json``; log the best unit with ``scores`` (default: link prediction's test metrics)."""
     with atomic_path(out / "summary.json") as tmp:
         tmp.write_text(json.dumps(summary, indent=2) + "\n")
-    log.info("best %s %d: test AP %.4f MRR %.4f AP(1 neg) %.4f", unit, summary["best_epoch"],
-             summary["test_ap"], summary["test_mrr"], summary["test_ap_1neg"])
+    if scores is None:
+        scores = "test AP {test_ap:.4f} MRR {test_mrr:.4f} AP(1 neg) {test_ap_1neg:.4f}".format(**summary)
+    log.info("best %s %d: %s", unit, summary["best_epoch"], scores)
 
 
 def resumable_checkpoint(path: Path, cfg: TrainConfig,

@@ -27,6 +27,7 @@ from disttgl.train.fit import UnitResult, fit
 from disttgl.train.rng import rng_state, seed_everything, set_rng_state
 from disttgl.train.run_lock import run_dir_lock
 from disttgl.train.static_table import nodes_with_training_events
+from disttgl.train.task import make_task
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +37,9 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
 
     The run directory is locked for the run: a second run on it waits for this one, then resumes."""
     cfg.check()  # a bad setting leaves no run directory behind
+    strategy = SingleProcess(cfg)  # before the lock, so does bad data (edge classification without labels)
     with run_dir_lock(cfg.out):
-        return fit(SingleProcess(cfg))
+        return fit(strategy)
 
 
 class SingleProcess:
@@ -71,7 +73,9 @@ class SingleProcess:
             self.meta = cache.meta
             self.num_batches = {s: cache.num_batches(s) for s in ("train", "val", "test")}
             self.neg_sets = cache.num_neg_sets("train")
-        model_cfg = model_config(cfg, graph, self.feats, memory)
+        # the task before the model: edge classification sizes its head by the train split's classes
+        self.task = make_task(cfg.task, cfg.loss, graph.label, graph.split, self.device, cfg.graph)
+        model_cfg = model_config(cfg, graph, self.feats, memory, classes=self.task.num_classes)
         self.model = build_model(model_cfg).to(self.device)
         self.memory = build_memory(model_cfg, self.feats.edge_feat, self.device)
         self.lr = resolve_lr(cfg, self.num_batches["train"])
@@ -82,7 +86,7 @@ class SingleProcess:
         n = self.num_batches[split]
         sets = np.zeros(n, dtype=np.int64) if neg_sets is None else neg_sets
         return BatchLoader(self.cfg.cache, split, list(zip(range(n), sets.tolist())), prefetch=self.cfg.prefetch,
-                           device=self.device)
+                           device=self.device, negatives=self.task.negatives)
 
     def train_unit(self, n: int) -> UnitResult:
         load = machine_load.Interval().start()  # what else ran on our cores meanwhile (see machine_load)
@@ -92,7 +96,7 @@ class SingleProcess:
         with tqdm(total=self.meta.split_events.get("train") or None, unit="ev", unit_scale=True,
                   desc=f"{self.desc} epoch {n}", disable=not self.cfg.progress, mininterval=2.0) as bar:
             stats = train_epoch(self.model, self.memory, self.loader("train", sets), self.optimizer,
-                                self.feats, loss=self.cfg.loss, progress=bar, epoch=n)
+                                self.feats, loss=self.cfg.loss, task=self.task, progress=bar, epoch=n)
         fields = load.stop()
         return UnitResult(stats, {"train_loss": stats.loss, "train_events_per_s": stats.events_per_s},
                           {k: v for k, v in fields.items() if k in machine_load.ROW_FIELDS})

@@ -266,10 +266,12 @@ def run_similar(wildcards):
 
 
 def run_args(wildcards, input):
-    """train: the run's own flags, its memory kind and MSPipe's settings (with the space before
+    """train: the run's own flags, its task, memory kind and MSPipe's settings (with the space before
     them), or nothing."""
     r = run_config(wildcards)
     args = []
+    if r.get("task", "link") != "link":
+        args += ["--task", r["task"]]
     if r.get("memory", "gru") != "gru":
         args += ["--memory", r["memory"]]
     if str(r.get("staleness", 1)) != "1":

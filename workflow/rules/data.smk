@@ -13,7 +13,7 @@ rule synth:
         "../envs/disttgl.yaml"
     shell:
         "disttgl synth --out {output:q} --events {params.s[events]:q} --nodes {params.s[nodes]:q}"
-        " --edge-dim {params.s[edge_dim]:q} --seed {params.s[seed]:q}"
+        " --edge-dim {params.s[edge_dim]:q} --seed {params.s[seed]:q} --labels {params.s[labels]:q}"
         " {params.bipartite} > {log:q} 2>&1"
 
 
