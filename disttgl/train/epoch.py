@@ -25,6 +25,7 @@ from disttgl.models.tgn import TGN, Features, ModelConfig, link_loss
 from disttgl.models.variants import HEADS
 from disttgl.train.config import TrainConfig
 from disttgl.train.metrics import RankingMetrics
+from disttgl.train.precision import autocast
 from disttgl.train.static_table import load_static
 
 
@@ -99,10 +100,13 @@ def model_config(cfg: TrainConfig, graph: Any, feats: Features, memory: str | No
 
 def train_epoch(model: TGN, memory: Memory | None, batches: Iterable[Batch],
                 optimizer: torch.optim.Optimizer, feats: Features, *, loss: str = "ce",
-                progress: tqdm | None = None, sync: bool = False, epoch: int | None = None) -> EpochStats:
+                progress: tqdm | None = None, sync: bool = False, epoch: int | None = None,
+                precision: str = "fp32") -> EpochStats:
     """One pass over ``batches``: predict, step, then write memory (GRU model only).
 
-    A non-finite loss raises :class:`NonFiniteError` (``epoch`` only names the step in it)."""
+    ``precision`` "bf16" runs the forward pass under bf16 autocast (:mod:`disttgl.train.precision`);
+    the loss is taken in float32. A non-finite loss raises :class:`NonFiniteError` (``epoch`` only
+    names the step in it)."""
     model.train()
     stats = EpochStats()
     total_loss, steps = 0.0, 0
@@ -116,8 +120,9 @@ def train_epoch(model: TGN, memory: Memory | None, batches: Iterable[Batch],
         if batch is None:
             break
         batch, mem, mail = memory.read(batch) if memory is not None else (batch, None, None)
-        pos, neg, new_mem = model(batch, feats, mem, mail)
-        step_loss = link_loss(pos, neg, loss)
+        with autocast(precision, feats.edge_feat.device):
+            pos, neg, new_mem = model(batch, feats, mem, mail)
+        step_loss = link_loss(pos.float(), neg.float(), loss)  # no-ops in fp32
         # checked before the step: a NaN would spread to every parameter and memory row. The float()
         # is the one sync per step that used to come after the step.
         value = float(step_loss.detach())
@@ -153,15 +158,18 @@ def train_epoch(model: TGN, memory: Memory | None, batches: Iterable[Batch],
 
 @torch.inference_mode()
 def evaluate(model: TGN, memory: Memory | None, batches: Iterable[Batch], feats: Features, *,
-             split: str | None = None, epoch: int | None = None) -> dict[str, float]:
+             split: str | None = None, epoch: int | None = None, precision: str = "fp32") -> dict[str, float]:
     """Metrics over ``batches`` (ap, mrr, ap_1neg); memory is updated as in training.
 
-    Non-finite scores raise :class:`NonFiniteError` (``split`` and ``epoch`` only name the step)."""
+    ``precision`` as in :func:`train_epoch` (the scores are float32 either way). Non-finite scores
+    raise :class:`NonFiniteError` (``split`` and ``epoch`` only name the step)."""
     model.eval()
     acc = RankingMetrics()
     for b, batch in enumerate(batches):
         batch, mem, mail = memory.read(batch) if memory is not None else (batch, None, None)
-        pos, neg, new_mem = model(batch, feats, mem, mail)
+        with autocast(precision, feats.edge_feat.device):
+            pos, neg, new_mem = model(batch, feats, mem, mail)
+        pos, neg = pos.float(), neg.float()
         if not bool(torch.isfinite(pos).all() & torch.isfinite(neg).all()):  # one sync per batch
             raise non_finite_error("scores", split=split or "evaluation", epoch=epoch, batch=b, model=model,
                                    feats=feats, mem=mem, mail=mail)

@@ -154,7 +154,8 @@ def fit(strategy: Strategy) -> dict[str, Any] | None:
         s.close()
     if not s.evaluates:
         return None
-    summary = run_summary(history, best, s.config_record) | s.summary_fields(history, best) | {"lr": s.lr}
+    summary = run_summary(history, best, s.config_record) | s.summary_fields(history, best) | \
+        {"lr": s.lr, "precision": cfg.precision}
     if tgb is not None:
         summary |= tgb.run(s.model, s.feats)
     write_summary(out, summary, s.unit)
@@ -173,12 +174,13 @@ def _validate(s: Strategy, n: int, result: UnitResult, history: list[dict[str, A
     With ``tgb`` (--eval tgb), the best unit's weights and memory as validation starts are kept."""
     memory = s.eval_memory()
     start = tgb.snapshot(memory) if tgb is not None else None
-    val = evaluate(s.model, memory, s.loader("val"), s.feats, split="val", epoch=n)
+    val = evaluate(s.model, memory, s.loader("val"), s.feats, split="val", epoch=n, precision=s.cfg.precision)
     stats = result.stats
     row = {"epoch": n, **result.row, "val_ap": val["ap"], "val_mrr": val["mrr"], "val_ap_1neg": val["ap_1neg"],
            "time_split": {k: v / max(stats.seconds, 1e-9) for k, v in stats.timing.items()}}
     if improves(val["mrr"], best.get("val_mrr")):
-        test = evaluate(s.model, memory, s.loader("test"), s.feats, split="test", epoch=n)  # memory runs on
+        test = evaluate(s.model, memory, s.loader("test"), s.feats, split="test", epoch=n,  # memory runs on
+                        precision=s.cfg.precision)
         best = {"best_epoch": n, "val_mrr": val["mrr"], "val_ap": val["ap"],
                 "test_ap": test["ap"], "test_mrr": test["mrr"], "test_ap_1neg": test["ap_1neg"]}
         if tgb is not None:
