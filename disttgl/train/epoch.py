@@ -18,7 +18,7 @@ import torch
 from tqdm import tqdm
 
 from disttgl.cache.batch import Batch
-from disttgl.data.graph_store import load_graph
+from disttgl.data.graph_map import map_graph
 from disttgl.errors import DataError
 from disttgl.models.memory import Memory
 from disttgl.models.tgn import TGN, Features, ModelConfig, link_loss
@@ -78,7 +78,9 @@ def non_finite_error(what: str, *, split: str | None, epoch: int | None, batch: 
     return NonFiniteError(None, f"non-finite {what} at {where}: {source}; stopping")
 
 def load_features(graph_path: str, device: torch.device, static: str | None = None) -> tuple[Features, Any]:
-    graph = load_graph(graph_path)
+    """The model's data-side tensors on ``device``, and the graph (its events and T-CSR memory-mapped:
+    training reads the features and the counts, not the adjacency)."""
+    graph = map_graph(graph_path, features=True)
     feats = Features(
         edge_feat=torch.from_numpy(graph.edge_feat).float().to(device),
         node_feat=None if graph.node_feat is None else torch.from_numpy(graph.node_feat).float().to(device),
