@@ -286,3 +286,21 @@ def test_string_ids_are_read_as_codes_and_numbered_as_before(tmp_path):
     names = ["10", "9", "a", "b", "ä"]  # code-point order, as np.unique sorts Python strings
     assert list(g.original_id) == names
     assert [names[x] for x in g.src] == [r[0] for r in rows] and [names[x] for x in g.dst] == [r[1] for r in rows]
+
+
+def test_training_reads_the_cache_through_the_map_not_whole(tmp_path, monkeypatch):
+    """open_cache/BatchLoader read only the per-batch offsets and CRCs through h5py; the batch data are
+    views of the file's memory map, sliced per batch."""
+    store = _store(tmp_path)
+    out = tmp_path / "c.h5"
+    build_cache(store, out, BatchParams(batch_size=100, neg_sets=2, eval_negatives=3), progress=False)
+    read = []
+    real = h5py.Dataset.__getitem__
+    monkeypatch.setattr(h5py.Dataset, "__getitem__", lambda self, key: read.append(self.name) or real(self, key))
+    with open_cache(out, graph_path=store) as c:
+        views = [c._data[s][name] for s in ("train", "val") for name in PARTS]
+        for b in range(c.num_batches("train")):
+            c.batch("train", b, 1)
+    assert read and all(name.rsplit("/", 1)[1].endswith(("_ptr", "_crc")) for name in read), sorted(set(read))
+    for v in views:  # no copy: each is an ndarray over the one np.memmap of the file
+        assert not v.flags.owndata and isinstance(v.base, np.memmap)

@@ -230,11 +230,13 @@ def generate(cfg: SynthConfig = SynthConfig()) -> Graph:
     back = rng.geometric(1.0 / 3.0, e)
     copy = (rng.random(e) < cfg.burst) & (back <= idx)
     src = fresh_src[_resolve(np.where(copy, idx - back, idx))]
+    del fresh_src, back, copy  # each temporary goes at its last use: a 20M stream holds 160 MB each
 
     # Fresh destinations: preferred community of the source's community in this phase, or random.
     pref = planted.preference[phase, planted.community[src]]
     target = np.where(rng.random(e) < cfg.affinity, pref, rng.integers(planted.num_communities, size=e))
     fresh_dst = _sample_in_community(planted, target, rng)
+    del pref, target
     if not cfg.bipartite:
         loop = fresh_dst == src
         fresh_dst[loop] = (src[loop] + 1 + rng.integers(n - 1, size=int(loop.sum()))) % n
@@ -244,14 +246,15 @@ def generate(cfg: SynthConfig = SynthConfig()) -> Graph:
     first = np.searchsorted(src[by_src], src[by_src])  # position of each source's first event
     occ = np.empty(e, dtype=np.int64)
     occ[by_src] = np.arange(e) - first  # how many earlier events share this source
+    del first
     j = np.minimum(np.minimum(rng.geometric(cfg.recency, e), cfg.window), occ)
+    del occ
     rep = (rng.random(e) < cfg.repeat) & (j > 0)
     pos = np.empty(e, dtype=np.int64)
     pos[by_src] = np.arange(e)
     prev = by_src[np.maximum(pos - j, 0)]
     dst = fresh_dst[_resolve(np.where(rep, prev, idx))]
-    # a large stream: free the per-event temporaries before the T-CSR and the features are built
-    del fresh_src, back, copy, pref, target, fresh_dst, by_src, first, occ, j, rep, pos, prev, idx
+    del fresh_dst, by_src, j, rep, pos, prev, idx
     src, dst = src.astype(np.int64, copy=False), dst.astype(np.int64, copy=False)
     tcsr = build_tcsr(src, dst, t, n)  # before the features: the sort's temporaries never meet them
     edge_feat = _features(cfg, planted, src, dst, phase, rng)
