@@ -295,10 +295,9 @@ def _can_fuse(native: NativeKernels | None, tensors: list[torch.Tensor],
             and all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors))
 
 
-def _fp32(*tensors: torch.Tensor):
-    """One tensor (or a tuple of several) cast to float32 where it is floating point (a no-op on float32)."""
-    out = tuple(t.float() if t.is_floating_point() else t for t in tensors)
-    return out[0] if len(out) == 1 else out
+def _fp32(tensors: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+    """``tensors`` with the floating-point ones cast to float32 (a no-op on float32 ones)."""
+    return tuple(t.float() if t.is_floating_point() else t for t in tensors)
 
 
 def slot_attention(layout: SlotLayout, c: torch.Tensor, keep: torch.Tensor | None,
@@ -319,8 +318,8 @@ def slot_attention(layout: SlotLayout, c: torch.Tensor, keep: torch.Tensor | Non
     device_type = c.device.type
     if torch.is_autocast_enabled(device_type):
         with torch.autocast(device_type, enabled=False):
-            return slot_attention(layout, _fp32(c), keep, _fp32(*node), _fp32(*time),
-                                  tuple(_fp32(*pair) for pair in data), native=native)
+            return slot_attention(layout, c.float(), keep, _fp32(node), _fp32(time),
+                                  tuple(_fp32(pair) for pair in data), native=native)
     flat = (*node, *time, *(t for pair in data for t in pair))
     if _can_fuse(native, [c, *flat], data):
         *sums, total = _FusedSlotAttention.apply(native, layout, c, keep, *flat)
