@@ -1,11 +1,22 @@
 """``build_cache``: sample every mini-batch of a graph once and write the batch cache (layout in
-:mod:`disttgl.cache.format`)."""
+:mod:`disttgl.cache.format`).
+
+Out of core (docs/design.md §3.2): the build streams. The store's events and T-CSR are memory maps
+(:func:`~disttgl.data.graph_map.map_graph`), searched row by row (:class:`~disttgl.cache.sampling.RowIndex`,
+nothing derived from the event count); the memory clock and the sampler's node slots are O(N); the
+batches are walked one memory batch at a time (:func:`~disttgl.cache.memory_clock.plan`) and every
+batch's arrays go straight to per-dataset spool files on disk, which are copied into the cache's
+contiguous datasets 64 MiB at a time at the end. What grows with the stream in memory: the per-batch
+offsets and CRCs (8-36 bytes a batch and negative set).
+"""
 
 from __future__ import annotations
 
 import json
 import os
 import tempfile
+import zlib
+from array import array
 from dataclasses import asdict
 from typing import Any
 
@@ -16,9 +27,10 @@ from disttgl.atomic import atomic_path
 from disttgl.cache.format import (CACHE_FORMAT_VERSION, CACHE_KIND, NEGATIVE_PARTS, PARTS, POINTERS, POSITIVE_PARTS,
                                   BatchParams, CacheMeta, parts_crc)
 from disttgl.cache.memory_clock import ClockState, plan
-from disttgl.cache.sampling import SamplerIndex, negative_candidates, prepare, sample_negatives, sample_neighbors
+from disttgl.cache.sampling import RowIndex, SamplerIndex, negative_candidates, sample_negatives, sample_neighbors
 from disttgl.data.graph import SPLIT_NAMES
-from disttgl.data.graph_store import load_graph
+from disttgl.data.graph_map import map_graph
+from disttgl.data.graph_store import CHECK_CHUNK
 
 
 def _segments(counts: np.ndarray) -> np.ndarray:
@@ -28,7 +40,7 @@ def _segments(counts: np.ndarray) -> np.ndarray:
 class BatchSampler:
     """Samples one batch's positive and negative parts (numpy arrays, as the cache stores them)."""
 
-    def __init__(self, index: SamplerIndex, params: BatchParams, num_nodes: int, num_events: int,
+    def __init__(self, index: SamplerIndex | RowIndex, params: BatchParams, num_nodes: int, num_events: int,
                  candidates: np.ndarray | None, itype: np.dtype):
         self.index, self.p, self.n, self.e = index, params, num_nodes, num_events
         self.candidates, self.itype = candidates, itype
@@ -101,14 +113,16 @@ class BatchSampler:
 
 class _Writer:
     """Spools one split's per-batch arrays to temporary files, then copies each into a contiguous
-    dataset of known size (resizable datasets would have to be chunked, hence slow to slice)."""
+    dataset of known size. Resizable HDF5 datasets would have to be chunked, and the reader
+    memory-maps contiguous ones (a chunked dataset's pieces lie anywhere in the file)."""
 
     def __init__(self, group: h5py.Group, itype: np.dtype, tmpdir: str | os.PathLike):
         self.g, self.itype = group, itype
-        self.ptrs: dict[str, list[int]] = {p: [0] for p in POINTERS}
+        # typed arrays, not lists: 8 bytes an offset instead of a Python int each (~36)
+        self.ptrs: dict[str, array] = {p: array("q", [0]) for p in POINTERS}
         self.spool = {k: tempfile.TemporaryFile(dir=tmpdir) for k in PARTS}
         self.rows = {k: 0 for k in PARTS}
-        self.crc: dict[str, list[int]] = {"pos_crc": [], "neg_crc": []}
+        self.crc: dict[str, array] = {"pos_crc": array("I"), "neg_crc": array("I")}
 
     def _dtype(self, name: str) -> np.dtype:
         return np.dtype(PARTS[name][2]) if PARTS[name][2] else self.itype
@@ -127,7 +141,7 @@ class _Writer:
         bounds = {}  # pointer name -> per-set row bounds inside this batch's negative arrays
         for part in ("neg_root", "neg_node", "neg_nbr"):
             bounds[part + "_ptr"] = np.concatenate([[0], np.cumsum(counts[part])])
-            p[part + "_ptr"].extend((p[part + "_ptr"][-1] + bounds[part + "_ptr"][1:]).tolist())
+            p[part + "_ptr"].extend((p[part + "_ptr"][-1] + bounds[part + "_ptr"][1:]).astype(np.int64).tolist())
         for s in range(len(counts["neg_root"])):
             self.crc["neg_crc"].append(parts_crc(arrays[k][bounds[PARTS[k][0]][s]:bounds[PARTS[k][0]][s + 1]]
                                             for k in NEGATIVE_PARTS))
@@ -145,26 +159,55 @@ class _Writer:
                 d[r0:r0 + n] = np.frombuffer(fh.read(n * row_bytes), dtype=dtype).reshape((n,) + shape[1:])
             fh.close()
         for name, values in self.ptrs.items():
-            self.g.create_dataset(name, data=np.asarray(values, dtype=np.int64))
+            self.g.create_dataset(name, data=np.frombuffer(values, dtype=np.int64))
         for name, values in self.crc.items():
-            self.g.create_dataset(name, data=np.asarray(values, dtype=np.uint32).reshape(-1))
+            self.g.create_dataset(name, data=np.frombuffer(values, dtype=np.uint32).reshape(-1))
         self.g.attrs.update(num_batches=len(self.ptrs["event_ptr"]) - 1, neg_sets=num_sets, negatives=q)
 
 
+def _split_counts(split: np.ndarray, chunk: int) -> np.ndarray:
+    counts = np.zeros(3, dtype=np.int64)
+    for a in range(0, len(split), chunk):
+        counts += np.bincount(np.asarray(split[a:a + chunk]), minlength=3)[:3]
+    return counts
+
+
+def _write_event_t(f: h5py.File, t: np.ndarray, chunk: int) -> None:
+    """``/event_t`` = [t ‖ 0] as a contiguous dataset, written and CRC'd ``chunk`` events at a time."""
+    d = f.create_dataset("event_t", shape=(len(t) + 1,), dtype=np.float64)
+    crc = 0
+    for a in range(0, len(t) + 1, chunk):
+        part = np.asarray(t[a:a + chunk], dtype=np.float64)
+        if a + chunk >= len(t) + 1:
+            part = np.concatenate([part, [0.0]])
+        d[a:a + len(part)] = part
+        crc = zlib.crc32(part.view(np.uint8), crc)
+    d.attrs["crc32"] = crc
+
+
 def build_cache(graph_path: str | os.PathLike, out: str | os.PathLike, params: BatchParams, *,
-                progress: bool = True) -> CacheMeta:
-    """Sample every batch of ``graph_path`` and write the cache to ``out`` atomically."""
+                progress: bool = True, chunk: int = CHECK_CHUNK) -> CacheMeta:
+    """Sample every batch of ``graph_path`` and write the cache to ``out`` atomically, streaming.
+
+    Args:
+        graph_path: the graph store (memory-mapped, see the module docstring).
+        out: the cache file.
+        params: the sampling parameters.
+        progress: show a progress bar.
+        chunk: events read at a time wherever the build scans the stream (checks, split, event
+            times); any value gives the same cache.
+    """
     params.check()
     from tqdm import tqdm
 
-    graph = load_graph(graph_path, features=False)
+    chunk = max(int(chunk), 1)
+    graph = map_graph(graph_path, chunk=chunk)
     n, e = graph.num_nodes, graph.num_events
     itype = np.dtype(np.int32 if max(n, e + 1, 2 * params.batch_size * (2 + max(params.eval_negatives, 1)))
                      < 2 ** 31 - 1 else np.int64)
-    index = prepare(graph.tcsr, pad=max(params.neighbors, 1))
-    cands = negative_candidates(n, graph.dst, graph.bipartite)
-    sampler = BatchSampler(index, params, n, e, cands, itype)
-    counts = np.bincount(graph.split, minlength=3)
+    cands = negative_candidates(n, graph.dst, graph.bipartite, chunk=chunk)
+    sampler = BatchSampler(RowIndex(graph.tcsr), params, n, e, cands, itype)
+    counts = _split_counts(graph.split, chunk)
     meta = CacheMeta(**asdict(params), graph_sha256=str(graph.attrs.get("sha256", "")), num_nodes=n,
                      num_events=e, split_events={s: int(c) for s, c in zip(SPLIT_NAMES, counts)},
                      split_batches={s: int(-(-c // params.batch_size)) for s, c in zip(SPLIT_NAMES, counts)})
@@ -173,15 +216,16 @@ def build_cache(graph_path: str | os.PathLike, out: str | os.PathLike, params: B
                  desc="batches") as bar:
         writers = {}
         for grp, state in plan(graph.src, graph.dst, graph.t, graph.split, params.batch_size,
-                               params.minibatch_parallelism, n):
+                               params.minibatch_parallelism, n, chunk=chunk):
             for pb in grp:
                 name = SPLIT_NAMES[pb.split]
                 num_sets, q = (params.neg_sets, 1) if pb.split == 0 else (1, params.eval_negatives)
                 if name not in writers:
                     writers[name] = (_Writer(f.create_group(name), itype, tmp.parent), num_sets, q)
                 ev = pb.eids
-                writers[name][0].add(sampler.batch(pb.split, pb.index, ev, graph.src[ev], graph.dst[ev],
-                                                   graph.t[ev], pb.write_mask, state, num_sets, q))
+                writers[name][0].add(sampler.batch(pb.split, pb.index, ev, np.asarray(graph.src[ev]),
+                                                   np.asarray(graph.dst[ev]), np.asarray(graph.t[ev]),
+                                                   pb.write_mask, state, num_sets, q))
                 bar.update()
         for name in SPLIT_NAMES:
             if name not in writers:  # an empty split still gets its (empty) group
@@ -189,8 +233,7 @@ def build_cache(graph_path: str | os.PathLike, out: str | os.PathLike, params: B
                 writers[name] = (_Writer(f.create_group(name), itype, tmp.parent), num_sets, q)
             w, num_sets, q = writers[name]
             w.close(num_sets, q)
-        event_t = np.concatenate([graph.t, [0.0]]).astype(np.float64)
-        f.create_dataset("event_t", data=event_t).attrs["crc32"] = parts_crc([event_t])
+        _write_event_t(f, graph.t, chunk)
         f.attrs["kind"] = CACHE_KIND
         f.attrs["meta"] = json.dumps(asdict(meta), sort_keys=True)
         f.attrs["format_version"] = CACHE_FORMAT_VERSION

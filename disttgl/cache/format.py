@@ -89,3 +89,45 @@ class CacheMeta(BatchParams):
     split_batches: dict[str, int] = field(default_factory=dict)  # batches per split
     format_version: int = CACHE_FORMAT_VERSION
 
+
+
+@dataclass(frozen=True)
+class SizeFactors:
+    """What the cache's size depends on besides its parameters (README, "Mini-batch cache"):
+    ``fill_*``: share of the k neighbour slots that hold a neighbour (positive / negative roots);
+    ``nodes_pos``: distinct nodes of a batch's positive part per positive event (at most 2(1 + k));
+    ``nodes_neg``: distinct nodes a negative root adds to its set (at most 1 + k). The defaults are
+    the worst case (every root has k earlier edges and no node repeats), so they bound the size."""
+
+    fill_pos: float = 1.0
+    fill_neg: float = 1.0
+    nodes_pos: float | None = None  # None: 2 (1 + k)
+    nodes_neg: float | None = None  # None: 1 + k
+
+
+def cache_bytes(split_events: dict[str, int], params: BatchParams, *, itemsize: int = 4,
+                factors: SizeFactors = SizeFactors()) -> int:
+    """The cache's size in bytes, less HDF5's own metadata (a few KiB a dataset).
+
+    Per event of a split with S negative sets of q negatives each, I = ``itemsize`` (4: int32
+    indices; 8 past 2^31 ids), k neighbours, f fill and u distinct nodes (:class:`SizeFactors`):
+    32 + 6I + 4kIf_pos + 3Iu_pos (positives) + S q (3I + 2kIf_neg + 3Iu_neg) (negatives); per batch
+    8 (3 + 3S) + 4 (1 + S) (offsets, CRCs); per event of the stream 8 (``event_t``).
+
+    Args:
+        split_events: positives per split (``train``, ``val``, ``test``).
+        params: the cache's parameters.
+        itemsize: bytes of an index.
+        factors: the data-dependent factors (default: the worst case, an upper bound).
+    """
+    k, i = params.neighbors, itemsize
+    u_pos = 2 * (1 + k) if factors.nodes_pos is None else factors.nodes_pos
+    u_neg = 1 + k if factors.nodes_neg is None else factors.nodes_neg
+    total = 8.0 * (sum(split_events.values()) + 1)
+    for split, n in split_events.items():
+        sets, q = (params.neg_sets, 1) if split == "train" else (1, params.eval_negatives)
+        batches = -(-n // params.batch_size)
+        total += n * (32 + 6 * i + 4 * k * i * factors.fill_pos + 3 * i * u_pos)
+        total += n * sets * q * (3 * i + 2 * k * i * factors.fill_neg + 3 * i * u_neg)
+        total += batches * (8 * (3 + 3 * sets) + 4 * (1 + sets)) + 8 * 6  # + the offsets' leading zeros
+    return int(round(total))

@@ -55,6 +55,41 @@ def split_batches(split: np.ndarray, batch_size: int) -> list[list[np.ndarray]]:
     return out
 
 
+def iter_split_batches(split: np.ndarray, code: int, batch_size: int, *, chunk: int = 1 << 22
+                       ) -> Iterator[np.ndarray]:
+    """The batches of split ``code`` as :func:`split_batches` cuts them, read ``chunk`` events of
+    ``split`` at a time (it may be a memory map): O(chunk + batch) memory instead of O(E)."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    chunk = max(int(chunk), 1)
+    carry = np.zeros(0, dtype=np.int64)
+    for a in range(0, len(split), chunk):
+        ids = np.flatnonzero(np.asarray(split[a:a + chunk]) == code).astype(np.int64) + a
+        if not len(ids):
+            continue
+        ids = np.concatenate([carry, ids]) if len(carry) else ids
+        full = len(ids) - len(ids) % batch_size
+        for i in range(0, full, batch_size):
+            yield ids[i:i + batch_size]
+        carry = ids[full:]
+    if len(carry):
+        yield carry
+
+
+def _grouped(batches: Iterator[np.ndarray], size: int) -> Iterator[list[tuple[int, np.ndarray]]]:
+    """Consecutive runs of ``size`` (index, batch) pairs, as :func:`groups` cuts them."""
+    if size < 1:
+        raise ValueError(f"minibatch parallelism must be >= 1, got {size}")
+    group: list[tuple[int, np.ndarray]] = []
+    for b, eids in enumerate(batches):
+        group.append((b, eids))
+        if len(group) == size:
+            yield group
+            group = []
+    if group:
+        yield group
+
+
 def groups(num_batches: int, parallelism: int) -> list[range]:
     """Memory batches: consecutive runs of ``parallelism`` batch indices (the last may be short)."""
     if parallelism < 1:
@@ -104,20 +139,23 @@ class PlannedBatch:
 
 
 def plan(src: np.ndarray, dst: np.ndarray, t: np.ndarray, split: np.ndarray, batch_size: int,
-         parallelism: int, num_nodes: int) -> Iterator[tuple[list[PlannedBatch], ClockState]]:
+         parallelism: int, num_nodes: int, *, chunk: int = 1 << 22
+         ) -> Iterator[tuple[list[PlannedBatch], ClockState]]:
     """Walk train (in memory batches of ``parallelism``), then val and test (one batch at a time);
     yield each group's batches with the state BEFORE it.
 
     The yielded state is updated in place once the consumer asks for the next group, so read what
-    you need (``state.lookup``) before advancing.
+    you need (``state.lookup``) before advancing. The event arrays may be memory maps: ``split`` is
+    scanned ``chunk`` events at a time and the others are read per batch, so the walk holds O(N)
+    (the clock) plus O(chunk) memory.
     """
     state = ClockState.initial(num_nodes, len(src))
-    for s, batches in enumerate(split_batches(split, batch_size)):
+    for s in range(3):
         # only training runs in memory batches of i: validation and test follow one protocol for
         # every layout (batches of B, memory carried val -> test), as in the single-process rows
-        for grp in groups(len(batches), parallelism if s == 0 else 1):
-            eids = [batches[b] for b in grp]
-            srcs, dsts = [src[e] for e in eids], [dst[e] for e in eids]
+        for grp in _grouped(iter_split_batches(split, s, batch_size, chunk=chunk), parallelism if s == 0 else 1):
+            eids = [e for _, e in grp]
+            srcs, dsts = [np.asarray(src[e]) for e in eids], [np.asarray(dst[e]) for e in eids]
             masks = write_masks(srcs, dsts)
-            yield [PlannedBatch(s, b, e, m) for b, e, m in zip(grp, eids, masks)], state
-            apply_writes(state, srcs, dsts, [t[e] for e in eids], eids, masks)
+            yield [PlannedBatch(s, b, e, m) for (b, e), m in zip(grp, masks)], state
+            apply_writes(state, srcs, dsts, [np.asarray(t[e]) for e in eids], eids, masks)

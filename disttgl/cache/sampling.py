@@ -13,6 +13,11 @@ prepared :class:`SamplerIndex` (do this) or a :class:`~disttgl.data.graph.TCSR` 
 
 Output of both samplers: ``(nbr, eid, t)`` arrays of shape ``[len(nodes), k]``; slot ``j`` of a
 row is a valid neighbour iff ``nbr >= 0``. Padding: ``nbr = eid = -1`` and ``t = NaN``.
+
+The key and the padded rows are O(nnz) arrays in memory (64 bytes per event). The batch cache's
+out-of-core build (:mod:`disttgl.cache.build`) searches a :class:`RowIndex` instead: the T-CSR as
+it is (memory-mapped from the store), each root's row bisected on its times in a few vectorised
+passes, and the k slots gathered with a mask; the same neighbours with nothing derived from nnz.
 """
 
 from __future__ import annotations
@@ -44,7 +49,50 @@ class SamplerIndex:
         return np.clip(np.ceil(times - self.t0), 0, self.stride - 1).astype(np.int64)
 
 
-def prepare(tcsr: TCSR | SamplerIndex, *, pad: int = 10) -> SamplerIndex:
+@dataclass(frozen=True)
+class RowIndex:
+    """A T-CSR searched row by row (bisection on its times): no derived arrays, so its arrays may be
+    memory maps of the graph store and the sampler holds O(roots) memory only."""
+
+    tcsr: TCSR
+
+
+def _row_history(tcsr: TCSR, nodes: np.ndarray, times: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per root, ``[start, end)``: row ``node``'s edges with time strictly before the root's.
+
+    A row is sorted by (t, eid), so ``end`` is the first position whose time is >= the root's: the
+    same position the key search of :func:`history` finds (its codes order times exactly as the
+    float64 comparison here does). Roots still searching shrink every pass; each pass reads one time
+    per root, so a batch costs ~log2(largest degree) small gathers.
+    """
+    nodes = np.asarray(nodes, dtype=np.int64)
+    times = np.asarray(times, dtype=np.float64)
+    start = np.asarray(tcsr.indptr[nodes], dtype=np.int64)
+    lo, hi = start.copy(), np.asarray(tcsr.indptr[nodes + 1], dtype=np.int64)
+    active = np.flatnonzero(lo < hi)
+    while len(active):
+        a_lo, a_hi = lo[active], hi[active]
+        mid = (a_lo + a_hi) >> 1
+        before = tcsr.t[mid] < times[active]
+        lo[active] = np.where(before, mid + 1, a_lo)
+        hi[active] = np.where(before, a_hi, mid)
+        active = active[lo[active] < hi[active]]
+    return start, lo
+
+
+def _row_gather(tcsr: TCSR, pos: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Read T-CSR positions ``pos`` where ``valid``; other slots are padding (-1, -1, NaN)."""
+    if not len(tcsr.nbr):
+        shape = pos.shape
+        return np.full(shape, -1, np.int64), np.full(shape, -1, np.int64), np.full(shape, np.nan)
+    at = np.where(valid, pos, 0)
+    nbr = np.where(valid, tcsr.nbr[at], -1).astype(np.int64, copy=False)
+    eid = np.where(valid, tcsr.eid[at], -1).astype(np.int64, copy=False)
+    t = np.where(valid, tcsr.t[at], np.nan).astype(np.float64, copy=False)
+    return nbr, eid, t
+
+
+def prepare(tcsr: TCSR | SamplerIndex | RowIndex, *, pad: int = 10) -> SamplerIndex | RowIndex:
     """Build the search key for ``tcsr`` (O(nnz log nnz): do it once per graph).
 
     Rows are copied into ``table`` behind ``pad`` padding slots each, so the ``k <= pad`` most recent
@@ -52,7 +100,7 @@ def prepare(tcsr: TCSR | SamplerIndex, *, pad: int = 10) -> SamplerIndex:
     (the usual seconds) are coded as ``t - t_min`` with no rank search; others use ranks.
     """
     pad = max(int(pad), 1)
-    if isinstance(tcsr, SamplerIndex) and tcsr.pad >= pad:
+    if isinstance(tcsr, RowIndex) or (isinstance(tcsr, SamplerIndex) and tcsr.pad >= pad):
         return tcsr
     if isinstance(tcsr, SamplerIndex):
         tcsr = tcsr.tcsr
@@ -80,10 +128,12 @@ def prepare(tcsr: TCSR | SamplerIndex, *, pad: int = 10) -> SamplerIndex:
                         pad=pad, table=table)
 
 
-def history(index: TCSR | SamplerIndex, nodes: np.ndarray, times: np.ndarray
-            ) -> tuple[np.ndarray, np.ndarray, SamplerIndex]:
+def history(index: TCSR | SamplerIndex | RowIndex, nodes: np.ndarray, times: np.ndarray
+            ) -> tuple[np.ndarray, np.ndarray, SamplerIndex | RowIndex]:
     """Per root, the T-CSR range ``[start, end)`` of edges strictly before the root's time."""
     idx = prepare(index)
+    if isinstance(idx, RowIndex):
+        return (*_row_history(idx.tcsr, nodes, times), idx)
     nodes = np.asarray(nodes, dtype=np.int64)
     query = nodes * idx.stride + idx.codes(times)
     # Searching in sorted query order keeps successive binary searches in cache (~2x faster).
@@ -97,16 +147,18 @@ def _split(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return rows[..., 0], rows[..., 1], rows[..., 2].view(np.float64)
 
 
-def _gather(idx: SamplerIndex, nodes: np.ndarray, pos: np.ndarray, valid: np.ndarray
+def _gather(idx: SamplerIndex | RowIndex, nodes: np.ndarray, pos: np.ndarray, valid: np.ndarray
             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Read T-CSR positions ``pos`` (unpadded numbering); invalid slots become padding."""
+    if isinstance(idx, RowIndex):
+        return _row_gather(idx.tcsr, pos, valid)
     rows = np.zeros(pos.shape, dtype=np.int64)  # table row 0 is a padding slot (pad >= 1)
     shift = idx.pad * (np.asarray(nodes, dtype=np.int64) + 1)
     np.copyto(rows, pos + shift[:, None], where=valid)
     return _split(np.take(idx.table, rows, axis=0))
 
 
-def recent_neighbors(tcsr: TCSR | SamplerIndex, nodes: np.ndarray, times: np.ndarray, k: int, *,
+def recent_neighbors(tcsr: TCSR | SamplerIndex | RowIndex, nodes: np.ndarray, times: np.ndarray, k: int, *,
                      tgl_compat: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The ``k`` most recent neighbours of each root strictly before its time, most recent first.
 
@@ -115,15 +167,15 @@ def recent_neighbors(tcsr: TCSR | SamplerIndex, nodes: np.ndarray, times: np.nda
     """
     idx = prepare(tcsr, pad=k)
     start, end, idx = history(idx, nodes, times)
-    if tgl_compat:
+    if tgl_compat or isinstance(idx, RowIndex):
         pos = end[:, None] - np.arange(1, k + 1, dtype=np.int64)
-        return _gather(idx, nodes, pos, pos > start[:, None])
+        return _gather(idx, nodes, pos, pos > start[:, None] if tgl_compat else pos >= start[:, None])
     # In the padded table row n starts at start + pad * (n + 1), so slots before it read as padding.
     top = end + idx.pad * (np.asarray(nodes, dtype=np.int64) + 1)
     return _split(np.take(idx.table, top[:, None] - np.arange(1, k + 1, dtype=np.int64), axis=0))
 
 
-def uniform_neighbors(tcsr: TCSR | SamplerIndex, nodes: np.ndarray, times: np.ndarray, k: int,
+def uniform_neighbors(tcsr: TCSR | SamplerIndex | RowIndex, nodes: np.ndarray, times: np.ndarray, k: int,
                       rng: np.random.Generator, *, tgl_compat: bool = False
                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``k`` draws WITH replacement, uniform over each root's earlier edges (as TGL does).
@@ -139,7 +191,7 @@ def uniform_neighbors(tcsr: TCSR | SamplerIndex, nodes: np.ndarray, times: np.nd
     return _gather(idx, nodes, pos, np.broadcast_to(count[:, None] > 0, pos.shape))
 
 
-def sample_neighbors(tcsr: TCSR | SamplerIndex, nodes: np.ndarray, times: np.ndarray, k: int, *,
+def sample_neighbors(tcsr: TCSR | SamplerIndex | RowIndex, nodes: np.ndarray, times: np.ndarray, k: int, *,
                      strategy: str = "recent", rng: np.random.Generator | None = None,
                      tgl_compat: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Dispatch on ``strategy`` ("recent" or "uniform"; uniform needs ``rng``)."""
@@ -152,9 +204,16 @@ def sample_neighbors(tcsr: TCSR | SamplerIndex, nodes: np.ndarray, times: np.nda
     raise ValueError(f"unknown sampling strategy {strategy!r} (recent or uniform)")
 
 
-def negative_candidates(num_nodes: int, dst: np.ndarray, bipartite: bool) -> np.ndarray | None:
-    """Nodes negatives are drawn from: the destination set of a bipartite graph, else ``None`` (all)."""
-    return np.unique(np.asarray(dst, dtype=np.int64)) if bipartite else None
+def negative_candidates(num_nodes: int, dst: np.ndarray, bipartite: bool, *, chunk: int = 1 << 22
+                        ) -> np.ndarray | None:
+    """Nodes negatives are drawn from: the destination set of a bipartite graph (sorted), else ``None``
+    (all). ``dst`` is read ``chunk`` events at a time (it may be a memory map): O(N) memory."""
+    if not bipartite:
+        return None
+    present = np.zeros(num_nodes, dtype=bool)
+    for a in range(0, len(dst), max(int(chunk), 1)):
+        present[np.asarray(dst[a:a + chunk], dtype=np.int64)] = True
+    return np.flatnonzero(present).astype(np.int64)
 
 
 def sample_negatives(rng: np.random.Generator, shape: tuple[int, ...], num_nodes: int,

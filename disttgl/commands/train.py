@@ -35,6 +35,8 @@ _COMMON_HELP = {
               "sampled neighbours); pretrain: the model whose embedding the table feeds",
     "threads": "torch CPU threads (default: torch's; i x j x k: the cores shared between a machine's trainers)",
     "prefetch": "batches read ahead",
+    "precision": "fp32, or bf16: bf16 autocast for the matmuls (CPU with AVX-512 BF16/AMX, or CUDA); "
+                 "weights, optimizer state, memory and mail stay fp32",
 }
 _TRAIN_HELP = {
     "task": "link (link prediction: MRR/AP against the cache's negatives) or edge-class (the class of each "

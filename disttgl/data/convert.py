@@ -80,6 +80,13 @@ def _validate(raw: RawEvents) -> None:
 
 def _remap(raw: RawEvents, bipartite: bool, separate_spaces: bool):
     """Return (src, dst, original_id, side). JODIE users and items live in separate id spaces."""
+    src, dst, original, side = _remap_ids(raw, bipartite, separate_spaces)
+    if raw.id_names is not None:  # string ids came as codes into the sorted names: same order
+        original = raw.id_names[original]
+    return src, dst, original, side
+
+
+def _remap_ids(raw: RawEvents, bipartite: bool, separate_spaces: bool):
     if raw.num_nodes is not None:  # ids already 0..n-1 (pyg): kept, so node n stays node n
         src, dst = raw.src.astype(np.int64), raw.dst.astype(np.int64)
         original = raw.original_id if raw.original_id is not None else np.arange(raw.num_nodes, dtype=np.int64)
@@ -103,7 +110,8 @@ def _side(raw: RawEvents, src: np.ndarray, dst: np.ndarray, num_nodes: int) -> n
     clash = is_src[dst]
     if clash.any():
         row = int(np.flatnonzero(clash)[0])
-        raise DataError(raw.path, f"declared bipartite, but node {raw.dst[row]} is both a source and a "
+        node = raw.dst[row] if raw.id_names is None else raw.id_names[raw.dst[row]]
+        raise DataError(raw.path, f"declared bipartite, but node {node} is both a source and a "
                         "destination", line=raw.line_of(row), column="dst")
     return (~is_src).astype(np.int8)
 

@@ -89,12 +89,13 @@ def build_tcsr(src: np.ndarray, dst: np.ndarray, t: np.ndarray, num_nodes: int, 
         order = stable_argsort_ids(src, num_nodes - 1)
         eid, nbr, rows = order, dst[order], src
     else:
-        # interleave (src_e, dst_e): position p holds event p // 2, and its neighbour is the other end
+        # interleave (src_e, dst_e): position p holds event p // 2, and its neighbour is the other end,
+        # at position p ^ 1 (one gather: no per-endpoint copies of src and dst)
         rows = np.empty(2 * len(src), dtype=np.int64)
         rows[0::2], rows[1::2] = src, dst
         order = stable_argsort_ids(rows, num_nodes - 1)
-        eid = order >> 1
-        nbr = np.where(order & 1, src[eid], dst[eid])
+        nbr = rows[order ^ 1]
+        eid = np.right_shift(order, 1, out=order)  # order is not needed after this
     counts = np.bincount(rows, minlength=num_nodes)
     indptr = np.zeros(num_nodes + 1, dtype=np.int64)
     np.cumsum(counts, out=indptr[1:])

@@ -81,15 +81,16 @@ def write_graph(graph: Graph, path: str | os.PathLike) -> None:
 def _write_graph(graph: Graph, path: str | os.PathLike) -> None:
     with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
         ev = f.create_group("events")
-        _write_array(ev, "src", graph.src.astype(np.int64))
-        _write_array(ev, "dst", graph.dst.astype(np.int64))
-        _write_array(ev, "t", graph.t.astype(np.float64))
-        _write_array(ev, "split", graph.split.astype(np.int8))
+        # copy=False: a large stream's arrays are written as they are, not copied first
+        _write_array(ev, "src", graph.src.astype(np.int64, copy=False))
+        _write_array(ev, "dst", graph.dst.astype(np.int64, copy=False))
+        _write_array(ev, "t", graph.t.astype(np.float64, copy=False))
+        _write_array(ev, "split", graph.split.astype(np.int8, copy=False))
         if graph.label is not None:
             _write_array(ev, "label", graph.label)
-        _write_array(f, "edge_feat", graph.edge_feat.astype(np.float32))
+        _write_array(f, "edge_feat", graph.edge_feat.astype(np.float32, copy=False))
         if graph.node_feat is not None:
-            _write_array(f, "node_feat", graph.node_feat.astype(np.float32))
+            _write_array(f, "node_feat", graph.node_feat.astype(np.float32, copy=False))
         tg = f.create_group("tcsr")
         for name in ("indptr", "nbr", "t", "eid"):
             _write_array(tg, name, getattr(graph.tcsr, name))
@@ -190,71 +191,104 @@ def _first_bad(mask: np.ndarray) -> int:
     return int(np.flatnonzero(mask)[0])
 
 
-def _check_ids(path: str | os.PathLike | None, name: str, ids: np.ndarray, hi: int, what: str) -> None:
-    if len(ids) and (ids.min() < 0 or ids.max() >= hi):
-        i = _first_bad((ids < 0) | (ids >= hi))
-        raise _corrupt(path, f"{name}[{i}] is {ids[i]}, {what} must lie in [0, {hi})")
+# The checks read arrays CHECK_CHUNK entries at a time, so their temporaries stay small and a
+# memory-mapped store (disttgl.data.graph_map) is checked without being read into memory.
+CHECK_CHUNK = 1 << 22
 
 
-def _check_times(path: str | os.PathLike | None, t: np.ndarray) -> None:
-    if not np.isfinite(t).all():
-        i = _first_bad(~np.isfinite(t))
-        raise _corrupt(path, f"events/t[{i}] is {t[i]}, times must be finite")
-    if len(t) > 1 and not (t[1:] >= t[:-1]).all():
-        i = _first_bad(t[1:] < t[:-1])
+def _spans(n: int, chunk: int | None = None) -> Iterator[tuple[int, int]]:
+    step = max(int(chunk or CHECK_CHUNK), 1)
+    return ((a, min(a + step, n)) for a in range(0, n, step))
+
+
+def _check_ids(path: str | os.PathLike | None, name: str, ids: np.ndarray, hi: int, what: str,
+               chunk: int | None = None) -> None:
+    for a, b in _spans(len(ids), chunk):
+        part = ids[a:b]
+        if part.min() < 0 or part.max() >= hi:
+            i = a + _first_bad((part < 0) | (part >= hi))
+            raise _corrupt(path, f"{name}[{i}] is {ids[i]}, {what} must lie in [0, {hi})")
+
+
+def _first_descent(x: np.ndarray, chunk: int | None) -> int | None:
+    """The first i with x[i + 1] < x[i], or None."""
+    for a, b in _spans(len(x) - 1, chunk):
+        down = x[a + 1:b + 1] < x[a:b]
+        if down.any():
+            return a + _first_bad(down)
+    return None
+
+
+def _check_times(path: str | os.PathLike | None, t: np.ndarray, chunk: int | None = None) -> None:
+    for a, b in _spans(len(t), chunk):
+        bad = ~np.isfinite(t[a:b])
+        if bad.any():
+            i = a + _first_bad(bad)
+            raise _corrupt(path, f"events/t[{i}] is {t[i]}, times must be finite")
+    i = _first_descent(t, chunk)
+    if i is not None:
         raise _corrupt(path, f"events/t is not sorted: t[{i + 1}] = {t[i + 1]} < t[{i}] = {t[i]}")
 
 
-def _check_split(path: str | os.PathLike | None, split: np.ndarray, chronological: bool) -> None:
-    if len(split) and (split.min() < 0 or split.max() > 2):
-        i = _first_bad((split < 0) | (split > 2))
-        raise _corrupt(path, f"events/split[{i}] is {split[i]}, splits are 0 (train), 1 (val), 2 (test)")
+def _check_split(path: str | os.PathLike | None, split: np.ndarray, chronological: bool,
+                 chunk: int | None = None) -> None:
+    for a, b in _spans(len(split), chunk):
+        part = split[a:b]
+        if part.min() < 0 or part.max() > 2:
+            i = a + _first_bad((part < 0) | (part > 2))
+            raise _corrupt(path, f"events/split[{i}] is {split[i]}, splits are 0 (train), 1 (val), 2 (test)")
     # only the chronological rule promises train, then val, then test; a source's ext_roll may interleave
-    if chronological and len(split) > 1 and not (split[1:] >= split[:-1]).all():
-        i = _first_bad(split[1:] < split[:-1])
+    i = _first_descent(split, chunk) if chronological else None
+    if i is not None:
         raise _corrupt(path, f"events/split goes back from {split[i]} to {split[i + 1]} at event {i + 1}, "
                              "but the chronological split is train, then val, then test")
 
 
 def _check_tcsr(path: str | os.PathLike | None, tc: TCSR, num_nodes: int, num_events: int,
-                directed: bool) -> None:
-    indptr, nnz = tc.indptr, len(tc.nbr)
+                directed: bool, chunk: int | None = None) -> None:
+    indptr, nnz = np.asarray(tc.indptr), len(tc.nbr)
     if nnz != (num_events if directed else 2 * num_events):
         raise _corrupt(path, f"the T-CSR holds {nnz} entries for {num_events} events "
                              f"({'directed' if directed else 'both directions'})")
     if indptr[0] != 0 or indptr[-1] != nnz or not (indptr[1:] >= indptr[:-1]).all():
         raise _corrupt(path, f"tcsr/indptr is not a non-decreasing run from 0 to {nnz}")
-    _check_ids(path, "tcsr/nbr", tc.nbr, num_nodes, "node ids")
-    _check_ids(path, "tcsr/eid", tc.eid, num_events, "event ids")
-    if nnz > 1:
-        down = tc.t[1:] < tc.t[:-1]
-        if down.any():  # allowed only where a new row starts
-            starts = indptr[1:-1]
-            down[starts[(starts > 0) & (starts < nnz)] - 1] = False
+    _check_ids(path, "tcsr/nbr", tc.nbr, num_nodes, "node ids", chunk)
+    _check_ids(path, "tcsr/eid", tc.eid, num_events, "event ids", chunk)
+    starts = indptr[1:-1]  # entry s - 1 > entry s is allowed where row s starts
+    for a, b in _spans(nnz - 1, chunk):
+        down = tc.t[a + 1:b + 1] < tc.t[a:b]  # down[j]: entry a + j + 1 below entry a + j
+        if down.any():
+            new_row = starts[np.searchsorted(starts, a + 1):np.searchsorted(starts, b + 1)]
+            down[new_row - 1 - a] = False
             if down.any():
-                i = _first_bad(down) + 1
+                i = a + _first_bad(down) + 1
                 raise _corrupt(path, f"tcsr/t is not sorted within node {int(np.searchsorted(indptr, i, 'right')) - 1}'s"
                                      f" row (entry {i})")
 
 
-def check_graph(graph: Graph, path: str | os.PathLike | None = None, *, edge_feat: bool = True) -> None:
-    """Check the store's invariants on ``graph`` (vectorised: a few passes over each array).
+def check_graph(graph: Graph, path: str | os.PathLike | None = None, *, edge_feat: bool = True,
+                chunk: int | None = None) -> None:
+    """Check the store's invariants on ``graph`` (vectorised: a few passes over each array, ``chunk``
+    entries at a time, default :data:`CHECK_CHUNK`; the arrays may be memory maps).
 
     ``edge_feat=False`` skips the edge-feature sentinel row (``load_graph(features=False)`` checks it
     in the file instead)."""
     n, e = graph.num_nodes, graph.num_events
-    _check_ids(path, "events/src", graph.src, n, "node ids")
-    _check_ids(path, "events/dst", graph.dst, n, "node ids")
-    _check_times(path, graph.t)
-    _check_split(path, graph.split, graph.attrs.get("split_rule") == "chronological")
+    _check_ids(path, "events/src", graph.src, n, "node ids", chunk)
+    _check_ids(path, "events/dst", graph.dst, n, "node ids", chunk)
+    _check_times(path, graph.t, chunk)
+    _check_split(path, graph.split, graph.attrs.get("split_rule") == "chronological", chunk)
     if edge_feat and graph.edge_feat.shape[0] == e + 1 and graph.edge_feat[-1].any():
         raise _corrupt(path, "the last row of edge_feat (the 'no message yet' sentinel) is not zero")
     directed = bool(graph.attrs.get("directed", False))
-    _check_tcsr(path, graph.tcsr, n, e, directed)
+    _check_tcsr(path, graph.tcsr, n, e, directed, chunk)
     # each entry is one of its event's endpoints at its event's time
-    if len(graph.tcsr.eid) and not np.array_equal(graph.tcsr.t, graph.t[graph.tcsr.eid]):
-        i = _first_bad(graph.tcsr.t != graph.t[graph.tcsr.eid])
-        raise _corrupt(path, f"tcsr/t[{i}] is not the time of its event tcsr/eid[{i}]")
+    tc = graph.tcsr
+    for a, b in _spans(len(tc.eid), chunk):
+        wrong = tc.t[a:b] != graph.t[np.asarray(tc.eid[a:b])]
+        if wrong.any():
+            i = a + _first_bad(wrong)
+            raise _corrupt(path, f"tcsr/t[{i}] is not the time of its event tcsr/eid[{i}]")
     if graph.side is not None and len(graph.side) and (graph.side.min() < 0 or graph.side.max() > 1):
         raise _corrupt(path, "node_map/side holds values other than 0 and 1")
 

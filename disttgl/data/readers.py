@@ -19,6 +19,7 @@ from disttgl.data.delimited import (check_header_columns, check_nonempty, column
                                     first_data_line, header_fields, is_number, open_text, read_table,
                                     read_whitespace_table, row_counter, split_line)
 from disttgl.data.tgl_labels import CLASS_FILE, LABELS_FILE, class_tensor_labels, labels_csv_events
+from disttgl.data.string_ids import string_codes
 from disttgl.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,7 @@ class RawEvents:
     # instead of being compacted; node_feat rows are then node ids
     num_nodes: int | None = None
     original_id: np.ndarray | None = None  # with num_nodes: the input's own id of each node
+    id_names: np.ndarray | None = None  # string ids: src/dst are codes into these sorted names
     # maps a 0-based data row to its 1-based line number in ``path`` (for error messages)
     line_of: Callable[[int], int] = lambda row: row + 1
 
@@ -230,7 +232,11 @@ def read_csv_columns(path: Path, columns: CsvColumns) -> RawEvents:
     src, dst, time = names[:3]
     label = names[3] if has_label else None
     feat_names = names[3 + has_label:]
-    return RawEvents(path=path, src=df.get_column(src).to_numpy(), dst=df.get_column(dst).to_numpy(),
+    if id_kind == "str":  # codes, not one Python str per event (disttgl.data.string_ids)
+        src_ids, dst_ids, names = string_codes(df.get_column(src), df.get_column(dst))
+    else:
+        src_ids, dst_ids, names = df.get_column(src).to_numpy(), df.get_column(dst).to_numpy(), None
+    return RawEvents(path=path, src=src_ids, dst=dst_ids, id_names=names,
                      t=column_array(df, time, np.float64), label=column_array(df, label, np.int64) if label else None,
                      edge_feat=feature_matrix(df, feat_names), edge_feat_path=path if feat_names else None,
                      line_of=row_counter(path, 0 if headerless else 1, None))

@@ -295,6 +295,11 @@ def _can_fuse(native: NativeKernels | None, tensors: list[torch.Tensor],
             and all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors))
 
 
+def _fp32(tensors: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+    """``tensors`` with the floating-point ones cast to float32 (a no-op on float32 ones)."""
+    return tuple(t.float() if t.is_floating_point() else t for t in tensors)
+
+
 def slot_attention(layout: SlotLayout, c: torch.Tensor, keep: torch.Tensor | None,
                    node: tuple[torch.Tensor, torch.Tensor], time: tuple[torch.Tensor, ...],
                    data: tuple[tuple[torch.Tensor, torch.Tensor], ...] = (), *,
@@ -304,7 +309,17 @@ def slot_attention(layout: SlotLayout, c: torch.Tensor, keep: torch.Tensor | Non
     node = (src [S, D], q [R, H, D]); time = (dt [R * K] padded, w [D_t], b [D_t], q [R, H, D_t]);
     data = ((x [R, K, D_e], q [R, H, D_e]), ...). See ``_SlotAttention``. With ``native`` kernels
     (``disttgl.models.native.kernels()``) CPU float32 inputs take the fused path, ``_FusedSlotAttention``.
+
+    Under autocast (``--precision bf16``) the inputs are cast to float32 and the core runs with
+    autocast off: the C kernels read float32 only, and the hand-written backward passes would
+    otherwise meet bf16 gradients of their own outputs beside float32 saved tensors. The core is
+    bound by memory passes, not matmuls; the projections around it stay in bf16.
     """
+    device_type = c.device.type
+    if torch.is_autocast_enabled(device_type):
+        with torch.autocast(device_type, enabled=False):
+            return slot_attention(layout, c.float(), keep, _fp32(node), _fp32(time),
+                                  tuple(_fp32(pair) for pair in data), native=native)
     flat = (*node, *time, *(t for pair in data for t in pair))
     if _can_fuse(native, [c, *flat], data):
         *sums, total = _FusedSlotAttention.apply(native, layout, c, keep, *flat)

@@ -94,7 +94,9 @@ class GRUMemory(nn.Module):
         r = torch.sigmoid(i_r + h_r)
         z = torch.sigmoid(i_z + h_z)
         n = torch.tanh(torch.addcmul(i_n, r, h_n))
-        return torch.lerp(n, memory, z)  # (1 - z) n + z h
+        # under bf16 autocast the gates come out of bf16 matmuls; the update itself runs in the
+        # memory's fp32 (a no-op in fp32), so the new memory is fp32 like the memory it replaces
+        return torch.lerp(n.to(memory.dtype), memory, z.to(memory.dtype))  # (1 - z) n + z h
 
 
 class TemporalAttention(nn.Module):
@@ -182,8 +184,16 @@ class LinkPredictor(nn.Module):
         b = num_events
         s = self.src(z[:b])
         d = self.dst(z[b:])
-        kernels = native.kernels() if self.fused and not torch.is_grad_enabled() and z.device.type == "cpu" \
-            and z.dtype == torch.float32 else None
+        if torch.is_autocast_enabled(z.device.type):
+            # bf16: the two projections above ran in bf16; the scores are summed in float32, since
+            # bf16's 8-bit mantissa would tie many of a positive's 49 negatives with it (MRR counts ties)
+            with torch.autocast(z.device.type, enabled=False):
+                return self._scores(s.float(), d.float(), b)
+        return self._scores(s, d, b)
+
+    def _scores(self, s: torch.Tensor, d: torch.Tensor, b: int) -> tuple[torch.Tensor, torch.Tensor]:
+        kernels = native.kernels() if self.fused and not torch.is_grad_enabled() and s.device.type == "cpu" \
+            and s.dtype == torch.float32 else None
         if kernels is not None:  # evaluation's 49 negatives: no [B, 49, d] hidden layer in memory
             w, bias = self.out.weight[0], float(self.out.bias[0])
             return (kernels.link_scores(s, d[:b].unsqueeze(1), w, bias).squeeze(1),

@@ -233,7 +233,8 @@ class ScheduledRanks:
         with tqdm(total=None, unit="ev", unit_scale=True, desc=f"train {lay} pass {n}",
                   disable=not self.cfg.progress or self.env.rank != 0, mininterval=2.0) as bar:
             stats = train_epoch(self.model, self.memory, self._pass_batches(p), self.optimizer,
-                                self.feats, loss=self.cfg.loss, task=self.task, progress=bar, epoch=n)
+                                self.feats, loss=self.cfg.loss, task=self.task, progress=bar, epoch=n,
+                                precision=self.cfg.precision)
         train_s = time.perf_counter() - t0
         fields = load.stop()
         if server_cpu is not None:  # our own memory server is not another process's load

@@ -83,7 +83,7 @@ class StalePipeline(SingleProcess):
         with tqdm(total=self.meta.split_events.get("train") or None, unit="ev", unit_scale=True,
                   desc=f"{self.desc} epoch {n}", disable=not self.cfg.progress, mininterval=2.0) as bar:
             stats = train_epoch(self.model, self.memory, batches, self.optimizer, self.feats, loss=self.cfg.loss,
-                                progress=bar, epoch=n)
+                                progress=bar, epoch=n, precision=self.cfg.precision)
         fields = load.stop()
         row = {"train_loss": stats.loss, "train_events_per_s": stats.events_per_s,
                "staleness_k": self.plan.k, "mean_staleness": mean_staleness(self.memory.read_versions)}

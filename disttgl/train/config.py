@@ -18,6 +18,7 @@ from disttgl.errors import DataError
 from disttgl.models.tgn import ModelConfig
 from disttgl.layout import parse_parallelism
 from disttgl.pipeline.plan import parse_staleness
+from disttgl.train.precision import check_precision
 from disttgl.train.task import TASKS
 
 log = logging.getLogger(__name__)
@@ -61,6 +62,7 @@ class TrainConfig:
     mitigation_lambda: float = 0.9  # weight of a stale root's own memory (MSPipe's code: 0.9)
     mitigation_top: float = 0.01  # share of a batch's roots treated as stale (MSPipe: the top 1 %)
     pipeline: str = "off"  # off | threads (background memory fetch) | streams (CUDA streams: not yet)
+    precision: str = "fp32"  # fp32 | bf16: autocast for the matmuls; weights, Adam, memory stay fp32 (§4.8)
     progress: bool = True
 
     def check(self) -> None:
@@ -93,6 +95,7 @@ class TrainConfig:
         self.check_pipeline()
         if self.device.startswith("cuda") and not torch.cuda.is_available():
             raise DataError(None, f"--device {self.device}: CUDA is not available on this machine")
+        check_precision(self.precision, self.device)
 
 
     def check_task(self) -> None:

@@ -18,12 +18,13 @@ import torch
 from tqdm import tqdm
 
 from disttgl.cache.batch import Batch
-from disttgl.data.graph_store import load_graph
+from disttgl.data.graph_map import map_graph
 from disttgl.errors import DataError
 from disttgl.models.memory import Memory
 from disttgl.models.tgn import TGN, Features, ModelConfig
 from disttgl.models.variants import HEADS
 from disttgl.train.config import TrainConfig
+from disttgl.train.precision import autocast
 from disttgl.train.static_table import load_static
 from disttgl.train.task import LinkTask
 
@@ -77,7 +78,9 @@ def non_finite_error(what: str, *, split: str | None, epoch: int | None, batch: 
     return NonFiniteError(None, f"non-finite {what} at {where}: {source}; stopping")
 
 def load_features(graph_path: str, device: torch.device, static: str | None = None) -> tuple[Features, Any]:
-    graph = load_graph(graph_path)
+    """The model's data-side tensors on ``device``, and the graph (its events and T-CSR memory-mapped:
+    training reads the features and the counts, not the adjacency)."""
+    graph = map_graph(graph_path, features=True)
     feats = Features(
         edge_feat=torch.from_numpy(graph.edge_feat).float().to(device),
         node_feat=None if graph.node_feat is None else torch.from_numpy(graph.node_feat).float().to(device),
@@ -101,12 +104,14 @@ def model_config(cfg: TrainConfig, graph: Any, feats: Features, memory: str | No
 
 def train_epoch(model: TGN, memory: Memory | None, batches: Iterable[Batch],
                 optimizer: torch.optim.Optimizer, feats: Features, *, loss: str = "ce", task: Any = None,
-                progress: tqdm | None = None, sync: bool = False, epoch: int | None = None) -> EpochStats:
+                progress: tqdm | None = None, sync: bool = False, epoch: int | None = None,
+                precision: str = "fp32") -> EpochStats:
     """One pass over ``batches``: predict, step, then write memory (GRU model only).
 
     ``task`` (:mod:`disttgl.train.task`): how the model is called and its loss; None: link
-    prediction with ``loss``. A non-finite loss raises :class:`NonFiniteError` (``epoch`` only names
-    the step in it)."""
+    prediction with ``loss``. ``precision`` "bf16" runs the forward pass under bf16 autocast
+    (:mod:`disttgl.train.precision`); the task's outputs and the loss are float32. A non-finite loss
+    raises :class:`NonFiniteError` (``epoch`` only names the step in it)."""
     task = LinkTask(loss) if task is None else task
     model.train()
     stats = EpochStats()
@@ -121,7 +126,8 @@ def train_epoch(model: TGN, memory: Memory | None, batches: Iterable[Batch],
         if batch is None:
             break
         batch, mem, mail = memory.read(batch) if memory is not None else (batch, None, None)
-        out, new_mem = task.step(model, batch, feats, mem, mail)
+        with autocast(precision, feats.edge_feat.device):
+            out, new_mem = task.step(model, batch, feats, mem, mail)
         step_loss = task.loss(out, batch)
         # checked before the step: a NaN would spread to every parameter and memory row. The float()
         # is the one sync per step that used to come after the step.
@@ -158,9 +164,11 @@ def train_epoch(model: TGN, memory: Memory | None, batches: Iterable[Batch],
 
 @torch.inference_mode()
 def evaluate(model: TGN, memory: Memory | None, batches: Iterable[Batch], feats: Features, *,
-             split: str | None = None, epoch: int | None = None, task: Any = None) -> dict[str, float]:
+             split: str | None = None, epoch: int | None = None, task: Any = None,
+             precision: str = "fp32") -> dict[str, float]:
     """The task's metrics over ``batches`` (link: ap, mrr, ap_1neg; edge-class: f1_micro, f1_macro,
-    accuracy); memory is updated as in training.
+    accuracy); memory is updated as in training. ``precision`` as in :func:`train_epoch` (the
+    outputs are float32 either way).
 
     Non-finite scores raise :class:`NonFiniteError` (``split`` and ``epoch`` only name the step)."""
     task = LinkTask() if task is None else task
@@ -168,7 +176,8 @@ def evaluate(model: TGN, memory: Memory | None, batches: Iterable[Batch], feats:
     acc = task.metrics()
     for b, batch in enumerate(batches):
         batch, mem, mail = memory.read(batch) if memory is not None else (batch, None, None)
-        out, new_mem = task.step(model, batch, feats, mem, mail)
+        with autocast(precision, feats.edge_feat.device):
+            out, new_mem = task.step(model, batch, feats, mem, mail)
         if not task.finite(out):
             raise non_finite_error("scores", split=split or "evaluation", epoch=epoch, batch=b, model=model,
                                    feats=feats, mem=mem, mail=mail)

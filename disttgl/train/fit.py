@@ -160,7 +160,7 @@ def fit(strategy: Strategy) -> dict[str, Any] | None:
     if not s.evaluates:
         return None
     summary = run_summary(history, best, s.config_record, task.summary_keys) | task.summary_fields() \
-        | s.summary_fields(history, best) | {"lr": s.lr}
+        | s.summary_fields(history, best) | {"lr": s.lr, "precision": cfg.precision}
     if tgb is not None:
         summary |= tgb.run(s.model, s.feats)
     write_summary(out, summary, s.unit, task.describe(summary, "test"))
@@ -185,13 +185,15 @@ def _validate(s: Strategy, n: int, result: UnitResult, history: list[dict[str, A
     task = task_of(s)
     memory = s.eval_memory()
     start = tgb.snapshot(memory) if tgb is not None else None
-    val = evaluate(s.model, memory, s.loader("val"), s.feats, split="val", epoch=n, task=task)
+    val = evaluate(s.model, memory, s.loader("val"), s.feats, split="val", epoch=n, task=task,
+                   precision=s.cfg.precision)
     stats = result.stats
     row = {"epoch": n, **result.row, **{f"val_{k}": val[k] for k in task.keys},
            "time_split": {k: v / max(stats.seconds, 1e-9) for k, v in stats.timing.items()}}
     key = f"val_{task.select}"
     if improves(val[task.select], best.get(key)):
-        test = evaluate(s.model, memory, s.loader("test"), s.feats, split="test", epoch=n, task=task)  # memory runs on
+        test = evaluate(s.model, memory, s.loader("test"), s.feats, split="test", epoch=n, task=task,  # memory runs on
+                        precision=s.cfg.precision)
         best = {"best_epoch": n, **{f"val_{k}": val[k] for k in task.keys}, **{f"test_{k}": test[k] for k in task.keys}}
         if tgb is not None:
             tgb.keep(s.model, start, n)

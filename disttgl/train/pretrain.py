@@ -24,7 +24,8 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
     history = []
     for epoch in range(1, cfg.epochs + 1):
         stats = run.train_unit(epoch).stats
-        val = evaluate(run.model, None, run.loader("val"), run.feats, split="val", epoch=epoch)
+        val = evaluate(run.model, None, run.loader("val"), run.feats, split="val", epoch=epoch,
+                       precision=cfg.precision)
         history.append({"epoch": epoch, "train_loss": stats.loss, "val_mrr": val["mrr"], "val_ap": val["ap"]})
         log.info("pretrain epoch %d: loss %.4f, val AP %.4f MRR %.4f", epoch, stats.loss, val["ap"], val["mrr"])
         if improves(val["mrr"], best_mrr):

@@ -24,6 +24,7 @@ from disttgl.train import machine_load
 from disttgl.train.config import TrainConfig, resolve_lr
 from disttgl.train.epoch import adam, load_features, model_config, train_epoch
 from disttgl.train.fit import UnitResult, fit
+from disttgl.train.precision import log_precision
 from disttgl.train.rng import rng_state, seed_everything, set_rng_state
 from disttgl.train.run_lock import run_dir_lock
 from disttgl.train.static_table import nodes_with_training_events
@@ -79,6 +80,7 @@ class SingleProcess:
         self.model = build_model(model_cfg).to(self.device)
         self.memory = build_memory(model_cfg, self.feats.edge_feat, self.device)
         self.lr = resolve_lr(cfg, self.num_batches["train"])
+        log_precision(cfg.precision, self.device)
         self.optimizer = adam(self.model.parameters(), self.lr)
         self.config_record = asdict(cfg)
 
@@ -96,7 +98,8 @@ class SingleProcess:
         with tqdm(total=self.meta.split_events.get("train") or None, unit="ev", unit_scale=True,
                   desc=f"{self.desc} epoch {n}", disable=not self.cfg.progress, mininterval=2.0) as bar:
             stats = train_epoch(self.model, self.memory, self.loader("train", sets), self.optimizer,
-                                self.feats, loss=self.cfg.loss, task=self.task, progress=bar, epoch=n)
+                                self.feats, loss=self.cfg.loss, task=self.task, progress=bar, epoch=n,
+                                precision=self.cfg.precision)
         fields = load.stop()
         return UnitResult(stats, {"train_loss": stats.loss, "train_events_per_s": stats.events_per_s},
                           {k: v for k, v in fields.items() if k in machine_load.ROW_FIELDS})

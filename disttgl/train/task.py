@@ -54,7 +54,7 @@ class LinkTask:
     def step(self, model: torch.nn.Module, batch: Batch, feats: Features, mem: torch.Tensor | None,
              mail: torch.Tensor | None) -> tuple[Any, torch.Tensor | None]:
         pos, neg, new_memory = model(batch, feats, mem, mail)
-        return (pos, neg), new_memory
+        return (pos.float(), neg.float()), new_memory  # float32 under bf16 autocast too (no-ops otherwise)
 
     def loss(self, out: Any, batch: Batch) -> torch.Tensor:
         return link_loss(out[0], out[1], self.kind)
@@ -106,7 +106,8 @@ class EdgeClassTask:
     @staticmethod
     def step(model: torch.nn.Module, batch: Batch, feats: Features, mem: torch.Tensor | None,
              mail: torch.Tensor | None) -> tuple[Any, torch.Tensor | None]:
-        return model.classify(batch, feats, mem, mail)
+        logits, new_memory = model.classify(batch, feats, mem, mail)
+        return logits.float(), new_memory  # float32 under bf16 autocast too (a no-op otherwise)
 
     def loss(self, out: torch.Tensor, batch: Batch) -> torch.Tensor:
         return F.cross_entropy(out, self.target(batch))  # training batches hold train labels: all < C
