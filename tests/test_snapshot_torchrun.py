@@ -23,9 +23,6 @@ ARGS = ["--hidden", "8", "--node-features", "embedding", "--embedding-dim", "6",
         "--threads", "1", "--model", "tmgcn", "--m-window", "3"]
 TIMING = {"seconds", "train_events_per_s", "load_avg", "cpu_count", "threads", "own_cores_busy", "other_cores_busy"}
 
-pytestmark = pytest.mark.slow  # every test launches torchrun (seconds each)
-
-
 def _env():
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
     env["PYTHONPATH"] = str(ROOT)
@@ -49,6 +46,16 @@ def _rows(path: Path) -> list[dict]:
     return [{k: v for k, v in json.loads(x).items() if k not in TIMING} for x in path.read_text().splitlines()]
 
 
+def test_launch_runs_snapshot_train_on_every_rank():
+    from disttgl.parallel.launch import command
+
+    one = command(1, 2, ["s.h5", "g.h5", "--parallel"], env={}, program="snapshot-train")
+    assert "--standalone" in one and one[-6:] == ["-m", "disttgl", "snapshot-train", "s.h5", "g.h5", "--parallel"]
+    two = command(2, 1, ["s.h5"], env={"SLURM_JOB_ID": "7", "SLURM_JOB_NODELIST": "n1"}, program="snapshot-train")
+    assert two[0] == "srun" and "--nnodes=2" in two and two[-4:] == ["-m", "disttgl", "snapshot-train", "s.h5"]
+    assert command(1, 2, ["g.h5"], env={})[-3:] == ["-m", "disttgl.train", "g.h5"]  # the default
+
+
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     d = tmp_path_factory.mktemp("snap-torchrun")
@@ -59,6 +66,7 @@ def data(tmp_path_factory):
     return d
 
 
+@pytest.mark.slow
 def test_parallel_run_resumed_equals_the_uninterrupted_one(data):
     _run(data, "cut", 2, extra=["--resume"])
     _run(data, "cut", 3, extra=["--resume"])
@@ -77,6 +85,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_nodes_on_localhost_train_the_one_node_run(data):
     port = _free_port()
     launcher = lambda n: ("--nnodes", "2", "--node-rank", str(n), "--nproc-per-node", "1",  # noqa: E731
