@@ -79,6 +79,17 @@ def test_parallel_run_resumed_equals_the_uninterrupted_one(data):
     assert two["parallel"]["transfer_bytes_per_rank"] == one["parallel"]["transfer_bytes_per_rank"]
 
 
+@pytest.mark.slow
+def test_the_report_reads_a_real_parallel_run(data):
+    from disttgl.report.collect import load_run
+    from disttgl.report.snapshot_table import comm_rows
+
+    (row,) = comm_rows([load_run(data / "p2")])
+    # the training step's blocks, d = 8, float32: the measured bytes are the block formula
+    assert row["procs"] == 2 and row["d"] == 8 and row["element_bytes"] == 4
+    assert row["total"] == row["formula"] <= row["bound"] and sum(row["per_rank"]) == row["total"] > 0
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

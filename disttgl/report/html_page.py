@@ -10,6 +10,8 @@ from disttgl.report.sections import by_dataset
 from disttgl.report.tables import ABLATION_COLUMNS, ACCURACY_COLUMNS, accuracy_notes, format_cell
 from disttgl.report.batch_table import BATCH_COLUMNS
 from disttgl.report.batch_table import CAPTION as BATCH_CAPTION
+from disttgl.report.snapshot_table import NOTE as SNAPSHOT_NOTE
+from disttgl.report.snapshot_table import SNAPSHOT_COLUMNS
 from disttgl.report.staleness_table import NOTE as STALENESS_NOTE
 from disttgl.report.staleness_table import STALENESS_COLUMNS
 from disttgl.report.tgb_table import LEADERBOARD, TGB_COLUMNS, anchor_lines
@@ -26,7 +28,8 @@ TEXT_CLASS = ' class="t"'
 
 def _html_table(rows: Sequence[dict], columns: Sequence[tuple[str, str]], caption: str) -> list[str]:
     text_cols = {"dataset", "run", "status", "parallelism", "static_memory", "note", "contended", "run_static",
-                 "run_nostatic", "negatives", "compare", "requested", "mitigation", "pipeline"}
+                 "run_nostatic", "negatives", "compare", "requested", "mitigation", "pipeline", "model", "transfer",
+                 "node_features"}
     out = [f"<table><caption>{html.escape(caption)}</caption>",
            "<tr>" + "".join(f"<th>{html.escape(h)}</th>" for _, h in columns) + "</tr>"]
     for row in rows:
@@ -39,7 +42,7 @@ def _html_table(rows: Sequence[dict], columns: Sequence[tuple[str, str]], captio
 
 def render_html(acc: Sequence[dict], abl: Sequence[dict], tta_fraction: float,
                 machine: dict[str, str] | None = None, tgb: Sequence[dict] = (), staleness: Sequence[dict] = (),
-                batch: Sequence[dict] = ()) -> str:
+                batch: Sequence[dict] = (), snapshot: Sequence[dict] = ()) -> str:
     cols = [c for c in ACCURACY_COLUMNS if c[0] != "dataset"]
     body = ["<h1>Accuracy and speed</h1>"]
     for dataset, rows in by_dataset(acc).items():
@@ -65,6 +68,10 @@ def render_html(acc: Sequence[dict], abl: Sequence[dict], tta_fraction: float,
         body += ["<h2>Staleness (MSPipe)</h2>", f"<p>{html.escape(STALENESS_NOTE)}</p>"]
         for dataset, rows in by_dataset(staleness).items():
             body += _html_table(rows, STALENESS_COLUMNS, dataset)
+    if snapshot:
+        body += ["<h2>Snapshot DGNNs</h2>", f"<p>{html.escape(SNAPSHOT_NOTE)}</p>"]
+        for dataset, rows in by_dataset(snapshot).items():
+            body += _html_table(rows, SNAPSHOT_COLUMNS, dataset)
     if machine:
         body += ["<h2>Machine</h2>", "<ul>"]
         body += [f"<li><b>{html.escape(k)}</b>: {html.escape(v)}</li>" for k, v in machine.items()] + ["</ul>"]
