@@ -305,11 +305,12 @@ def test_training_jobs_never_run_side_by_side(workdir):
     """With cores to spare (2 cores, 1 thread each) Snakemake would start pretrain and a training run
     together; the timed_run resource keeps them one at a time so each measures an idle machine.
     The finished run then makes the HTML report from the default target."""
-    _test_config(workdir, **{"train.threads": 1, "parallel.configs": []})
+    config = _test_config(workdir, **{"train.threads": 1, "parallel.configs": []})
     proc = snakemake(workdir, "--cores", "2")
     assert proc.returncode == 0, proc.stderr[-3000:]
     started, overlaps = _timed_overlaps(proc.stdout + proc.stderr)
-    assert sorted(started) == ["pretrain", "snapshot_train", "train", "train"] and overlaps == []
+    want = ["pretrain"] + ["snapshot_train"] * len(config["snapshot_runs"]) + ["train"] * len(config["runs"])
+    assert sorted(started) == want and overlaps == []
     assert (workdir / "results" / "report" / "accuracy.csv").exists()
     proc = snakemake(workdir, "--report", "report.html")
     assert proc.returncode == 0, proc.stderr[-3000:]
