@@ -1,4 +1,5 @@
-# disttgl workflow: raw events -> graph store -> batch cache -> static memory -> training -> report.
+# disttgl workflow: raw events -> graph store -> batch cache -> static memory -> training -> report
+# (and graph store -> snapshots -> snapshot DGNN training -> report).
 # Rules are thin: each runs one `disttgl` command; the logic lives in the disttgl package, and every
 # target and input function of the rules lives in workflow/rules/common.smk.
 
@@ -29,4 +30,5 @@ include: "workflow/rules/pretrain.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/pipeline.smk"
 include: "workflow/rules/parallel.smk"
+include: "workflow/rules/snapshot.smk"
 include: "workflow/rules/report.smk"

@@ -13,6 +13,11 @@ backward, the scoring exchange, the gradient all-reduce), the all-to-all volume 
 predicts, and the rows of X·W a vertex-partitioned graph convolution would fetch on the same graph
 (its halo, which grows with P where the all-to-all stays below T·N·d). On a 2-core machine P ranks
 share the cores, so throughput against P measures overhead, not speed-up.
+
+No PyTorch Geometric Temporal baseline (its GConvLSTM / EvolveGCN beside ours): it does not install
+beside torch 2.13 (docs/design.md §11.9). torch-geometric-temporal 0.56.2 requires torch-sparse and
+torch-scatter, which PyPI carries only as 2023 source releases (no wheel for any torch), and its
+package imports torch_sparse on import, so not even its GConvLSTM loads without them.
 """
 
 from __future__ import annotations

@@ -136,6 +136,10 @@ def check_names(config: dict[str, Any]) -> None:
     named += [(f"optional_datasets[{i}]", n) for i, n in enumerate(config.get("optional_datasets") or [])]
     named += [(f"custom_datasets.{n}", n) for n in (config.get("custom_datasets") or {})]
     named += [(f"runs.{n}", n) for n in (config.get("runs") or {})]
+    named += [(f"snapshot_runs.{n}", n) for n in (config.get("snapshot_runs") or {})]
+    both = sorted(set(config.get("runs") or {}) & set(config.get("snapshot_runs") or {}))
+    if both:  # the same results/{dataset}/{NAME}/ directory
+        raise DataError("config.yaml", f"snapshot_runs.{both[0]}: the name is a run of `runs` too; rename one")
     for key, name in named:
         if not _NAME.match(str(name)):
             raise DataError("config.yaml", f"{key}: name {name!r} must start with a letter, digit, '_' or '-' and "

@@ -102,6 +102,10 @@ def _edit(config: dict, path: str, value) -> None:
     ("runs", {".hidden": {}}, "runs..hidden", "name '.hidden' must"),
     ("parallel.configs", ["2x1x1", "3x1x1"], "parallel.configs[1]",
      "3 trainers on parallel.nodes = 1 machine(s) need 3 per machine, but parallel.procs_per_node = 2"),
+    ("snapshot_runs", {"x": {"model": "gcn"}}, "['snapshot_runs']['x']['model']", "is not one of"),
+    ("snapshot_runs", {"x": {"num_snapshots": 1}}, "['snapshot_runs']['x']['num_snapshots']", "less than the minimum"),
+    ("snapshot_runs", {"static": {}}, "snapshot_runs.static", "is a run of `runs` too"),
+    ("snapshot_runs", {"..": {}}, "snapshot_runs...", "name '..' must"),
 ])
 def test_bad_config_fails_before_any_job_naming_the_key(workdir, path, value, key, message):
     _test_config(workdir, **{path: value})
@@ -279,6 +283,9 @@ def test_timed_runs_take_the_timed_run_resource(workdir):
     assert timed_run_units(type("W", (), {"local_exec": True})()) == 1
 
 
+TIMED_RULES = ("train", "train_parallel", "pretrain", "snapshot_train", "profile")
+
+
 def _timed_overlaps(out: str) -> tuple[list[str], list[tuple[str, str]]]:
     """Timed jobs started, and the pairs of timed jobs that ran at the same time, from Snakemake's log."""
     running, started, overlaps = {}, [], []
@@ -286,7 +293,7 @@ def _timed_overlaps(out: str) -> tuple[list[str], list[tuple[str, str]]]:
         rule, jobid, done = m.groups()
         if done:
             running.pop(done, None)
-        elif rule in ("train", "train_parallel", "pretrain", "profile"):
+        elif rule in TIMED_RULES:
             overlaps += [(other, rule) for other in running.values()]
             running[jobid] = rule
             started.append(rule)
@@ -298,17 +305,94 @@ def test_training_jobs_never_run_side_by_side(workdir):
     """With cores to spare (2 cores, 1 thread each) Snakemake would start pretrain and a training run
     together; the timed_run resource keeps them one at a time so each measures an idle machine.
     The finished run then makes the HTML report from the default target."""
-    _test_config(workdir, **{"train.threads": 1, "parallel.configs": []})
+    config = _test_config(workdir, **{"train.threads": 1, "parallel.configs": []})
     proc = snakemake(workdir, "--cores", "2")
     assert proc.returncode == 0, proc.stderr[-3000:]
     started, overlaps = _timed_overlaps(proc.stdout + proc.stderr)
-    # static, nostatic and stale (MSPipe, whose profile of stage times is timed too)
-    assert sorted(started) == ["pretrain", "profile", "train", "train", "train"] and overlaps == []
+    # the runs (static, nostatic, stale: MSPipe, whose profile of stage times is timed too) and snapshot runs
+    want = sorted(["pretrain", "profile"] + ["snapshot_train"] * len(config["snapshot_runs"])
+                  + ["train"] * len(config["runs"]))
+    assert sorted(started) == want and overlaps == []
     assert (workdir / "results" / "report" / "accuracy.csv").exists()
     proc = snakemake(workdir, "--report", "report.html")
     assert proc.returncode == 0, proc.stderr[-3000:]
     html = (workdir / "report.html").read_text()
     assert "accuracy.html" in html and "static_ablation.svg" in html
+
+
+# ----------------------------------------------------------------------------- snapshot DGNNs
+
+SNAPSHOT_RUNS = {
+    "gl": {"num_snapshots": 20, "edge_life": 3, "epochs": 2, "hidden": 8},
+    "tm": {"model": "tmgcn", "num_snapshots": 20, "edge_life": 3, "epochs": 2, "hidden": 8},  # gl's cut
+    "tm2": {"model": "tmgcn", "transfer": "whole", "procs": 2, "num_snapshots": 20, "edge_life": 3,
+            "symmetric": True, "epochs": 2, "hidden": 8, "node_features": "embedding", "lr": 0.02},
+}
+
+
+def test_snapshot_runs_plan_one_cut_per_setting_and_a_training_job_each(workdir):
+    _test_config(workdir, snapshot_runs=SNAPSHOT_RUNS, **{"parallel.configs": [], "train.threads": 2})
+    proc = snakemake(workdir, "-n", "-p", "--cores", "2")
+    assert proc.returncode == 0, proc.stderr
+    cmds = _shell_commands(proc.stdout)
+    cuts = sorted(c for c in cmds if c.startswith("disttgl snapshots "))
+    assert cuts == [  # gl and tm share theirs
+        "disttgl snapshots data/synthetic/graph.h5 --num-snapshots 20 --edge-life 3 --out "
+        "data/synthetic/snapshots/T20-L3.h5 > logs/synthetic/snapshots-T20-L3.log 2>&1",
+        "disttgl snapshots data/synthetic/graph.h5 --num-snapshots 20 --edge-life 3 --symmetric --out "
+        "data/synthetic/snapshots/T20-L3-sym.h5 > logs/synthetic/snapshots-T20-L3-sym.log 2>&1"]
+    trains = {shlex.split(c)[shlex.split(c).index("--out") + 1]: c for c in cmds
+              if "snapshot-train" in c}
+    assert set(trains) == {"results/synthetic/gl", "results/synthetic/tm", "results/synthetic/tm2"}
+    flags = "--transfer diff --epochs 2 --hidden 8 --lr 0.01 --node-features auto --device cpu --seed 0"
+    assert trains["results/synthetic/gl"] == (
+        "disttgl snapshot-train data/synthetic/snapshots/T20-L3.h5 data/synthetic/graph.h5 --out "
+        f"results/synthetic/gl --model gcn-lstm {flags} --threads 2 --resume "
+        "> logs/synthetic/snapshot-train-gl.log 2>&1")
+    assert f"--model tmgcn {flags} --threads 2 --resume" in trains["results/synthetic/tm"]
+    assert trains["results/synthetic/tm2"].startswith(
+        "disttgl launch --nodes 1 --nproc-per-node 2 --program snapshot-train -- "
+        "data/synthetic/snapshots/T20-L3-sym.h5 data/synthetic/graph.h5 --out results/synthetic/tm2 --model tmgcn "
+        "--transfer whole --epochs 2 --hidden 8 --lr 0.02 --node-features embedding --device cpu --seed 0 "
+        "--parallel --threads 1 --resume")
+    (report,) = [c for c in cmds if c.startswith("disttgl report")]
+    assert all(f"synthetic/{r}" in shlex.split(report) for r in SNAPSHOT_RUNS)  # expected, and read
+    assert all(f"results/synthetic/{r}" in shlex.split(report) for r in SNAPSHOT_RUNS)
+
+
+def test_snapshot_run_defaults_are_the_cli_defaults():
+    from disttgl.snapshot.build import SnapshotParams
+    from disttgl.snapshot.train import SnapshotTrainConfig
+
+    schema = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())
+    props = schema["properties"]["snapshot_runs"]["additionalProperties"]["properties"]
+    train, cut = _dataclass_defaults(SnapshotTrainConfig), _dataclass_defaults(SnapshotParams)
+    own = {"num_snapshots": "SnapshotParams has none (it takes --delta or --num-snapshots)",
+           "procs": "ranks of the launch"}
+    assert set(props) == {"model", "transfer", "epochs", "hidden", "lr", "node_features", "edge_life", "symmetric"} \
+        | set(own)
+    for key, sub in props.items():
+        if key not in own:
+            assert sub["default"] == {**train, **cut}[key], key
+
+
+@pytest.mark.slow
+def test_snapshot_runs_train_and_reach_the_report(workdir):
+    runs = {"gl": SNAPSHOT_RUNS["gl"], "tm2": SNAPSHOT_RUNS["tm2"]}
+    _test_config(workdir, snapshot_runs=runs, **{"parallel.configs": [], "synthetic.events": 1500,
+                                                  "synthetic.nodes": 40})
+    targets = [f"results/synthetic/{r}/summary.json" for r in runs]
+    proc = snakemake(workdir, "--cores", "2", *targets)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    import json
+
+    gl, tm2 = (json.loads((workdir / t).read_text()) for t in targets)
+    assert gl["model"] == "gcn-lstm" and gl["epochs"] == 2 and "parallel" not in gl and gl["edge_life"] == 3
+    assert tm2["model"] == "tmgcn" and tm2["transfer"] == "whole" and tm2["parallel"]["world"] == 2
+    assert (workdir / "logs" / "synthetic" / "snapshot-train-tm2.log").stat().st_size > 0
+    assert (workdir / "results" / "synthetic" / "gl" / "checkpoint.pt").exists()
+    again = snakemake(workdir, "--cores", "2", *targets)
+    assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr
 
 
 # ----------------------------------------------------------------------------- one source of defaults

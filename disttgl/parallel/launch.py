@@ -2,7 +2,8 @@
 
 One node: ``torchrun --standalone --nproc-per-node P -m disttgl.train ...``. Several nodes (inside a
 SLURM job): ``srun`` starts one torchrun per node, which meet through c10d rendezvous on the first
-node of the allocation. Everything after ``--`` goes to ``disttgl train``.
+node of the allocation. Everything after ``--`` goes to ``disttgl train`` (or, with ``--program
+snapshot-train``, to ``disttgl snapshot-train``, which then needs its ``--parallel``).
 """
 
 from __future__ import annotations
@@ -40,11 +41,19 @@ def slurm_head(env: dict[str, str]) -> str:
     return out.stdout.split()[0]
 
 
+# the commands a launch may run on every rank
+PROGRAMS = {"train": ["-m", "disttgl.train"], "snapshot-train": ["-m", "disttgl", "snapshot-train"]}
+
+
 def command(nodes: int, nproc: int, train_args: list[str], *, env: dict[str, str] | None = None, port: int = 29500,
-            max_restarts: int = 0) -> list[str]:
-    """The full command line: torchrun alone on one node, ``srun`` + torchrun per node on several."""
+            max_restarts: int = 0, program: str = "train") -> list[str]:
+    """The full command line: torchrun alone on one node, ``srun`` + torchrun per node on several.
+
+    Args:
+        program: which command every rank runs (a key of ``PROGRAMS``), with ``train_args``.
+    """
     env = dict(os.environ if env is None else env)
-    program = ["-m", "disttgl.train", *train_args]
+    program = [*PROGRAMS[program], *train_args]
     if nodes == 1:
         return torchrun_args(1, nproc, max_restarts=max_restarts) + program
     job = env.get("SLURM_JOB_ID", "disttgl")
@@ -60,6 +69,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, default=29500, help="c10d rendezvous port on the first node")
     parser.add_argument("--max-restarts", type=int, default=0, help="torchrun restarts after a failure "
                         "(pass --resume to train so a restart continues from the checkpoint)")
+    parser.add_argument("--program", choices=sorted(PROGRAMS), default="train",
+                        help="what every rank runs: disttgl train (default) or disttgl snapshot-train")
     parser.add_argument("--dry-run", action="store_true", help="print the command instead of running it")
     parser.add_argument("train_args", nargs=argparse.REMAINDER, help="-- then the `disttgl train` arguments")
 
@@ -68,7 +79,8 @@ def run(args: argparse.Namespace) -> int:
     rest = args.train_args[1:] if args.train_args[:1] == ["--"] else args.train_args
     if args.nodes < 1 or args.nproc_per_node < 1:
         raise DataError(None, "--nodes and --nproc-per-node must be >= 1")
-    cmd = command(args.nodes, args.nproc_per_node, rest, port=args.port, max_restarts=args.max_restarts)
+    cmd = command(args.nodes, args.nproc_per_node, rest, port=args.port, max_restarts=args.max_restarts,
+                  program=args.program)
     print(shlex.join(cmd), file=sys.stderr if not args.dry_run else sys.stdout, flush=True)
     if args.dry_run:
         return 0

@@ -80,6 +80,14 @@ class RunResult:
         return self.parallelism is not None and self.parallelism != (1, 1, 1)
 
     @property
+    def is_snapshot(self) -> bool:
+        """A snapshot DGNN run (``disttgl snapshot-train``, docs/design.md §11): its summary names the
+        cut (``num_snapshots``, ``edge_life``). The report gives these runs a section of their own, so
+        no TGN run is compared with one (speed-up baseline, static-memory ablation)."""
+        s = self.summary
+        return all(isinstance(s.get(k), int) and not isinstance(s.get(k), bool) for k in ("num_snapshots", "edge_life"))
+
+    @property
     def best_epochs_trained(self) -> int | None:
         """Data epochs trained up to the best epoch (single process) or pass (pass·j·k)."""
         be = self.summary.get("best_epoch")

@@ -18,6 +18,7 @@ from disttgl.report.collect import RunResult, collect, machine_info, parse_expec
 from disttgl.report.edge_class_table import edge_class_rows
 from disttgl.report.html_page import render_html
 from disttgl.report.batch_table import batch_rows
+from disttgl.report.snapshot_table import comm_rows, snapshot_rows
 from disttgl.report.staleness_table import staleness_rows
 from disttgl.report.tgb_table import tgb_rows
 from disttgl.report.tables import (ABLATION_COLUMNS, ACCURACY_COLUMNS, DEFAULT_TTA_FRACTION, ablation_rows,
@@ -26,7 +27,8 @@ from disttgl.report.tables import (ABLATION_COLUMNS, ACCURACY_COLUMNS, DEFAULT_T
 log = logging.getLogger(__name__)
 
 OUTPUTS = ("accuracy.md", "accuracy.csv", "accuracy.html", "convergence.svg", "scaling.svg",
-           "static_ablation.svg", "static_ablation.md", "static_ablation.csv", "batch_size.svg")
+           "static_ablation.svg", "static_ablation.md", "static_ablation.csv", "batch_size.svg",
+           "snapshot_comm.svg")
 
 
 def _write_text(path: Path, text: str) -> None:
@@ -41,14 +43,15 @@ def write_report(runs: Sequence[RunResult], out: str | os.PathLike, tta_fraction
 
     out = Path(out)
     acc, abl, tgb, stale = accuracy_rows(runs, tta_fraction), ablation_rows(runs), tgb_rows(runs), staleness_rows(runs)
-    batch, ec = batch_rows(runs), edge_class_rows(runs)
-    _write_text(out / "accuracy.md", render_markdown(acc, abl, tta_fraction, machine, tgb, stale, batch, ec))
+    batch, ec, snap = batch_rows(runs), edge_class_rows(runs), snapshot_rows(runs)
+    _write_text(out / "accuracy.md", render_markdown(acc, abl, tta_fraction, machine, tgb, stale, batch, ec, snap))
     _write_text(out / "accuracy.csv", render_csv(acc, ACCURACY_COLUMNS))
-    _write_text(out / "accuracy.html", render_html(acc, abl, tta_fraction, machine, tgb, stale, batch, ec))
+    _write_text(out / "accuracy.html", render_html(acc, abl, tta_fraction, machine, tgb, stale, batch, ec, snap))
     plots.save(plots.convergence_figure(runs), out / "convergence.svg")
     plots.save(plots.scaling_figure(runs, acc), out / "scaling.svg")
     plots.save(plots.ablation_figure(abl), out / "static_ablation.svg")
     plots.save(plots.batch_size_figure(batch), out / "batch_size.svg")
+    plots.save(plots.snapshot_comm_figure(comm_rows(runs)), out / "snapshot_comm.svg")
     abl_md = ["# Static memory ablation", ""] + (markdown_table(abl, ABLATION_COLUMNS) if abl else
                                                  ["No dataset has runs both with and without static memory."])
     _write_text(out / "static_ablation.md", "\n".join(abl_md) + "\n")

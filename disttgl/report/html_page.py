@@ -12,6 +12,8 @@ from disttgl.report.edge_class_table import EDGE_CLASS_COLUMNS
 from disttgl.report.edge_class_table import NOTE as EDGE_CLASS_NOTE
 from disttgl.report.sections import by_dataset
 from disttgl.report.tables import ABLATION_COLUMNS, ACCURACY_COLUMNS, accuracy_notes, format_cell
+from disttgl.report.snapshot_table import NOTE as SNAPSHOT_NOTE
+from disttgl.report.snapshot_table import SNAPSHOT_COLUMNS
 from disttgl.report.staleness_table import NOTE as STALENESS_NOTE
 from disttgl.report.staleness_table import STALENESS_COLUMNS
 from disttgl.report.tgb_table import LEADERBOARD, TGB_COLUMNS, anchor_lines
@@ -28,7 +30,8 @@ TEXT_CLASS = ' class="t"'
 
 def _html_table(rows: Sequence[dict], columns: Sequence[tuple[str, str]], caption: str) -> list[str]:
     text_cols = {"dataset", "run", "status", "parallelism", "static_memory", "note", "contended", "run_static",
-                 "run_nostatic", "negatives", "compare", "requested", "mitigation", "pipeline", "best"}
+                 "run_nostatic", "negatives", "compare", "requested", "mitigation", "pipeline", "best", "model",
+                 "transfer", "node_features"}
     out = [f"<table><caption>{html.escape(caption)}</caption>",
            "<tr>" + "".join(f"<th>{html.escape(h)}</th>" for _, h in columns) + "</tr>"]
     for row in rows:
@@ -51,7 +54,7 @@ def _html_section(title: str, note: str, rows: Sequence[dict], columns: Sequence
 
 def render_html(acc: Sequence[dict], abl: Sequence[dict], tta_fraction: float,
                 machine: dict[str, str] | None = None, tgb: Sequence[dict] = (), staleness: Sequence[dict] = (),
-                batch: Sequence[dict] = (), edge_class: Sequence[dict] = ()) -> str:
+                batch: Sequence[dict] = (), edge_class: Sequence[dict] = (), snapshot: Sequence[dict] = ()) -> str:
     cols = [c for c in ACCURACY_COLUMNS if c[0] != "dataset"]
     body = ["<h1>Accuracy and speed</h1>"]
     for dataset, rows in by_dataset(acc).items():
@@ -72,6 +75,7 @@ def render_html(acc: Sequence[dict], abl: Sequence[dict], tta_fraction: float,
     body += _html_section("Accuracy against batch size", BATCH_CAPTION, batch, BATCH_COLUMNS)
     body += _html_section("Staleness (MSPipe)", STALENESS_NOTE, staleness, STALENESS_COLUMNS)
     body += _html_section("Edge classification", EDGE_CLASS_NOTE, edge_class, EDGE_CLASS_COLUMNS)
+    body += _html_section("Snapshot DGNNs", SNAPSHOT_NOTE, snapshot, SNAPSHOT_COLUMNS)
     if machine:
         body += ["<h2>Machine</h2>", "<ul>"]
         body += [f"<li><b>{html.escape(k)}</b>: {html.escape(v)}</li>" for k, v in machine.items()] + ["</ul>"]

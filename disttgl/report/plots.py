@@ -39,6 +39,8 @@ def _empty(fig: Figure, text: str) -> Figure:
 
 
 def _label(r: RunResult) -> str:
+    if r.is_snapshot:
+        return f"{r.run} (snapshot {r.summary.get('model', '?')})"
     static = {True: "static", False: "no static", None: "?"}[r.static]
     suffix = "" if r.status == "ok" else f", {r.status}"
     return f"{r.run} ({r.par_label}, {static}{suffix})"
@@ -151,4 +153,44 @@ def batch_size_figure(rows: Sequence[dict]) -> Figure:
         ax.set_xscale("log", base=2)
         ax.set(xlabel="batch size", ylabel="test MRR@49", title="accuracy against batch size")
         ax.legend(fontsize=7)
+        return fig
+
+
+def snapshot_comm_figure(rows: Sequence[dict]) -> Figure:
+    """The snapshot DGNNs' training all-to-all against the number of ranks P (rows of
+    :func:`disttgl.report.snapshot_table.comm_rows`): bytes an epoch in one direction, in total (line)
+    and per rank (small markers), beside the linear bound T·N·d·(1 − 1/P) (dashed) and its ceiling
+    T·N·d (dotted), one colour per dataset, model and (T, N, d)."""
+    with matplotlib.rc_context(_RC):
+        if not rows:
+            return _empty(Figure(figsize=(6, 2)), "no snapshot run with several ranks (--parallel)")
+        fig = Figure(figsize=(6.5, 4), layout="constrained")
+        ax = fig.add_subplot()
+        groups: dict[tuple, list[dict]] = {}
+        for row in rows:
+            groups.setdefault((row["dataset"], row["model"], row["T"], row["N"], row["d"], row["element_bytes"]),
+                              []).append(row)
+        top = max(row["procs"] for row in rows)
+        for n, (key, sel) in enumerate(sorted(groups.items())):
+            dataset, model, t, nodes, d, size = key
+            color, name = f"C{n % 10}", f"{dataset} {model} (T={t}, N={nodes}, d={d})"
+            sel = sorted(sel, key=lambda row: row["procs"])
+            (line,) = ax.plot([row["procs"] for row in sel], [row["total"] for row in sel], marker="o", color=color,
+                              label=f"{name}: total")
+            line.set_gid(_gid("snapshot_comm", dataset, model, t, nodes, d, "total"))
+            xs = [row["procs"] for row in sel for _ in row["per_rank"]]
+            ys = [b for row in sel for b in row["per_rank"]]
+            (ranks,) = ax.plot(xs, ys, linestyle="none", marker="_", markersize=10, color=color,
+                               label=f"{name}: per rank")
+            ranks.set_gid(_gid("snapshot_comm", dataset, model, t, nodes, d, "rank"))
+            ps = list(range(1, top + 1))
+            (bound,) = ax.plot(ps, [t * nodes * d * (1 - 1 / p) * size for p in ps], linestyle="--", color=color,
+                               alpha=0.7, label=f"{name}: T·N·d·(1 − 1/P)")
+            bound.set_gid(_gid("snapshot_comm", dataset, model, t, nodes, d, "bound"))
+            ceiling = ax.axhline(t * nodes * d * size, linestyle=":", color=color, alpha=0.5)
+            ceiling.set_gid(_gid("snapshot_comm", dataset, model, t, nodes, d, "ceiling"))
+        ax.set(xlabel="ranks P", ylabel="all-to-all bytes per epoch (one direction)", xticks=list(range(1, top + 1)),
+               title="snapshot DGNNs: communication against P")
+        ax.set_ylim(bottom=0)
+        ax.legend(fontsize=7, loc="lower right")
         return fig

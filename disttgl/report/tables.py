@@ -11,6 +11,7 @@ from disttgl.report.collect import RunResult, finite_number
 from disttgl.report.batch_table import render_batch_markdown
 from disttgl.report.edge_class_table import render_edge_class_markdown
 from disttgl.report.sections import by_dataset
+from disttgl.report.snapshot_table import render_snapshot_markdown
 from disttgl.report.staleness_table import render_staleness_markdown
 from disttgl.report.tgb_table import render_tgb_markdown
 
@@ -41,7 +42,9 @@ def baseline_for(run: RunResult, runs: Sequence[RunResult]) -> RunResult | None:
 
 def accuracy_rows(runs: Sequence[RunResult], tta_fraction: float = DEFAULT_TTA_FRACTION) -> list[dict]:
     """One row per run. Speed-ups are over the 1x1x1 run of the same dataset and static setting;
-    time-to-accuracy uses the target ``tta_fraction`` x the baseline's best validation MRR."""
+    time-to-accuracy uses the target ``tta_fraction`` x the baseline's best validation MRR. Snapshot
+    DGNN runs have their section (:mod:`disttgl.report.snapshot_table`) and are left out here."""
+    runs = [r for r in runs if not r.is_snapshot]
     rows = []
     for r in runs:
         s = r.summary
@@ -93,7 +96,7 @@ def ablation_rows(runs: Sequence[RunResult]) -> list[dict]:
     A run without a readable summary has no known setting, so it only appears in the accuracy table."""
     groups: dict[tuple[str, str], dict[bool, RunResult]] = {}
     for r in runs:
-        if r.static is None or r.task != "link":  # MRR/AP pairs: link prediction runs only
+        if r.static is None or r.task != "link" or r.is_snapshot:  # MRR/AP pairs: TGN link prediction runs only
             continue
         side = groups.setdefault((r.dataset, r.par_label), {})
         side.setdefault(r.static, r)
@@ -113,7 +116,7 @@ def ablation_rows(runs: Sequence[RunResult]) -> list[dict]:
 
 
 _DIGITS = {"test_mrr": 4, "test_ap": 4, "test_ap_1neg": 4, "best_val_mrr": 4, "time_to_best_s": 1,
-           "time_to_target_s": 1, "train_events_per_s": 0}
+           "time_to_target_s": 1, "train_events_per_s": 0, "total_seconds": 1, "stage_bytes_per_epoch": 0}
 
 
 def format_cell(key: str, value: Any) -> str:
@@ -176,7 +179,7 @@ def accuracy_notes(tta_fraction: float) -> list[str]:
 def render_markdown(acc: Sequence[dict], abl: Sequence[dict], tta_fraction: float,
                     machine: dict[str, str] | None = None, tgb: Sequence[dict] = (),
                     staleness: Sequence[dict] = (), batch: Sequence[dict] = (),
-                    edge_class: Sequence[dict] = ()) -> str:
+                    edge_class: Sequence[dict] = (), snapshot: Sequence[dict] = ()) -> str:
     cols = [c for c in ACCURACY_COLUMNS if c[0] != "dataset"]
     lines = ["# Accuracy and speed", ""]
     for dataset, rows in by_dataset(acc).items():
@@ -191,6 +194,7 @@ def render_markdown(acc: Sequence[dict], abl: Sequence[dict], tta_fraction: floa
     lines += render_batch_markdown(batch, markdown_table)
     lines += render_staleness_markdown(staleness, markdown_table)
     lines += render_edge_class_markdown(edge_class, markdown_table)
+    lines += render_snapshot_markdown(snapshot, markdown_table)
     if machine:
         lines += ["# Machine", ""] + [f"- {k}: {v}" for k, v in machine.items()] + [""]
     return "\n".join(lines)

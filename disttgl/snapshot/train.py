@@ -4,8 +4,10 @@ Each epoch streams snapshots 0 .. (last training target - 1) to the device, embe
 full-batch step on the training targets, then streams snapshots up to the last evaluation target
 and scores validation and test from that one forward pass (the models are causal: Z_t depends on
 snapshots <= t only). The reported test metrics are those of the best validation-MRR epoch, as in
-every disttgl run. ``metrics.jsonl`` is rewritten each epoch and ``summary.json`` at the end,
-both atomically, in the run directory's format (§3.4) plus the transfer's bytes and seconds.
+every disttgl run. ``metrics.jsonl`` and ``checkpoint.pt`` are rewritten each epoch and
+``summary.json`` at the end, all atomically, in the run directory's format (§3.4) plus the
+transfer's bytes and seconds; ``--resume`` continues from the checkpoint (§11.7), and the run
+directory is locked while a run writes it.
 
 With ``parallel`` (under torchrun) the same loop runs over P ranks through
 :class:`~disttgl.snapshot.distributed.DistributedStep` (§11.6): convolution by snapshot, temporal
@@ -14,6 +16,7 @@ step by vertex; rank 0 writes the files, with every rank's communication bytes i
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from dataclasses import asdict, dataclass
@@ -26,7 +29,8 @@ import torch
 from disttgl.atomic import check_writable_dir
 from disttgl.data.graph_store import graph_info, load_graph
 from disttgl.errors import DataError
-from disttgl.snapshot.comm import Comm, init_from_env, torchrun_env
+from disttgl.lifetime import exit_with_parent
+from disttgl.snapshot.comm import init_from_env, torchrun_env
 from disttgl.snapshot.distributed import DistributedStep
 from disttgl.snapshot.features import NodeFeatures, resolve_mode
 from disttgl.snapshot.models import ModelConfig, SnapshotLinkModel
@@ -34,8 +38,10 @@ from disttgl.snapshot.store import SnapshotFile, load_snapshots
 from disttgl.snapshot.streamer import SnapshotStreamer
 from disttgl.snapshot.task import Targets, candidate_pool, draw_negatives, evaluate, split_targets, train_step
 from disttgl.snapshot.partition import Partition
+from disttgl.snapshot.resume import RankCounts, Resumed, gather_counts, resume, save_epoch, snapshots_identity
 from disttgl.train import machine_load
 from disttgl.train.run_files import run_summary, write_jsonl, write_summary
+from disttgl.train.run_lock import run_dir_lock
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +68,7 @@ class SnapshotTrainConfig:
     device: str = "cpu"
     threads: int | None = None
     parallel: bool = False
+    resume: bool = False
 
     def model_config(self) -> ModelConfig:
         return ModelConfig(model=self.model, hidden=self.hidden, m_window=self.m_window, m_choice=self.m_choice,
@@ -150,25 +157,38 @@ def _world(cfg: SnapshotTrainConfig) -> tuple[int, torch.device]:
     return env.world, device
 
 
-def _parallel_summary(comm: Comm, step: DistributedStep, part: Partition) -> dict[str, Any]:
-    """Every rank's communication and transfer bytes (gathered by a sum of one row per rank)."""
-    names = sorted(comm.counter.sent)
-    row = torch.zeros(comm.size, 2 * len(names) + 1, dtype=torch.float64, device=step.streamer.device)
-    row[comm.rank] = torch.tensor([comm.counter.sent[k] for k in names] + [comm.counter.received[k] for k in names]
-                                  + [step.streamer.bytes_copied], dtype=torch.float64)
-    torch.distributed.all_reduce(row, group=comm.group)  # bookkeeping, not counted
-    table = row.cpu().long().tolist()
-    per_rank = [{k: {"sent": r[i], "received": r[len(names) + i]} for i, k in enumerate(names)} for r in table]
-    return {"world": comm.size, "snapshot_blocks": list(part.snapshots), "vertex_blocks": list(part.vertices),
-            "comm_bytes": per_rank, "transfer_bytes_per_rank": [r[-1] for r in table]}
+def _parallel_summary(counts: RankCounts, part: Partition, element_bytes: int) -> dict[str, Any]:
+    """The summary's ``parallel`` block: the training step's blocks and every rank's bytes."""
+    return {"world": len(counts.comm), "snapshot_blocks": list(part.snapshots), "vertex_blocks": list(part.vertices),
+            "element_bytes": element_bytes, "comm_bytes": counts.comm, "transfer_bytes_per_rank": counts.transfer}
+
+
+# rank 0 waits this long for another run holding the run directory; the other ranks wait for rank 0
+# in the rendezvous meanwhile, which gives up after COMM_TIMEOUT_S
+COMM_TIMEOUT_S = 600.0
+LOCK_WAIT_S = 0.8 * COMM_TIMEOUT_S
 
 
 def train(cfg: SnapshotTrainConfig) -> dict[str, Any]:
-    """Train and evaluate; write metrics.jsonl and summary.json under ``cfg.out``; return the summary."""
+    """Train and evaluate; write metrics.jsonl, checkpoint.pt (every epoch) and summary.json (at the
+    end) under ``cfg.out``; return the summary. With ``cfg.resume`` continue from checkpoint.pt.
+
+    The run directory is locked for the run (rank 0's lock under ``--parallel``): a second run on it
+    waits for this one, then resumes from its checkpoint."""
     cfg.check()
     out = Path(cfg.out)
     check_writable_dir(out / "summary.json")
     world, device = _world(cfg)
+    env = torchrun_env()
+    rank = env.rank if cfg.parallel and env is not None else 0
+    if cfg.parallel:
+        exit_with_parent()  # torchrun runs each rank in its own session: when it is killed, so are we
+    lock = run_dir_lock(out, wait=LOCK_WAIT_S if cfg.parallel else None) if rank == 0 else contextlib.nullcontext()
+    with lock:
+        return _train(cfg, out, world, device, rank)
+
+
+def _train(cfg: SnapshotTrainConfig, out: Path, world: int, device: torch.device, rank: int) -> dict[str, Any]:
     sf = load_snapshots(cfg.snapshots)
     info = _check_graph(cfg, sf)
     snaps = sf.snapshots
@@ -188,18 +208,29 @@ def train(cfg: SnapshotTrainConfig) -> dict[str, Any]:
                  for k in ("val", "test")}
     train_rng = np.random.default_rng([cfg.seed, 0])
     streamer = SnapshotStreamer(snaps, device, cfg.transfer)
-    comm = init_from_env(device) if cfg.parallel else None
-    step = DistributedStep(model, streamer, comm) if comm else LocalStep(model, streamer)
+    comm = init_from_env(device, COMM_TIMEOUT_S) if cfg.parallel else None
     try:
-        summary = _fit(cfg, model, opt, step, targets, eval_negs, train_rng, pool, eval_stop, out)
+        step = DistributedStep(model, streamer, comm) if comm else LocalStep(model, streamer)
+        identity = snapshots_identity(sf)
+        state = resume(out, cfg, identity, world, rank, model, opt, train_rng, streamer, comm)
+        if rank == 0:
+            if state.done:
+                log.info("resuming %s after epoch %d", out, state.done - 1)
+            elif cfg.resume:
+                log.info("no checkpoint to resume in %s; starting from scratch", out)
+            (out / "summary.json").unlink(missing_ok=True)  # until this run ends, no summary
+        run = _Run(cfg, model, opt, step, out, identity, world)
+        summary = _fit(run, state, targets, eval_negs, train_rng, pool, eval_stop)
         summary |= {"node_features": model.features.mode, "num_snapshots": snaps.num_snapshots,
                     "edge_life": snaps.edge_life, "delta": snaps.delta,
                     "target_snapshots": {k: len(v.snapshots) for k, v in targets.items()},
                     "target_positives": {k: v.positives for k, v in targets.items()}, "graph_sha256": sf.graph_sha256}
         if comm:
-            summary["parallel"] = _parallel_summary(comm, step, step.partition(targets["train"].last))
-            summary["transfer_bytes"] = sum(summary["parallel"]["transfer_bytes_per_rank"])
-        if not comm or comm.rank == 0:
+            counts = gather_counts(streamer, comm)
+            element_bytes = next(model.parameters()).element_size()
+            summary["parallel"] = _parallel_summary(counts, step.partition(targets["train"].last), element_bytes)
+            summary["transfer_bytes"] = sum(counts.transfer)
+        if rank == 0:
             write_summary(out, summary, "epoch")
     finally:
         if comm:
@@ -207,16 +238,28 @@ def train(cfg: SnapshotTrainConfig) -> dict[str, Any]:
     return summary
 
 
-def _fit(cfg: SnapshotTrainConfig, model: SnapshotLinkModel, opt: torch.optim.Optimizer,
-         step: LocalStep | DistributedStep, targets: dict[str, Targets], eval_negs: dict[str, list[torch.Tensor]],
-         train_rng: np.random.Generator, pool: np.ndarray | None, eval_stop: int, out: Path) -> dict[str, Any]:
-    """The epochs; metrics.jsonl (rank 0); the summary's run fields."""
+@dataclass
+class _Run:
+    """What the epochs need besides the data: the model, its step, and where the run is written."""
+
+    cfg: SnapshotTrainConfig
+    model: SnapshotLinkModel
+    opt: torch.optim.Optimizer
+    step: LocalStep | DistributedStep
+    out: Path
+    identity: dict[str, Any]
+    world: int
+
+
+def _fit(run: _Run, state: Resumed, targets: dict[str, Targets], eval_negs: dict[str, list[torch.Tensor]],
+         train_rng: np.random.Generator, pool: np.ndarray | None, eval_stop: int) -> dict[str, Any]:
+    """The epochs after ``state.done``; metrics.jsonl and checkpoint.pt (rank 0); the summary's run fields."""
+    cfg, model, opt, step, out = run.cfg, run.model, run.opt, run.step, run.out
     streamer, num_nodes, device = step.streamer, model.features.num_nodes, step.streamer.device
     counter = step.comm.counter if step.comm else None
     writer = counter is None or step.comm.rank == 0
-    history: list[dict[str, Any]] = []
-    best: dict[str, Any] = {"best_epoch": -1, "val_mrr": -1.0}
-    for epoch in range(cfg.epochs):
+    history, best = list(state.history), dict(state.best)
+    for epoch in range(state.done, cfg.epochs):
         meter = machine_load.Interval().start()
         bytes0, start = streamer.bytes_copied, time.perf_counter()
         model.train()
@@ -243,8 +286,11 @@ def _fit(cfg: SnapshotTrainConfig, model: SnapshotLinkModel, opt: torch.optim.Op
         if val["mrr"] > best["val_mrr"]:
             best = {"best_epoch": epoch, **{f"val_{k}": v for k, v in val.items()},
                     **{f"test_{k}": v for k, v in test.items()}}
+        counts = gather_counts(streamer, step.comm)  # every rank: a collective under --parallel
         if writer:
             write_jsonl(out / "metrics.jsonl", history)
+            save_epoch(out, epochs_done=epoch + 1, model=model, opt=opt, history=history, best=best, config=cfg,
+                       rng=train_rng, identity=run.identity, world=run.world, counts=counts)
             log.info("epoch %d: loss %.4f val MRR %.4f AP %.4f (%.2fs)", epoch, row["train_loss"], val["mrr"],
                      val["ap"], row["seconds"])
     return run_summary(history, best, asdict(cfg)) | {

@@ -24,6 +24,8 @@ _HELP = {
     "threads": "torch CPU threads (default: torch's)",
     "parallel": "split the work over the ranks torchrun started (convolution by snapshot, temporal step by "
                 "vertex, one all-to-all between; docs/design.md §11.6)",
+    "resume": "continue from the run directory's checkpoint.pt when it was made with the same settings "
+              "(else start afresh, with a warning)",
 }
 _CHOICES = {"model": MODELS, "transfer": ("whole", "diff"), "node_features": FEATURE_MODES, "m_choice": (1, 2)}
 
@@ -31,7 +33,7 @@ _CHOICES = {"model": MODELS, "transfer": ("whole", "diff"), "node_features": FEA
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("snapshots", help="snapshots file from `disttgl snapshots`")
     p.add_argument("graph", help="the graph store the snapshots were cut from")
-    p.add_argument("--out", required=True, help="run directory (metrics.jsonl, summary.json)")
+    p.add_argument("--out", required=True, help="run directory (metrics.jsonl, checkpoint.pt, summary.json)")
     for f in fields(SnapshotTrainConfig):
         if f.name in ("snapshots", "graph", "out"):
             continue

@@ -51,11 +51,19 @@ def write_summary(out: Path, summary: dict[str, Any], unit: str, scores: str | N
     log.info("best %s %d: %s", unit, summary["best_epoch"], scores)
 
 
-def resumable_checkpoint(path: Path, cfg: TrainConfig,
+def resumable_checkpoint(path: Path, cfg: TrainConfig | Any,
                          extra_changes: Callable[[dict[str, Any]], list[str]] | None = None,
                          quiet: bool = False) -> dict[str, Any] | None:
     """The checkpoint to continue from with ``cfg.resume``; None (start afresh) when there is none or
-    it was made with settings that change the run (``extra_changes`` names the caller's own)."""
+    it was made with settings that change the run (``extra_changes`` names the caller's own).
+
+    Args:
+        path: the run's ``checkpoint.pt``.
+        cfg: the run's settings, a dataclass with a ``resume`` field (``TrainConfig``, or another
+            trainer's, e.g. ``disttgl.snapshot.train.SnapshotTrainConfig``).
+        extra_changes: the caller's own differences between the checkpoint and this run.
+        quiet: no warning when the checkpoint is not used (ranks other than the writer).
+    """
     ckpt = load_checkpoint(path) if cfg.resume and path.exists() else None
     if ckpt is None:
         return None
@@ -73,13 +81,14 @@ def resumable_checkpoint(path: Path, cfg: TrainConfig,
 _RESUMABLE = {"epochs", "resume", "progress", "threads", "prefetch", "device", "out", "graph", "cache", "timeout"}
 
 
-def _config_changes(saved: dict[str, Any], cfg: TrainConfig) -> list[str]:
+def _config_changes(saved: dict[str, Any], cfg: TrainConfig | Any) -> list[str]:
     """Settings that differ from the checkpoint's. A setting the checkpoint does not name (it was
     written before the setting existed) counts as its default, so adding a setting does not make
     every earlier run start afresh."""
     now = asdict(cfg)
     defaults = {f.name: f.default for f in fields(cfg) if f.default is not MISSING}
-    ignored = _RESUMABLE | ({"static_dropout"} if cfg.static is None else set())  # no table: no effect
+    # no static table: its dropout has no effect (a config without `static` has neither)
+    ignored = _RESUMABLE | ({"static_dropout"} if getattr(cfg, "static", None) is None else set())
     return [k for k in now if k not in ignored and saved.get(k, defaults.get(k)) != now[k]]
 
 

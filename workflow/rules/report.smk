@@ -1,5 +1,6 @@
 # Report: every configured run's results -> tables and plots (`disttgl report`), each flagged for
-# `snakemake --report report.html`. Runs come from config `datasets` x (`runs` + parallel layouts)
+# `snakemake --report report.html`. Runs come from config `datasets` x (`runs` + parallel layouts +
+# `snapshot_runs`)
 # (common.smk: report_runs); the CLI is also given them as --expect so a run without a readable
 # summary is listed as missing/failed, never dropped.
 
@@ -20,6 +21,8 @@ rule report:
                             category="Static memory"),
         ablation_md=f"{REPORT}/static_ablation.md",
         batch_size=report(f"{REPORT}/batch_size.svg", caption="../report/batch_size.rst", category="Batch size"),
+        snapshot_comm=report(f"{REPORT}/snapshot_comm.svg", caption="../report/snapshot_comm.rst",
+                             category="Snapshot DGNNs"),
     params:
         run_dirs=report_run_dirs,
         expect=report_runs(),
