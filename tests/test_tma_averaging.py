@@ -64,9 +64,9 @@ def test_durations_sync_periods_and_ticks():
     assert next_tick(100.0, 10.0, 100.0) == 110.0 and next_tick(100.0, 10.0, 125.0) == 130.0
     assert next_tick(100.0, 10.0, 99.0) == 110.0  # before the start: the first tick
     t = Timeouts().resolved("seconds", 60.0)
-    assert t.join == 5.0 and t.quorum == 130.0
+    assert t.join == 5.0 and t.quorum == 130.0 and t.quorum_retries == 65  # a retry every 2 s
     s = Timeouts().resolved("steps", 200.0)
-    assert s.join == 600.0 and s.quorum >= s.join + s.heartbeat
+    assert s.join == 600.0 and s.quorum >= s.join + s.heartbeat and s.quorum / (s.quorum_retries + 1) <= 2.0
 
 
 REPLICA = textwrap.dedent("""

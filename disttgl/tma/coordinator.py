@@ -107,8 +107,10 @@ def run_tma(plan: TMAPlan, eval_cfg: TrainConfig, opts: TMAOptions, record: dict
         t = plan.timeouts
         last: tuple[dict[str, Any], Path] | None = None
         evaluated: set[str] = set()
-        prev = {"wall_s": 0.0, "events": 0}
+        queue: list[tuple[dict[str, Any], Path]] = []  # rounds due for evaluation
+        prev: dict[str, Any] = {"wall_s": 0.0, "events": 0, "file": ""}
         total_events = 0
+        t0, t_done = time.time(), None
         try:
             sup.start()
             end = time.time() + t.startup
@@ -122,18 +124,21 @@ def run_tma(plan: TMAPlan, eval_cfg: TrainConfig, opts: TMAOptions, record: dict
                      ", ".join(map(str, plan.trainers)), plan.time_limit)
             while True:
                 done = sup.finished()
+                if done and t_done is None:
+                    t_done = time.time()
                 for rec, path in rounds.ingest(sup, plan):
                     total_events += sum(rec["events"].values())
                     rec["events_total"] = total_events
                     last = (rec, path)
-                if last is not None and last[1].name not in evaluated and (
-                        last[0]["round"] % opts.eval_every == 0 or last[0]["stop"] or done):
-                    prev = _evaluate(evaluator, last, prev)
-                    evaluated.add(last[1].name)
+                    if rec["round"] % opts.eval_every == 0 or rec["stop"]:
+                        queue.append(last)
+                if queue:  # one at a time, oldest first: the watch goes on between evaluations
+                    prev = _evaluate(evaluator, queue.pop(0), prev)
+                    evaluated.add(prev["file"])
                     write_jsonl(run_dir / "metrics.jsonl", evaluator.history)
-                if done:
+                if done and not queue:
                     break
-                if time.time() > hard_end:
+                if not done and time.time() > hard_end:
                     log.warning("trainers still running %.0f s after the deadline: stopping them",
                                 time.time() - sup.deadline)
                     break
@@ -155,7 +160,8 @@ def run_tma(plan: TMAPlan, eval_cfg: TrainConfig, opts: TMAOptions, record: dict
             "trainers": plan.trainers, "parts": plan.parts, "dead_trainers": died, "restarts": restarts,
             "lighthouse_restarts": sup.lighthouse_restarts, "degraded": bool(died),
             "best_round": evaluator.best["best_epoch"], "time_to_best_s": evaluator.best.get("best_wall_s"),
-            "wall_seconds": time.time() - t0, "train_events": total_events}
+            "wall_seconds": (t_done or time.time()) - t0,  # start to the last trainer's exit
+            "training_seconds": last[0]["wall_s"], "train_events": total_events}
         write_summary(run_dir, summary, "round")
         return summary
 
@@ -168,7 +174,7 @@ def _evaluate(evaluator: GlobalEvaluation, last: tuple[dict[str, Any], Path], pr
     evaluator(weights, rec["round"], {"wall_s": rec["wall_s"], "seconds": seconds, "train_events": events,
                                       "train_events_per_s": events / seconds, "participants": rec["participants"],
                                       "contributors": rec["contributors"]})
-    return {"wall_s": rec["wall_s"], "events": rec["events_total"]}
+    return {"wall_s": rec["wall_s"], "events": rec["events_total"], "file": path.name}
 
 
 def _first_log_tail(run_dir: Path, lines: int = 15) -> str:

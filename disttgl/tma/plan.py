@@ -16,6 +16,7 @@ from disttgl.atomic import atomic_path
 from disttgl.errors import DataError
 
 PLAN_FILE, START_FILE = "plan.json", "start.json"
+RETRY_SLEEP = 2.0  # seconds between two Lighthouse requests of a trainer while the Lighthouse is down
 _UNITS = {"s": 1.0, "sec": 1.0, "min": 60.0, "m": 60.0, "h": 3600.0}
 
 
@@ -57,7 +58,10 @@ class Timeouts:
     ``heartbeat``: a trainer silent this long is dead to the Lighthouse: the stall the others see
     when one dies. ``collective``: the process group's allreduce and the healing transfer.
     ``quorum``: the longest a trainer waits for a round to form (None: 2 periods + 2 joins with a
-    wall-clock period, 600 s with a step period).
+    wall-clock period, 600 s with a step period). ``quorum_retries``: torchft's Manager sleeps
+    ``quorum / (retries + 1)`` after a failed Lighthouse request before it retries, so with its
+    default of 3 a Lighthouse outage in a step-period run cost 150 s (measured); the default here
+    retries every RETRY_SLEEP seconds for as long as the quorum timeout lasts.
     """
 
     heartbeat_interval: float = 0.25
@@ -66,7 +70,7 @@ class Timeouts:
     quorum: float | None = None
     collective: float = 15.0
     connect: float = 5.0
-    quorum_retries: int = 3
+    quorum_retries: int | None = None  # None: quorum / RETRY_SLEEP (see resolved)
     startup: float = 300.0  # coordinator: the longest it waits for every trainer to be ready
 
     def resolved(self, sync_kind: str, sync_value: float) -> "Timeouts":
@@ -74,7 +78,9 @@ class Timeouts:
         join = self.join if self.join is not None else (5.0 if sync_kind == "seconds" else 600.0)
         quorum = self.quorum if self.quorum is not None else (
             2 * sync_value + 2 * join if sync_kind == "seconds" else 600.0)
-        return Timeouts(**{**asdict(self), "join": join, "quorum": max(quorum, join + self.heartbeat)})
+        quorum = max(quorum, join + self.heartbeat)
+        retries = self.quorum_retries if self.quorum_retries is not None else max(3, math.ceil(quorum / RETRY_SLEEP))
+        return Timeouts(**{**asdict(self), "join": join, "quorum": quorum, "quorum_retries": retries})
 
 
 @dataclass

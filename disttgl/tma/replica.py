@@ -62,7 +62,7 @@ class Replica:
             store_port=self.store.port, lighthouse_addr=lighthouse, replica_id=replica_name(part),
             heartbeat_interval=timedelta(seconds=t.heartbeat_interval),
             init_sync=False,  # every trainer builds the same initial weights from the run's seed
-            quorum_retries=t.quorum_retries)
+            quorum_retries=int(t.quorum_retries or 0))
 
     # what a late joiner receives: the last published average, not the sender's local weights
     def _state(self) -> dict[str, Any]:
