@@ -67,8 +67,10 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--work", default=None, help="working directory (default: a temporary one)")
     ap.add_argument("--json", default=None)
-    ap.add_argument("extra", nargs="*", help="model flags for every run (after --), e.g. --dim 32")
-    a = ap.parse_args()
+    argv = sys.argv[1:]
+    cut = argv.index("--") if "--" in argv else len(argv)
+    a = ap.parse_args(argv[:cut])
+    a.extra = argv[cut + 1:]  # model flags for every run, after --: e.g. -- --dim 32
     budget = parse_duration(a.budget, "--budget")
     work = Path(a.work or tempfile.mkdtemp(prefix="tma-bench-")).resolve()
     work.mkdir(parents=True, exist_ok=True)

@@ -224,3 +224,20 @@ def test_wikipedia_three_random_induced_parts_keep_about_a_third_of_training_eve
     # issue's 0.315 is one draw); the expectation for independent endpoints is 1/P
     assert cov["train_events_kept"] == pytest.approx(0.350, abs=0.001)
     assert cov["node_share_median"] == 0.0  # most users edit one page: the median user has nothing
+
+
+def test_tma_refuses_bad_input_before_starting_anything(small_graph):
+    def tma(*args):
+        return subprocess.run([sys.executable, "-m", "disttgl", "tma", *args, "--out", str(small_graph / "run")],
+                              capture_output=True, text=True, cwd=REPO)
+
+    partition(str(small_graph / "g.h5"), 3, "random", "induced", seed=1, out=str(small_graph / "tma-bad"))
+    parts = str(small_graph / "tma-bad")
+    for args, msg in [([str(small_graph / "nothing")], "no partition here"),
+                      ([parts, "--sync-every", "often"], "--sync-every"),
+                      ([parts, "--time-limit", "0s"], "--time-limit"),
+                      ([parts, "--drop-parts", "0,1,2"], "leaves no part"),
+                      ([parts, "--drop-parts", "5"], "--drop-parts")]:
+        proc = tma(*args)
+        assert proc.returncode == 2 and msg in proc.stderr, (args, proc.stderr[-2000:])
+    assert not (small_graph / "run" / "summary.json").exists()

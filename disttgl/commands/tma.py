@@ -76,7 +76,10 @@ def _parts(text: str, parts: int) -> list[int]:
         raise DataError(None, f"--drop-parts must be part numbers separated by commas, got {text!r}") from None
     if any(not 0 <= p < parts for p in drop):
         raise DataError(None, f"--drop-parts: parts are 0..{parts - 1}, got {text!r}")
-    return [p for p in range(parts) if p not in drop]
+    trainers = [p for p in range(parts) if p not in drop]
+    if not trainers:
+        raise DataError(None, f"--drop-parts {text} leaves no part to train")
+    return trainers
 
 
 def ensure_cache(graph: str, path: Path, params: BatchParams) -> str:
