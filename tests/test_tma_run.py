@@ -97,7 +97,7 @@ def test_a_trainer_killed_mid_run_leaves_the_others_training_to_the_time_limit(p
     rs = rounds(run)
     before = [r for r in rs if r["time"] < died[0]["time"]]
     after = [r for r in rs if r["time"] > died[0]["time"]]
-    assert before and all(r["participants"] == [0, 1, 2] for r in before)
+    assert before and all(r["participants"] == [0, 1, 2] and r["dead"] == [] for r in before)
     assert after and all(r["participants"] == [0, 1] and r["dead"] == [2] for r in after)
     assert after[-1]["stop"] and after[-1]["wall_s"] >= limit
     last = weights(run / "rounds" / after[-1]["file"])
@@ -121,6 +121,7 @@ def test_a_restarted_trainer_rejoins_with_the_last_average_and_runs_repeat(parts
     assert [(e["part"], e["attempt"]) for e in events(run, "trainer_restarted")] == [(2, 1)]
     rs = rounds(run)
     assert [r["round"] for r in rs] == list(range(1, 21))
+    assert rs[0]["dead"] == [] and all(r["dead"] == [] for r in rs if r["time"] > events(run, "trainer_restarted")[0]["time"])
     # --sync-every steps is deterministic: the rounds before the kill equal the clean run's, bit for bit
     for r in rs[:2]:
         assert r["contributors"] == [0, 1, 2]

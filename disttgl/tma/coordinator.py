@@ -72,10 +72,10 @@ class Rounds:
                 continue
             self.seen.add(path.name)
             rec = json.loads(torch.load(path, map_location="cpu", weights_only=True)["record"])
-            dead, live = sup.dead(), sup.live()
             present = rec.pop("present")
+            dead = sup.dead_at(rec["time"])  # when the round was made, not when it is read
             rec.update(kind="round", participants=present, dead=dead, file=path.name,
-                       missing=[p for p in plan.trainers if p in live and p not in present])
+                       missing=[p for p in plan.trainers if p not in dead and p not in present])
             self.by_round.setdefault(rec["round"], []).append(path.name)
             rec["split"] = len(self.by_round[rec["round"]]) > 1  # two quorums took the same round number
             new.append((rec, path))

@@ -53,6 +53,7 @@ class Supervisor:
         self.run_dir = Path(plan.run_dir)
         self.trainers: dict[int, TrainerProcess] = {}
         self.events: list[dict[str, Any]] = []
+        self.history: list[tuple[float, int, str]] = []  # (time, part, trainer_died | trainer_restarted)
         self.lock = threading.Lock()
         self.port = lighthouse.free_port()
         self.lighthouse: subprocess.Popen | None = None
@@ -64,6 +65,14 @@ class Supervisor:
     def _event(self, kind: str, **fields: Any) -> None:
         with self.lock:
             self.events.append({"event": kind, "time": time.time(), **fields})
+            if kind in ("trainer_died", "trainer_restarted"):
+                self.history.append((self.events[-1]["time"], fields["part"], kind))
+
+    def dead_at(self, t: float) -> list[int]:
+        """Trainers dead at wall-clock time ``t`` (died, not restarted yet)."""
+        with self.lock:
+            state = {p: kind for when, p, kind in self.history if when <= t}
+        return sorted(p for p, kind in state.items() if kind == "trainer_died")
 
     def take_events(self) -> list[dict[str, Any]]:
         with self.lock:
