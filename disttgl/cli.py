@@ -29,6 +29,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "profile": ("disttgl.pipeline.profile", "time MSPipe's five stages on real batches: τ, k_min, bottleneck"),
     "similar": ("disttgl.pipeline.similar_command", "the k most similar nodes of each node, for staleness mitigation"),
     "launch": ("disttgl.parallel.launch", "start i x j x k training: torchrun on one node, srun + torchrun per node under SLURM"),
+    "partition": ("disttgl.tma.partition_command", "RandomTMA/SuperTMA: split a graph's nodes into parts, one graph store each"),
+    "tma": ("disttgl.commands.tma", "RandomTMA/SuperTMA: one trainer per part, weights averaged on torchft every --sync-every"),
     "report": ("disttgl.report.command", "collect results into tables and plots"),
     "snapshots": ("disttgl.snapshot.command", "cut a graph store into snapshots (adjacency and differences)"),
     "snapshot-train": ("disttgl.snapshot.train_command", "train a snapshot DGNN (GCN + LSTM or TM-GCN)"),

@@ -1,0 +1,168 @@
+"""`disttgl tma` end to end on CPU (Lighthouse + 3 trainer processes on torchft, one thread each):
+the run's files, a trainer killed mid-run, a dead trainer restarted, the Lighthouse killed."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("torchft")
+
+REPO = Path(__file__).resolve().parents[1]
+MODEL = ["--dim", "16", "--time-dim", "16", "--heads", "2", "--batch-size", "100", "--neg-sets", "4"]
+pytestmark = pytest.mark.slow
+
+
+def sh(*args: str, cwd: Path, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "disttgl", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})})
+
+
+@pytest.fixture(scope="module")
+def parts(tmp_path_factory):
+    d = tmp_path_factory.mktemp("tma_run")
+    for args in (["synth", "--out", "g.h5", "--events", "3000", "--nodes", "100", "--edge-dim", "8"],
+                 ["partition", "g.h5", "--parts", "3", "--method", "random", "--rule", "incident", "--out", "p"]):
+        proc = sh(*args, cwd=d)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    return d
+
+
+def tma(d: Path, out: str, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return sh("tma", "p", "--out", out, *MODEL, *args, cwd=d, env=env)
+
+
+def lines(run: Path) -> list[dict]:
+    return [json.loads(x) for x in (run / "rounds.jsonl").read_text().splitlines()]
+
+
+def rounds(run: Path) -> list[dict]:
+    return [r for r in lines(run) if r["kind"] == "round"]
+
+
+def events(run: Path, kind: str) -> list[dict]:
+    return [r for r in lines(run) if r["kind"] == "event" and r["event"] == kind]
+
+
+def weights(path: Path) -> dict:
+    return torch.load(path, weights_only=True)["weights"]
+
+
+def same(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.fixture(scope="module")
+def clean(parts):
+    proc = tma(parts, "clean", "--sync-every", "10steps", "--rounds", "6", "--time-limit", "10min")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return parts / "clean"
+
+
+def test_clean_run_averages_every_round_over_all_trainers(clean):
+    rs = rounds(clean)
+    assert [r["round"] for r in rs] == [1, 2, 3, 4, 5, 6]
+    assert all(r["participants"] == r["contributors"] == [0, 1, 2] and r["steps"] == {"0": 10, "1": 10, "2": 10}
+               for r in rs)
+    assert [r["stop"] for r in rs] == [False] * 5 + [True] and not any(r["split"] for r in rs)
+    last = weights(clean / "rounds" / rs[-1]["file"])
+    for p in range(3):  # every trainer ends on the last published average
+        assert same(weights(clean / f"trainer-{p}" / "final.pt"), last)
+    summary = json.loads((clean / "summary.json").read_text())
+    assert summary["rounds"] == 6 and summary["trainers"] == [0, 1, 2] and summary["degraded"] is False
+    assert summary["config"]["method"] == "random" and summary["config"]["rule"] == "incident"
+    assert 0 < summary["test_mrr"] <= 1 and summary["best_round"] == summary["best_epoch"] >= 1
+    rows = [json.loads(x) for x in (clean / "metrics.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in rows] == [1, 2, 3, 4, 5, 6]  # --eval-every 1: every round, in order
+    assert all(0 < r["val_mrr"] <= 1 and r["participants"] == [0, 1, 2] for r in rows)
+
+
+def test_a_trainer_killed_mid_run_leaves_the_others_training_to_the_time_limit(parts):
+    """Time-based syncs (every 2 s, 12 s of training); trainer 2 SIGKILLs itself at its step 100."""
+    limit = 12.0
+    proc = tma(parts, "killed", "--sync-every", "2s", "--time-limit", f"{limit:.0f}s", "--eval-every", "100",
+               env={"DISTTGL_FAULT": "2:100"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = parts / "killed"
+    died = events(run, "trainer_died")
+    assert [(e["part"], e["rc"]) for e in died] == [(2, -signal.SIGKILL)]
+    rs = rounds(run)
+    before = [r for r in rs if r["time"] < died[0]["time"]]
+    after = [r for r in rs if r["time"] > died[0]["time"]]
+    assert before and all(r["participants"] == [0, 1, 2] and r["dead"] == [] for r in before)
+    assert after and all(r["participants"] == [0, 1] and r["dead"] == [2] for r in after)
+    assert after[-1]["stop"] and after[-1]["wall_s"] >= limit
+    last = weights(run / "rounds" / after[-1]["file"])
+    for p in (0, 1):  # the survivors hold the last published average
+        assert same(weights(run / f"trainer-{p}" / "final.pt"), last)
+    assert not (run / "trainer-2" / "final.pt").exists()
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["degraded"] is True and summary["dead_trainers"] == [2]
+    t = summary["config"]["timeouts"]
+    # no hang: the deadline, plus the survivors' one stall (a heartbeat timeout), plus slack for the
+    # last round and the final evaluation; a survivor waiting out its quorum timeout would exceed it
+    assert summary["wall_seconds"] < limit + t["heartbeat"] + t["join"] + t["collective"]
+
+
+def test_a_restarted_trainer_rejoins_with_the_last_average_and_runs_repeat(parts, clean):
+    proc = tma(parts, "restarted", "--sync-every", "10steps", "--rounds", "20", "--time-limit", "10min",
+               "--restart-dead", "--eval-every", "100", env={"DISTTGL_FAULT": "2:25"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = parts / "restarted"
+    assert [e["part"] for e in events(run, "trainer_died")] == [2]
+    assert [(e["part"], e["attempt"]) for e in events(run, "trainer_restarted")] == [(2, 1)]
+    rs = rounds(run)
+    assert [r["round"] for r in rs] == list(range(1, 21))
+    assert rs[0]["dead"] == [] and all(r["dead"] == [] for r in rs if r["time"] > events(run, "trainer_restarted")[0]["time"])
+    # --sync-every steps is deterministic: the rounds before the kill equal the clean run's, bit for bit
+    for r in rs[:2]:
+        assert r["contributors"] == [0, 1, 2]
+        assert same(weights(run / "rounds" / r["file"]), weights(clean / "rounds" / r["file"]))
+    died = events(run, "trainer_died")[0]["time"]
+    back = next(i for i, r in enumerate(rs) if r["time"] > died and 2 in r["participants"])
+    assert 2 not in rs[back]["contributors"]  # it healed to the last average: nothing of its own to add
+    assert all(r["contributors"] == [0, 1, 2] for r in rs[back + 1:])
+    last = weights(run / "rounds" / rs[-1]["file"])
+    assert all(same(weights(run / f"trainer-{p}" / "final.pt"), last) for p in range(3))
+    assert torch.load(run / "trainer-2" / "final.pt", weights_only=True)["attempt"] == 1
+    assert json.loads((run / "summary.json").read_text())["restarts"] == 1
+
+
+def test_the_lighthouse_killed_and_restarted_training_goes_on(parts):
+    """SIGKILL the Lighthouse after round 5: the coordinator restarts it on its port, the rounds
+    during the outage fail (each trainer keeps its weights and trains on), and rounds go on to 40."""
+    run = parts / "lh"
+    cmd = [sys.executable, "-m", "disttgl", "tma", "p", "--out", "lh", *MODEL, "--sync-every", "10steps",
+           "--rounds", "40", "--time-limit", "10min", "--eval-every", "100"]
+    proc = subprocess.Popen(cmd, cwd=parts, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "PYTHONPATH": str(REPO)})
+    try:
+        end = time.time() + 240
+        while time.time() < end and proc.poll() is None:
+            if (run / "rounds.jsonl").exists() and any(r["round"] >= 5 for r in rounds(run)):
+                break
+            time.sleep(0.1)
+        killed_after = max(r["round"] for r in rounds(run))
+        os.kill(int((run / "lighthouse.pid").read_text()), signal.SIGKILL)
+        out, _ = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, out[-3000:]
+    assert killed_after < 40
+    assert len(events(run, "lighthouse_died")) == 1 and len(events(run, "lighthouse_restarted")) == 1
+    assert not events(run, "trainer_died")
+    rs = rounds(run)
+    assert max(r["round"] for r in rs) == 40 and rs[-1]["stop"]
+    restart = events(run, "lighthouse_restarted")[0]["time"]
+    assert any(r["time"] > restart and r["participants"] == [0, 1, 2] for r in rs)
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["lighthouse_restarts"] == 1 and summary["degraded"] is False
