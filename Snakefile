@@ -1,7 +1,9 @@
 # disttgl workflow: raw events -> graph store -> batch cache -> static memory -> training -> report
-# (and graph store -> snapshots -> snapshot DGNN training -> report).
+# (and graph store -> snapshots -> snapshot DGNN training -> report; graph store -> partition ->
+# RandomTMA/SuperTMA training -> report).
 # Rules are thin: each runs one `disttgl` command; the logic lives in the disttgl package, and every
-# target and input function of the rules lives in workflow/rules/common.smk.
+# target and input function of the rules lives in workflow/rules/common.smk (those of the snapshot
+# and TMA rules in common_systems.smk, which it includes).
 
 from snakemake.utils import min_version, validate
 
@@ -31,4 +33,5 @@ include: "workflow/rules/train.smk"
 include: "workflow/rules/pipeline.smk"
 include: "workflow/rules/parallel.smk"
 include: "workflow/rules/snapshot.smk"
+include: "workflow/rules/tma.smk"
 include: "workflow/rules/report.smk"

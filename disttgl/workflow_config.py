@@ -131,15 +131,21 @@ def check_preset(config: dict[str, Any]) -> None:
 
 def check_names(config: dict[str, Any]) -> None:
     """Dataset and run names are directory names: refuse ``.``, ``..`` and names starting with ``.``;
-    refuse ``{``/``}`` in data_dir/results_dir (Snakemake would read them as wildcards)."""
+    refuse a name shared by ``runs``, ``snapshot_runs`` and ``tma_runs`` (one results directory), a
+    random TMA run with ``clusters``, and ``{``/``}`` in data_dir/results_dir (Snakemake wildcards)."""
     named = [(f"datasets[{i}]", n) for i, n in enumerate(config.get("datasets") or [])]
     named += [(f"optional_datasets[{i}]", n) for i, n in enumerate(config.get("optional_datasets") or [])]
     named += [(f"custom_datasets.{n}", n) for n in (config.get("custom_datasets") or {})]
     named += [(f"runs.{n}", n) for n in (config.get("runs") or {})]
     named += [(f"snapshot_runs.{n}", n) for n in (config.get("snapshot_runs") or {})]
-    both = sorted(set(config.get("runs") or {}) & set(config.get("snapshot_runs") or {}))
-    if both:  # the same results/{dataset}/{NAME}/ directory
-        raise DataError("config.yaml", f"snapshot_runs.{both[0]}: the name is a run of `runs` too; rename one")
+    named += [(f"tma_runs.{n}", n) for n in (config.get("tma_runs") or {})]
+    for first, second in (("runs", "snapshot_runs"), ("runs", "tma_runs"), ("snapshot_runs", "tma_runs")):
+        both = sorted(set(config.get(first) or {}) & set(config.get(second) or {}))
+        if both:  # the same results/{dataset}/{NAME}/ directory
+            raise DataError("config.yaml", f"{second}.{both[0]}: the name is a run of `{first}` too; rename one")
+    for name, spec in (config.get("tma_runs") or {}).items():
+        if (spec or {}).get("method") == "random" and (spec or {}).get("clusters") is not None:
+            raise DataError("config.yaml", f"tma_runs.{name}.clusters: clusters apply to method super only")
     for key, name in named:
         if not _NAME.match(str(name)):
             raise DataError("config.yaml", f"{key}: name {name!r} must start with a letter, digit, '_' or '-' and "

@@ -395,6 +395,74 @@ def test_snapshot_runs_train_and_reach_the_report(workdir):
     assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr
 
 
+# ----------------------------------------------------------------------------- RandomTMA / SuperTMA
+
+TMA_RUNS = {
+    "rtma": {"method": "random", "parts": 3, "sync_every": "20steps", "time_limit": "90s"},
+    "stma": {"method": "super", "rule": "incident", "parts": 3, "clusters": 12, "seed": 2},
+    "stma2": {"method": "super", "rule": "incident", "parts": 3, "clusters": 12, "seed": 2, "time_limit": "2min"},
+}
+
+
+def test_tma_runs_plan_one_partition_per_setting_and_a_tma_job_each(workdir):
+    from disttgl.cli import _parser
+
+    _test_config(workdir, tma_runs=TMA_RUNS, **{"parallel.configs": [], "parallel.threads_per_rank": 2})
+    proc = snakemake(workdir, "-n", "-p", "--cores", "6")
+    assert proc.returncode == 0, proc.stderr
+    cmds = _shell_commands(proc.stdout)
+    parts = sorted(c for c in cmds if c.startswith("disttgl partition "))
+    assert parts == [  # stma and stma2 share theirs
+        "disttgl partition data/synthetic/graph.h5 --method random --rule induced --parts 3 --seed 0 --out "
+        "data/synthetic/parts/random-induced-P3-s0 > logs/synthetic/partition-random-induced-P3-s0.log 2>&1",
+        "disttgl partition data/synthetic/graph.h5 --method super --rule incident --parts 3 --clusters 12 --seed 2 "
+        "--out data/synthetic/parts/super-incident-P3-C12-s2 > logs/synthetic/partition-super-incident-P3-C12-s2.log"
+        " 2>&1"]
+    tmas = {shlex.split(c)[shlex.split(c).index("--out") + 1]: c for c in cmds if c.startswith("disttgl tma ")}
+    assert set(tmas) == {f"results/synthetic/{r}" for r in TMA_RUNS}
+    common = "--batch-size 100 --neg-sets 32 --device cpu --seed 0 --dim 16 --heads 2 --dropout 0.2 --threads 2"
+    assert tmas["results/synthetic/rtma"] == (
+        "disttgl tma data/synthetic/parts/random-induced-P3-s0 --graph data/synthetic/graph.h5 --out "
+        f"results/synthetic/rtma --sync-every 20steps --time-limit 90s {common} > logs/synthetic/tma-rtma.log 2>&1")
+    assert tmas["results/synthetic/stma"].startswith(  # the schema's defaults: 60s, 30min
+        "disttgl tma data/synthetic/parts/super-incident-P3-C12-s2 --graph data/synthetic/graph.h5 --out "
+        f"results/synthetic/stma --sync-every 60s --time-limit 30min {common} >")
+    assert "--time-limit 2min" in tmas["results/synthetic/stma2"]
+    for cmd in [*parts, *tmas.values()]:  # every flag is one the command takes
+        argv = shlex.split(cmd.split(" > ")[0])[1:]
+        _parser(argv[0]).parse_args(argv)
+    # three trainers of 2 threads each, timed like every training job
+    blocks = re.split(r"^\[.*\]$", proc.stdout, flags=re.M)
+    tma_jobs = [b for b in blocks if re.search(r"^(?:local)?rule tma:", b, re.M)]
+    assert len(tma_jobs) == 3 and all(re.search(r"^\s+threads: 6$", b, re.M) for b in tma_jobs)
+    assert all(re.search(r"^\s+resources: .*\btimed_run=1\b", b, re.M) for b in tma_jobs)
+    (report,) = [c for c in cmds if c.startswith("disttgl report")]
+    assert all(f"synthetic/{r}" in shlex.split(report) and f"results/synthetic/{r}" in shlex.split(report)
+               for r in TMA_RUNS)  # expected, and read
+
+
+@pytest.mark.parametrize("runs, key, message", [
+    ({"x": {"method": "metis", "parts": 2}}, "['tma_runs']['x']['method']", "is not one of"),
+    ({"x": {"method": "random"}}, "['tma_runs']['x']", "'parts' is a required property"),
+    ({"x": {"method": "random", "parts": 2, "sync_every": "often"}}, "['tma_runs']['x']['sync_every']",
+     "does not match"),
+    ({"x": {"method": "random", "parts": 2, "clusters": 8}}, "tma_runs.x.clusters", "method super only"),
+    ({"static": {"method": "random", "parts": 2}}, "tma_runs.static", "is a run of `runs` too"),
+    ({"2x1x1": {"method": "random", "parts": 2}}, "tma_runs", "does not match"),
+])
+def test_bad_tma_runs_fail_before_any_job(workdir, runs, key, message):
+    _test_config(workdir, tma_runs=runs)
+    proc = snakemake(workdir, "-n")
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and key in out and message in out, out[-3000:]
+
+
+def test_tma_and_snapshot_names_may_not_collide():
+    with pytest.raises(DataError, match="tma_runs.gl: the name is a run of `snapshot_runs` too"):
+        check_config({"datasets": ["synthetic"], "runs": {}, "snapshot_runs": {"gl": {}},
+                      "tma_runs": {"gl": {"method": "random", "parts": 2}}})
+
+
 # ----------------------------------------------------------------------------- one source of defaults
 
 def _dataclass_defaults(cls) -> dict:

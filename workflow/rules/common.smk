@@ -92,10 +92,15 @@ def snapshot_train_runs():
     return [f"{dataset}/{run}" for dataset in config["datasets"] for run in config["snapshot_runs"]]
 
 
+def tma_train_runs():
+    """Every configured RandomTMA/SuperTMA run, as DATASET/NAME."""
+    return [f"{dataset}/{run}" for dataset in config["datasets"] for run in config["tma_runs"]]
+
+
 def report_runs():
-    """Every configured run (single-process runs, layouts, snapshot runs): what the report expects, so
-    that a run without a readable summary is listed as missing/failed, never dropped."""
-    return train_runs() + parallel_runs() + snapshot_train_runs()
+    """Every configured run (single-process runs, layouts, snapshot and TMA runs): what the report
+    expects, so that a run without a readable summary is listed as missing/failed, never dropped."""
+    return train_runs() + parallel_runs() + snapshot_train_runs() + tma_train_runs()
 
 
 def train_summaries():
@@ -356,65 +361,5 @@ def slurm_resources():
     return res
 
 
-# --------------------------------------------------------------------------- snapshot DGNNs (snapshot.smk)
-# A snapshots file per dataset and cut (T snapshots, edge life L, symmetric or not), shared by every
-# snapshot run with that cut: data/{dataset}/snapshots/T{T}-L{L}[-sym].h5.
-
-SNAPSHOT_CUT = r"T(\d+)-L(\d+)(-sym)?"
-
-
-def snapshot_run_names():
-    """snapshot_train's run wildcard: the configured names (none: a pattern that matches nothing)."""
-    names = config["snapshot_runs"]
-    return "|".join(map(re.escape, names)) if names else "(?!)"
-
-
-def snapshot_run(wildcards):
-    return config["snapshot_runs"][wildcards.srun]
-
-
-def snapshots_path(dataset, spec):
-    """The snapshots file of a run's cut (`spec`: its config entry)."""
-    cut = f"T{spec['num_snapshots']}-L{spec['edge_life']}" + ("-sym" if spec["symmetric"] else "")
-    return f"{DATA}/{dataset}/snapshots/{cut}.h5"
-
-
-def snapshot_run_file(wildcards):
-    return snapshots_path(wildcards.dataset, snapshot_run(wildcards))
-
-
-def snapshot_cut_args(wildcards):
-    """snapshots: the cut's flags, read back from its file name."""
-    t, life, sym = re.fullmatch(SNAPSHOT_CUT, wildcards.cut).groups()
-    return shlex.join(["--num-snapshots", t, "--edge-life", life, *(["--symmetric"] if sym else [])])
-
-
-def snapshot_launch(wildcards):
-    """snapshot_train: the disttgl command: `snapshot-train` in one process, else `disttgl launch` of
-    P ranks on this machine running `snapshot-train --parallel`."""
-    procs = snapshot_run(wildcards)["procs"]
-    if procs == 1:
-        return "snapshot-train"
-    return f"launch --nodes 1 --nproc-per-node {procs} --program snapshot-train --"
-
-
-def snapshot_train_args(wildcards):
-    """snapshot_train: the run's flags (quoted), `--parallel` for several ranks."""
-    r, t = snapshot_run(wildcards), config["train"]
-    args = ["--model", r["model"], "--transfer", r["transfer"], "--epochs", r["epochs"], "--hidden", r["hidden"],
-            "--lr", r["lr"], "--node-features", r["node_features"], "--device", t["device"], "--seed", t["seed"]]
-    if r["procs"] > 1:
-        args.append("--parallel")
-    return shlex.join(map(str, args))
-
-
-def snapshot_threads(wildcards):
-    """Cores of a snapshot run: train.threads for one process, procs x parallel.threads_per_rank else."""
-    procs = snapshot_run(wildcards)["procs"]
-    return config["train"]["threads"] if procs == 1 else procs * config["parallel"]["threads_per_rank"]
-
-
-def snapshot_rank_threads(wildcards, threads):
-    """--threads of each rank (one process: all the job's cores)."""
-    procs = snapshot_run(wildcards)["procs"]
-    return threads if procs == 1 else config["parallel"]["threads_per_rank"]
+# The snapshot DGNN and RandomTMA/SuperTMA functions (snapshot.smk, tma.smk).
+include: "common_systems.smk"

@@ -1,8 +1,7 @@
 # Report: every configured run's results -> tables and plots (`disttgl report`), each flagged for
 # `snakemake --report report.html`. Runs come from config `datasets` x (`runs` + parallel layouts +
-# `snapshot_runs`)
-# (common.smk: report_runs); the CLI is also given them as --expect so a run without a readable
-# summary is listed as missing/failed, never dropped.
+# `snapshot_runs` + `tma_runs`) (common.smk: report_runs); the CLI is also given them as --expect
+# so a run without a readable summary is listed as missing/failed, never dropped.
 
 
 rule report:

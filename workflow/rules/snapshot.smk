@@ -2,7 +2,7 @@
 # (data/{dataset}/snapshots/T{T}-L{L}[-sym].h5), then GCN + LSTM or TM-GCN trained on them,
 # results/{dataset}/{NAME}/summary.json (+ metrics.jsonl, checkpoint.pt). As for rule train only
 # summary.json is declared, so a killed job's checkpoint stays and the rerun's --resume continues it.
-# The path and flag functions are in common.smk.
+# The path and flag functions are in common_systems.smk (included from common.smk).
 
 
 rule snapshots:
