@@ -24,7 +24,7 @@ CAPTION = ("Accuracy against batch size (one trainer, sequential memory): DistTG
 
 def batch_rows(runs: Sequence[RunResult]) -> list[dict[str, Any]]:
     """One row per qualifying run (see the module docstring)."""
-    single = [r for r in runs if r.status == "ok" and not r.is_parallel and not r.is_snapshot and r.task == "link"
+    single = [r for r in runs if r.status == "ok" and not r.is_parallel and r.kind == "tgn" and r.task == "link"
               and isinstance(r.summary.get("batch_size"), int) and not isinstance(r.summary.get("staleness"), dict)]
     sizes: dict[str, set[int]] = {}
     for r in single:

@@ -88,6 +88,19 @@ class RunResult:
         return all(isinstance(s.get(k), int) and not isinstance(s.get(k), bool) for k in ("num_snapshots", "edge_life"))
 
     @property
+    def is_tma(self) -> bool:
+        """A RandomTMA/SuperTMA run (``disttgl tma``, docs/design.md §14): its summary counts rounds and
+        its config names the partition method. Kept out of the TGN sections as snapshot runs are."""
+        cfg = self.summary.get("config") if isinstance(self.summary.get("config"), dict) else {}
+        return self.summary.get("unit") == "round" and cfg.get("method") in ("random", "super")
+
+    @property
+    def kind(self) -> str:
+        """``snapshot``, ``tma`` or ``tgn`` (every other run: the accuracy, ablation, batch and staleness
+        sections compare these only)."""
+        return "snapshot" if self.is_snapshot else "tma" if self.is_tma else "tgn"
+
+    @property
     def best_epochs_trained(self) -> int | None:
         """Data epochs trained up to the best epoch (single process) or pass (pass·j·k)."""
         be = self.summary.get("best_epoch")

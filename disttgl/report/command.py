@@ -21,6 +21,7 @@ from disttgl.report.batch_table import batch_rows
 from disttgl.report.snapshot_table import comm_rows, snapshot_rows
 from disttgl.report.staleness_table import staleness_rows
 from disttgl.report.tgb_table import tgb_rows
+from disttgl.report.tma_table import tma_rows
 from disttgl.report.tables import (ABLATION_COLUMNS, ACCURACY_COLUMNS, DEFAULT_TTA_FRACTION, ablation_rows,
                                    accuracy_rows, markdown_table, render_csv, render_markdown)
 
@@ -43,10 +44,10 @@ def write_report(runs: Sequence[RunResult], out: str | os.PathLike, tta_fraction
 
     out = Path(out)
     acc, abl, tgb, stale = accuracy_rows(runs, tta_fraction), ablation_rows(runs), tgb_rows(runs), staleness_rows(runs)
-    batch, ec, snap = batch_rows(runs), edge_class_rows(runs), snapshot_rows(runs)
-    _write_text(out / "accuracy.md", render_markdown(acc, abl, tta_fraction, machine, tgb, stale, batch, ec, snap))
+    batch, ec, snap, tma = batch_rows(runs), edge_class_rows(runs), snapshot_rows(runs), tma_rows(runs)
+    _write_text(out / "accuracy.md", render_markdown(acc, abl, tta_fraction, machine, tgb, stale, batch, ec, snap, tma))
     _write_text(out / "accuracy.csv", render_csv(acc, ACCURACY_COLUMNS))
-    _write_text(out / "accuracy.html", render_html(acc, abl, tta_fraction, machine, tgb, stale, batch, ec, snap))
+    _write_text(out / "accuracy.html", render_html(acc, abl, tta_fraction, machine, tgb, stale, batch, ec, snap, tma))
     plots.save(plots.convergence_figure(runs), out / "convergence.svg")
     plots.save(plots.scaling_figure(runs, acc), out / "scaling.svg")
     plots.save(plots.ablation_figure(abl), out / "static_ablation.svg")

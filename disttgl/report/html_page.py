@@ -17,6 +17,9 @@ from disttgl.report.snapshot_table import SNAPSHOT_COLUMNS
 from disttgl.report.staleness_table import NOTE as STALENESS_NOTE
 from disttgl.report.staleness_table import STALENESS_COLUMNS
 from disttgl.report.tgb_table import LEADERBOARD, TGB_COLUMNS, anchor_lines
+from disttgl.report.tma_table import NOTE as TMA_NOTE
+from disttgl.report.tma_table import TITLE as TMA_TITLE
+from disttgl.report.tma_table import TMA_COLUMNS
 
 _CSS = """body{font-family:system-ui,sans-serif;margin:1.5em;color:#222}
 table{border-collapse:collapse;margin:0 0 1.5em 0;font-size:0.9em}
@@ -31,7 +34,7 @@ TEXT_CLASS = ' class="t"'
 def _html_table(rows: Sequence[dict], columns: Sequence[tuple[str, str]], caption: str) -> list[str]:
     text_cols = {"dataset", "run", "status", "parallelism", "static_memory", "note", "contended", "run_static",
                  "run_nostatic", "negatives", "compare", "requested", "mitigation", "pipeline", "best", "model",
-                 "transfer", "node_features"}
+                 "transfer", "node_features", "method", "rule", "dead", "sync_every"}
     out = [f"<table><caption>{html.escape(caption)}</caption>",
            "<tr>" + "".join(f"<th>{html.escape(h)}</th>" for _, h in columns) + "</tr>"]
     for row in rows:
@@ -54,7 +57,8 @@ def _html_section(title: str, note: str, rows: Sequence[dict], columns: Sequence
 
 def render_html(acc: Sequence[dict], abl: Sequence[dict], tta_fraction: float,
                 machine: dict[str, str] | None = None, tgb: Sequence[dict] = (), staleness: Sequence[dict] = (),
-                batch: Sequence[dict] = (), edge_class: Sequence[dict] = (), snapshot: Sequence[dict] = ()) -> str:
+                batch: Sequence[dict] = (), edge_class: Sequence[dict] = (), snapshot: Sequence[dict] = (),
+                tma: Sequence[dict] = ()) -> str:
     cols = [c for c in ACCURACY_COLUMNS if c[0] != "dataset"]
     body = ["<h1>Accuracy and speed</h1>"]
     for dataset, rows in by_dataset(acc).items():
@@ -76,6 +80,7 @@ def render_html(acc: Sequence[dict], abl: Sequence[dict], tta_fraction: float,
     body += _html_section("Staleness (MSPipe)", STALENESS_NOTE, staleness, STALENESS_COLUMNS)
     body += _html_section("Edge classification", EDGE_CLASS_NOTE, edge_class, EDGE_CLASS_COLUMNS)
     body += _html_section("Snapshot DGNNs", SNAPSHOT_NOTE, snapshot, SNAPSHOT_COLUMNS)
+    body += _html_section(TMA_TITLE, TMA_NOTE, tma, TMA_COLUMNS)
     if machine:
         body += ["<h2>Machine</h2>", "<ul>"]
         body += [f"<li><b>{html.escape(k)}</b>: {html.escape(v)}</li>" for k, v in machine.items()] + ["</ul>"]

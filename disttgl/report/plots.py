@@ -41,6 +41,9 @@ def _empty(fig: Figure, text: str) -> Figure:
 def _label(r: RunResult) -> str:
     if r.is_snapshot:
         return f"{r.run} (snapshot {r.summary.get('model', '?')})"
+    if r.is_tma:  # its metrics count averaging rounds
+        cfg = r.summary["config"]
+        return f"{r.run} ({'SuperTMA' if cfg['method'] == 'super' else 'RandomTMA'}, rounds)"
     static = {True: "static", False: "no static", None: "?"}[r.static]
     suffix = "" if r.status == "ok" else f", {r.status}"
     return f"{r.run} ({r.par_label}, {static}{suffix})"

@@ -21,7 +21,7 @@ STALENESS_COLUMNS = [("run", "run"), ("k", "k"), ("requested", "staleness"), ("m
 
 def staleness_rows(runs: Sequence[RunResult]) -> list[dict[str, Any]]:
     """The section's rows, datasets with an MSPipe run only."""
-    ok = [r for r in runs if r.status == "ok" and not r.is_parallel and not r.is_snapshot and r.task == "link"]
+    ok = [r for r in runs if r.status == "ok" and not r.is_parallel and r.kind == "tgn" and r.task == "link"]
     datasets = {r.dataset for r in ok if isinstance(r.summary.get("staleness"), dict)}
     rows = []
     for r in ok:

@@ -13,6 +13,7 @@ from disttgl.report.edge_class_table import render_edge_class_markdown
 from disttgl.report.sections import by_dataset
 from disttgl.report.snapshot_table import render_snapshot_markdown
 from disttgl.report.staleness_table import render_staleness_markdown
+from disttgl.report.tma_table import render_tma_markdown
 from disttgl.report.tgb_table import render_tgb_markdown
 
 DEFAULT_TTA_FRACTION = 0.98
@@ -43,8 +44,9 @@ def baseline_for(run: RunResult, runs: Sequence[RunResult]) -> RunResult | None:
 def accuracy_rows(runs: Sequence[RunResult], tta_fraction: float = DEFAULT_TTA_FRACTION) -> list[dict]:
     """One row per run. Speed-ups are over the 1x1x1 run of the same dataset and static setting;
     time-to-accuracy uses the target ``tta_fraction`` x the baseline's best validation MRR. Snapshot
-    DGNN runs have their section (:mod:`disttgl.report.snapshot_table`) and are left out here."""
-    runs = [r for r in runs if not r.is_snapshot]
+    DGNN and TMA runs have their sections (:mod:`disttgl.report.snapshot_table`,
+    :mod:`disttgl.report.tma_table`) and are left out here."""
+    runs = [r for r in runs if r.kind == "tgn"]
     rows = []
     for r in runs:
         s = r.summary
@@ -96,7 +98,7 @@ def ablation_rows(runs: Sequence[RunResult]) -> list[dict]:
     A run without a readable summary has no known setting, so it only appears in the accuracy table."""
     groups: dict[tuple[str, str], dict[bool, RunResult]] = {}
     for r in runs:
-        if r.static is None or r.task != "link" or r.is_snapshot:  # MRR/AP pairs: TGN link prediction runs only
+        if r.static is None or r.task != "link" or r.kind != "tgn":  # MRR/AP pairs: TGN link prediction runs only
             continue
         side = groups.setdefault((r.dataset, r.par_label), {})
         side.setdefault(r.static, r)
@@ -179,7 +181,8 @@ def accuracy_notes(tta_fraction: float) -> list[str]:
 def render_markdown(acc: Sequence[dict], abl: Sequence[dict], tta_fraction: float,
                     machine: dict[str, str] | None = None, tgb: Sequence[dict] = (),
                     staleness: Sequence[dict] = (), batch: Sequence[dict] = (),
-                    edge_class: Sequence[dict] = (), snapshot: Sequence[dict] = ()) -> str:
+                    edge_class: Sequence[dict] = (), snapshot: Sequence[dict] = (),
+                    tma: Sequence[dict] = ()) -> str:
     cols = [c for c in ACCURACY_COLUMNS if c[0] != "dataset"]
     lines = ["# Accuracy and speed", ""]
     for dataset, rows in by_dataset(acc).items():
@@ -195,6 +198,7 @@ def render_markdown(acc: Sequence[dict], abl: Sequence[dict], tta_fraction: floa
     lines += render_staleness_markdown(staleness, markdown_table)
     lines += render_edge_class_markdown(edge_class, markdown_table)
     lines += render_snapshot_markdown(snapshot, markdown_table)
+    lines += render_tma_markdown(tma, markdown_table)
     if machine:
         lines += ["# Machine", ""] + [f"- {k}: {v}" for k, v in machine.items()] + [""]
     return "\n".join(lines)
