@@ -9,4 +9,4 @@ test -f pyproject.toml && grep -q '^name = "disttgl"' pyproject.toml || {
     exit 1
 }
 python -m pip install torch==2.13.0
-python -m pip install -e .
+python -m pip install -e ".[tma]"  # the tma rule needs torchft and pymetis
