@@ -5,7 +5,7 @@
 #
 # 1. the CUDA tests (pytest -m cuda: CUDA against CPU for the TGN, JODIE and APAN models);
 # 2. benchmarks/train.py on the Wikipedia shape (batch 600, d = 100): train and eval events/s, fp32
-#    (and bf16 where the benchmark offers --precision);
+#    and bf16 alternated in one run;
 # 3. benchmarks/pipeline.py: MSPipe's --pipeline threads against off on the GPU;
 # 4. a 2-rank run (1x2x1) on the one GPU: correctness, not speed (two ranks on one GPU all-reduce
 #    through gloo: NCCL needs a GPU per rank);
@@ -48,12 +48,9 @@ fi
 step batches 300 disttgl batches "$GRAPH" --out "$WORK/cache.h5" --batch-size 600 --neg-sets 4
 
 step cuda_tests 240 python3 -m pytest -q -m cuda tests
-step train_fp32 240 python3 benchmarks/train.py --graph "$GRAPH" --cache "$WORK/cache.h5" --device cuda \
-    --rounds 2 --json "$OUT_DIR/train_fp32.json"
-if python3 benchmarks/train.py --help 2>/dev/null | grep -q -- "--precision"; then
-    step train_bf16 240 python3 benchmarks/train.py --graph "$GRAPH" --cache "$WORK/cache.h5" --device cuda \
-        --rounds 2 --precision bf16 --json "$OUT_DIR/train_bf16.json"
-fi
+# fp32 and bf16 (--bf16: the same steps under --precision bf16, alternated with fp32 in one run)
+step train 300 python3 benchmarks/train.py --graph "$GRAPH" --cache "$WORK/cache.h5" --device cuda \
+    --rounds 2 --bf16 --json "$OUT_DIR/train.json"
 step pipeline 240 python3 benchmarks/pipeline.py --graph "$GRAPH" --cache "$WORK/cache.h5" --device cuda \
     --rounds 2 --json "$OUT_DIR/pipeline.json"
 step two_ranks 300 torchrun --standalone --nproc-per-node 2 -m disttgl.train "$GRAPH" "$WORK/cache.h5" \
@@ -67,7 +64,7 @@ def read(name):
     p = out / name
     return json.loads(p.read_text()) if p.exists() else None
 result = {"gpu": torch.cuda.get_device_name(0), "torch": torch.__version__, "cuda": torch.version.cuda,
-          "steps": steps, "train_fp32": read("train_fp32.json"), "train_bf16": read("train_bf16.json"),
+          "steps": steps, "train": read("train.json"),
           "pipeline": read("pipeline.json"), "two_ranks": read("two_ranks_summary.json")}
 (out / "gpu_check.json").write_text(json.dumps(result, indent=2) + "\n")
 print(json.dumps({"gpu": result["gpu"], "steps": {s["step"]: s["rc"] for s in steps}}, indent=1))
