@@ -8,8 +8,10 @@ the lowest part in the round publishes it to ``RUN/rounds/``. It stops after the
 passes the deadline (or the last of ``--rounds``), and leaves its final weights in
 ``RUN/trainer-P/final.pt``.
 
-Fault hook (tests): ``DISTTGL_FAULT=PART:STEP`` makes trainer PART SIGKILL itself once it has
-taken STEP steps, in its first attempt only (as :mod:`disttgl.parallel.strategy`'s hook).
+Fault hook (tests): ``DISTTGL_FAULT=PART:STEP[:ROUNDS]`` makes trainer PART SIGKILL itself once it
+has taken STEP steps (and, with ROUNDS, once that many averaging rounds are committed: a test that
+checks rounds before the death then does not depend on how fast the machine steps), in its first
+attempt only (as :mod:`disttgl.parallel.strategy`'s hook).
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ from disttgl.train.single import SingleProcess
 
 log = logging.getLogger(__name__)
 
-FAULT_ENV = "DISTTGL_FAULT"  # "PART:STEP": that trainer kills itself there (first attempt only; tests)
+FAULT_ENV = "DISTTGL_FAULT"  # "PART:STEP[:ROUNDS]": that trainer kills itself there (first attempt only; tests)
 ROUNDS_DIR = "rounds"
 
 
@@ -95,6 +97,7 @@ class Worker:
         fault = os.environ.get(FAULT_ENV, "")
         target = tuple(map(int, fault.split(":"))) if fault and attempt == 0 else None
         self.die_at = target[1] if target is not None and target[0] == part else None
+        self.die_after_rounds = target[2] if target is not None and len(target) > 2 else 0
         self.steps = self.events = 0  # in total
         self.since_steps = self.since_events = 0  # since the last committed round
         self.pending: Batch | None = None  # yielded, hence trained once the next one is asked for
@@ -114,7 +117,7 @@ class Worker:
             self.events += self.pending.num_events
             self.since_events += self.pending.num_events
         self.pending = batch
-        if self.die_at is not None and self.steps >= self.die_at:
+        if self.die_at is not None and self.steps >= self.die_at and self.replica.round >= self.die_after_rounds:
             log.warning("trainer %d: %s: killing myself at step %d", self.part, FAULT_ENV, self.steps)
             sys.stderr.flush()
             os.kill(os.getpid(), signal.SIGKILL)
