@@ -202,18 +202,18 @@ def test_static_dropout_leaves_out_whole_rows_in_training_only():
     batch, feats = small_batch(), features(static_dim=8)
     full = feats.static[batch.nodes]
     m.eval()
-    assert torch.equal(m._static_rows(batch, feats.static), full)
+    assert torch.equal(m._static_rows(batch.nodes, feats.static), full)
     m.train()
     kept = []
     for _ in range(400):
-        rows = m._static_rows(batch, feats.static)
+        rows = m._static_rows(batch.nodes, feats.static)
         zero = (rows == 0).all(1)
         assert torch.equal(rows[~zero], full[~zero])  # a row is kept whole (no rescaling) or left out
         kept.append((~zero).float().mean())
     assert abs(float(torch.stack(kept).mean()) - 0.7) < 0.03
     # without static dropout, training sees the whole table
     m0 = model(static_dim=8).train()
-    assert torch.equal(m0._static_rows(batch, feats.static), full)
+    assert torch.equal(m0._static_rows(batch.nodes, feats.static), full)
 
 
 @pytest.mark.cuda

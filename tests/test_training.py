@@ -197,9 +197,9 @@ def test_pretrain_then_train_with_static_memory(data, tmp_path, monkeypatch):
     used = {}  # every static table the model is handed during the run, by identity
     static_rows = TGN._static_rows
 
-    def spy(self, batch, static_table):
+    def spy(self, nodes, static_table):
         used.setdefault(id(static_table), static_table)
-        return static_rows(self, batch, static_table)
+        return static_rows(self, nodes, static_table)
 
     monkeypatch.setattr(TGN, "_static_rows", spy)
     s = train(cfg(data, tmp_path / "run", epochs=1, static=str(static)))

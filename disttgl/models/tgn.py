@@ -203,28 +203,45 @@ class LinkPredictor(nn.Module):
         return pos, neg
 
 
-class TGN(nn.Module):
-    """TGN/DistTGL model. ``memory="table"`` swaps the GRU memory for a learnable table (pretraining)."""
+class NodeEventModel(nn.Module):
+    """What every memory model shares once it has node states h [U, d]: the node-side inputs added to
+    them (projected raw node features and the frozen static memory, with ``static_dropout``) and the
+    two heads over its root embeddings (:meth:`embed`, the subclass's): link scores (``forward``)
+    or event-class logits (``classify``)."""
 
-    def __init__(self, cfg: ModelConfig):
-        super().__init__()
-        self.cfg = cfg
-        if cfg.memory == "gru":
-            self.memory = GRUMemory(cfg.dim, cfg.edge_dim, cfg.time_dim)
-        elif cfg.memory == "table":
-            self.table = node_table(cfg)
-        else:
-            raise ValueError(f"unknown memory kind {cfg.memory!r} (gru or table)")
+    cfg: ModelConfig
+
+    def _build_inputs(self, cfg: ModelConfig) -> None:
         self.node_proj = _proj(cfg.node_dim, cfg.dim)
         self.static_proj = _proj(cfg.static_dim, cfg.dim)
-        self.attn = TemporalAttention(cfg.dim, cfg.edge_dim, cfg.time_dim, cfg.heads, cfg.dropout)
-        self.predict, self.classifier = heads(cfg)
 
-    def update_memory(self, batch: Batch, memory: torch.Tensor, mail: torch.Tensor,
-                      feats: Features) -> torch.Tensor:
-        """New memory [U, d] of every unique node from its stored memory/mail (GRU variant)."""
-        dt = (batch.mail_t - batch.mem_t).float()  # float64 subtraction keeps large timestamps exact
-        return self.memory(memory, mail, feats.edge_feat.index_select(0, batch.mail_eid), dt)
+    def add_node_inputs(self, h: torch.Tensor, nodes: torch.Tensor, feats: Features) -> torch.Tensor:
+        """``h`` [n, d] of ``nodes`` plus their static memory and raw node features (where the model has them)."""
+        if self.static_proj is not None:
+            if feats.static is None:
+                raise ValueError("model was built with static memory but none was given")
+            h = h + self.static_proj(self._static_rows(nodes, feats.static))
+        if self.node_proj is not None:
+            h = h + self.node_proj(feats.node_feat.index_select(0, nodes))
+        return h
+
+    def _static_rows(self, nodes: torch.Tensor, static: torch.Tensor) -> torch.Tensor:
+        """The static memory rows of ``nodes``; in training each row is zeroed with ``static_dropout``.
+
+        The table was fitted to the training events, so on them it is more telling than on new ones,
+        and nodes without a training event have a zero row. Leaving rows out in training keeps the
+        model from leaning on the table alone and shows it nodes it has no static memory for.
+        """
+        rows = static.index_select(0, nodes)
+        p = self.cfg.static_dropout
+        if self.training and p > 0:
+            keep = torch.rand(rows.shape[0], 1, device=rows.device) >= p
+            rows = rows * keep
+        return rows
+
+    def embed(self, batch: Batch, feats: Features, memory: torch.Tensor | None = None,
+              mail: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        raise NotImplementedError
 
     def forward(self, batch: Batch, feats: Features, memory: torch.Tensor | None = None,
                 mail: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
@@ -239,6 +256,29 @@ class TGN(nn.Module):
         z, new_memory = self.embed(batch, feats, memory, mail)
         return required(self.classifier, "edge-class")(z, batch), new_memory
 
+
+class TGN(NodeEventModel):
+    """TGN/DistTGL model. ``memory="table"`` swaps the GRU memory for a learnable table (pretraining)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        if cfg.memory == "gru":
+            self.memory = GRUMemory(cfg.dim, cfg.edge_dim, cfg.time_dim)
+        elif cfg.memory == "table":
+            self.table = node_table(cfg)
+        else:
+            raise ValueError(f"unknown memory kind {cfg.memory!r} (gru or table)")
+        self._build_inputs(cfg)
+        self.attn = TemporalAttention(cfg.dim, cfg.edge_dim, cfg.time_dim, cfg.heads, cfg.dropout)
+        self.predict, self.classifier = heads(cfg)
+
+    def update_memory(self, batch: Batch, memory: torch.Tensor, mail: torch.Tensor,
+                      feats: Features) -> torch.Tensor:
+        """New memory [U, d] of every unique node from its stored memory/mail (GRU variant)."""
+        dt = (batch.mail_t - batch.mem_t).float()  # float64 subtraction keeps large timestamps exact
+        return self.memory(memory, mail, feats.edge_feat.index_select(0, batch.mail_eid), dt)
+
     def embed(self, batch: Batch, feats: Features, memory: torch.Tensor | None = None,
               mail: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Root embeddings z [R, d] and the batch's new memory [U, d] (None for the table variant)."""
@@ -250,29 +290,10 @@ class TGN(nn.Module):
         else:
             new_memory = None
             h = self.table(batch.nodes)
-        if self.static_proj is not None:
-            if feats.static is None:
-                raise ValueError("model was built with static memory but none was given")
-            h = h + self.static_proj(self._static_rows(batch, feats.static))
-        if self.node_proj is not None:
-            h = h + self.node_proj(feats.node_feat.index_select(0, batch.nodes))
+        h = self.add_node_inputs(h, batch.nodes, feats)
         nbr_feat = feats.edge_feat.index_select(0, batch.nbr_eid) if self.cfg.edge_dim else None
         z = self.attn(h, batch.root_idx, batch.nbr_root, batch.nbr_idx, nbr_feat, batch.nbr_dt.float())
         return z, new_memory
-
-    def _static_rows(self, batch: Batch, static: torch.Tensor) -> torch.Tensor:
-        """The batch's static memory rows; in training each row is zeroed with ``static_dropout``.
-
-        The table was fitted to the training events, so on them it is more telling than on new ones,
-        and nodes without a training event have a zero row. Leaving rows out in training keeps the
-        model from leaning on the table alone and shows it nodes it has no static memory for.
-        """
-        rows = static.index_select(0, batch.nodes)
-        p = self.cfg.static_dropout
-        if self.training and p > 0:
-            keep = torch.rand(rows.shape[0], 1, device=rows.device) >= p
-            rows = rows * keep
-        return rows
 
 
 def node_table(cfg: ModelConfig) -> nn.Embedding:

@@ -23,7 +23,7 @@ from disttgl.models.apan import MailAttention
 from disttgl.models.jodie import RNNMemory, TimeProjection, time_delta
 from disttgl.models.mailbox import MailboxMemory, root_nodes, unpack_mail
 from disttgl.models.memory import Memory, NodeMemory
-from disttgl.models.tgn import TGN, Features, ModelConfig, _proj, heads, node_table, required
+from disttgl.models.tgn import TGN, Features, ModelConfig, NodeEventModel, heads, node_table
 
 # the embedding head each memory kind trains with (a table feeds the head of the kind it stands for)
 HEADS = {"gru": "tgn", "table": "tgn", "rnn": "jodie", "apan": "apan"}
@@ -63,7 +63,7 @@ def build_memory(cfg: ModelConfig, edge_feat: torch.Tensor, device: torch.device
     raise ValueError(f"unknown memory kind {kind!r} (gru, rnn, apan or table)")
 
 
-class MemoryModel(nn.Module):
+class MemoryModel(NodeEventModel):
     """JODIE (``memory="rnn"``) or APAN (``memory="apan"``); ``memory="table"`` with head jodie or
     apan swaps the updater for a learnable per-node table (static pretraining)."""
 
@@ -80,8 +80,7 @@ class MemoryModel(nn.Module):
             self.table = node_table(cfg)
         else:
             raise ValueError(f"memory {cfg.memory!r} does not go with the {self.kind!r} head")
-        self.node_proj = _proj(cfg.node_dim, cfg.dim)
-        self.static_proj = _proj(cfg.static_dim, cfg.dim)
+        self._build_inputs(cfg)
         self.norm = nn.LayerNorm(cfg.dim)
         self.project = TimeProjection(cfg.dim) if self.kind == "jodie" else None
         self.predict, self.classifier = heads(cfg)  # TGN's link predictor, or the edge classifier
@@ -100,19 +99,6 @@ class MemoryModel(nn.Module):
         mails, age, valid = unpack_mail(mail)
         return self.memory(own, mails, age, valid)
 
-    def forward(self, batch: Batch, feats: Features, memory: torch.Tensor | None = None,
-                mail: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """Scores pos [B], neg [B, Q] and the batch's new memory [U, d] (None for the table)."""
-        z, new_memory = self.embed(batch, feats, memory, mail)
-        pos, neg = required(self.predict, "link")(z, batch.num_events)
-        return pos, neg, new_memory
-
-    def classify(self, batch: Batch, feats: Features, memory: torch.Tensor | None = None,
-                 mail: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Class logits [B, C] of the positive events and the batch's new memory [U, d]."""
-        z, new_memory = self.embed(batch, feats, memory, mail)
-        return required(self.classifier, "edge-class")(z, batch), new_memory
-
     def embed(self, batch: Batch, feats: Features, memory: torch.Tensor | None = None,
               mail: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Root embeddings z [R, d] and the batch's new memory [U, d] (None for the table)."""
@@ -126,21 +112,8 @@ class MemoryModel(nn.Module):
                 raise ValueError(f"the {self.kind} model needs the batch's memory and mail")
             h = self.update_memory(batch, rows, memory, mail, feats)
             new_memory = memory.index_copy(0, rows, h)
-        if self.static_proj is not None:
-            if feats.static is None:
-                raise ValueError("model was built with static memory but none was given")
-            h = h + self.static_proj(self._static_rows(nodes, feats.static))
-        if self.node_proj is not None:
-            h = h + self.node_proj(feats.node_feat.index_select(0, nodes))
+        h = self.add_node_inputs(h, nodes, feats)
         z = self.norm(h).index_select(0, inverse)
         if self.project is not None:
             z = self.project(z, time_delta(batch.root_t, batch.mail_t[batch.root_idx]))
         return z, new_memory
-
-    def _static_rows(self, nodes: torch.Tensor, static: torch.Tensor) -> torch.Tensor:
-        """Static rows of ``nodes``; in training each is zeroed with ``static_dropout`` (as TGN's)."""
-        rows = static.index_select(0, nodes)
-        p = self.cfg.static_dropout
-        if self.training and p > 0:
-            rows = rows * (torch.rand(rows.shape[0], 1, device=rows.device) >= p)
-        return rows
