@@ -146,6 +146,10 @@ def check_names(config: dict[str, Any]) -> None:
     for name, spec in (config.get("tma_runs") or {}).items():
         if (spec or {}).get("method") == "random" and (spec or {}).get("clusters") is not None:
             raise DataError("config.yaml", f"tma_runs.{name}.clusters: clusters apply to method super only")
+        drop, parts = set((spec or {}).get("drop_parts") or []), int((spec or {}).get("parts") or 0)
+        if any(p >= parts for p in drop) or (parts and len(drop) >= parts):
+            raise DataError("config.yaml", f"tma_runs.{name}.drop_parts: {sorted(drop)} must be parts 0..{parts - 1} "
+                                           "and leave at least one part a trainer")
     for key, name in named:
         if not _NAME.match(str(name)):
             raise DataError("config.yaml", f"{key}: name {name!r} must start with a letter, digit, '_' or '-' and "

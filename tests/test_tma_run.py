@@ -166,3 +166,29 @@ def test_the_lighthouse_killed_and_restarted_training_goes_on(parts):
     assert any(r["time"] > restart and r["participants"] == [0, 1, 2] for r in rs)
     summary = json.loads((run / "summary.json").read_text())
     assert summary["lighthouse_restarts"] == 1 and summary["degraded"] is False
+
+
+def test_one_static_table_of_the_whole_graph_serves_every_trainer(parts):
+    """`--static`: the whole graph's frozen table feeds every trainer (part stores keep global ids) and
+    the global evaluation; a table of another graph is refused before any trainer starts."""
+    from disttgl.train.static_table import save_static
+
+    rng = torch.Generator().manual_seed(0)
+    save_static(parts / "static.h5", torch.randn(100, 8, generator=rng).numpy(), graph_path=str(parts / "g.h5"))
+    proc = tma(parts, "static", "--static", "static.h5", "--static-dropout", "0.1", "--sync-every", "10steps",
+               "--rounds", "2", "--time-limit", "10min")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = parts / "static"
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["config"]["static"].endswith("static.h5") and summary["config"]["static_dropout"] == 0.1
+    assert summary["test_mrr"] is not None
+    for p in range(3):  # each trainer's model has the static projection, averaged like every weight
+        final = weights(run / f"trainer-{p}" / "final.pt")
+        assert any(k.startswith("embed.static_proj") or "static_proj" in k for k in final), sorted(final)
+    other = parts / "other"
+    other.mkdir(exist_ok=True)
+    assert sh("synth", "--out", "o.h5", "--events", "500", "--nodes", "100", "--seed", "5", cwd=other).returncode == 0
+    save_static(parts / "wrong.h5", torch.zeros(100, 8).numpy(), graph_path=str(other / "o.h5"))
+    proc = tma(parts, "wrong", "--static", "wrong.h5", "--sync-every", "10steps", "--rounds", "1")
+    assert proc.returncode == 2 and "wrong.h5" in proc.stderr and "graph" in proc.stderr, proc.stderr[-2000:]
+    assert not (parts / "wrong" / "summary.json").exists()

@@ -401,6 +401,8 @@ TMA_RUNS = {
     "rtma": {"method": "random", "parts": 3, "sync_every": "20steps", "time_limit": "90s"},
     "stma": {"method": "super", "rule": "incident", "parts": 3, "clusters": 12, "seed": 2},
     "stma2": {"method": "super", "rule": "incident", "parts": 3, "clusters": 12, "seed": 2, "time_limit": "2min"},
+    "fail": {"method": "random", "parts": 3, "sync_every": "10steps", "rounds": 12, "eval_every": 4,
+             "drop_parts": [2], "restart_dead": True, "max_restarts": 1, "static_memory": True},
 }
 
 
@@ -412,7 +414,7 @@ def test_tma_runs_plan_one_partition_per_setting_and_a_tma_job_each(workdir):
     assert proc.returncode == 0, proc.stderr
     cmds = _shell_commands(proc.stdout)
     parts = sorted(c for c in cmds if c.startswith("disttgl partition "))
-    assert parts == [  # stma and stma2 share theirs
+    assert parts == [  # stma and stma2 share theirs, rtma and fail too
         "disttgl partition data/synthetic/graph.h5 --method random --rule induced --parts 3 --seed 0 --out "
         "data/synthetic/parts/random-induced-P3-s0 > logs/synthetic/partition-random-induced-P3-s0.log 2>&1",
         "disttgl partition data/synthetic/graph.h5 --method super --rule incident --parts 3 --clusters 12 --seed 2 "
@@ -420,21 +422,30 @@ def test_tma_runs_plan_one_partition_per_setting_and_a_tma_job_each(workdir):
         " 2>&1"]
     tmas = {shlex.split(c)[shlex.split(c).index("--out") + 1]: c for c in cmds if c.startswith("disttgl tma ")}
     assert set(tmas) == {f"results/synthetic/{r}" for r in TMA_RUNS}
-    common = "--batch-size 100 --neg-sets 32 --device cpu --seed 0 --dim 16 --heads 2 --dropout 0.2 --threads 2"
+    batches = "--batch-size 100 --neg-sets 32"
+    common = "--device cpu --seed 0 --dim 16 --heads 2 --dropout 0.2 --threads 2"
     assert tmas["results/synthetic/rtma"] == (
         "disttgl tma data/synthetic/parts/random-induced-P3-s0 --graph data/synthetic/graph.h5 --out "
-        f"results/synthetic/rtma --sync-every 20steps --time-limit 90s {common} > logs/synthetic/tma-rtma.log 2>&1")
-    assert tmas["results/synthetic/stma"].startswith(  # the schema's defaults: 60s, 30min
+        f"results/synthetic/rtma --sync-every 20steps --time-limit 90s --rounds 0 --eval-every 1 {batches} {common}"
+        " > logs/synthetic/tma-rtma.log 2>&1")
+    assert tmas["results/synthetic/stma"].startswith(  # the schema's defaults: 60s, 30min, no round limit
         "disttgl tma data/synthetic/parts/super-incident-P3-C12-s2 --graph data/synthetic/graph.h5 --out "
-        f"results/synthetic/stma --sync-every 60s --time-limit 30min {common} >")
+        f"results/synthetic/stma --sync-every 60s --time-limit 30min --rounds 0 --eval-every 1 {batches} {common} >")
+    assert tmas["results/synthetic/fail"] == (  # the failure settings, and the whole graph's static memory
+        "disttgl tma data/synthetic/parts/random-induced-P3-s0 --graph data/synthetic/graph.h5 --out "
+        f"results/synthetic/fail --sync-every 10steps --time-limit 30min --rounds 12 --eval-every 4 {batches} "
+        "--drop-parts 2 --restart-dead --max-restarts 1 --static data/synthetic/static_memory.h5 --static-dropout "
+        f"0.8 {common} > logs/synthetic/tma-fail.log 2>&1")
+    assert any(c.startswith("disttgl pretrain ") for c in cmds)  # the static memory the fail run reads
     assert "--time-limit 2min" in tmas["results/synthetic/stma2"]
     for cmd in [*parts, *tmas.values()]:  # every flag is one the command takes
         argv = shlex.split(cmd.split(" > ")[0])[1:]
         _parser(argv[0]).parse_args(argv)
-    # three trainers of 2 threads each, timed like every training job
+    # three trainers of 2 threads each (two where a part is dropped), timed like every training job
     blocks = re.split(r"^\[.*\]$", proc.stdout, flags=re.M)
     tma_jobs = [b for b in blocks if re.search(r"^(?:local)?rule tma:", b, re.M)]
-    assert len(tma_jobs) == 3 and all(re.search(r"^\s+threads: 6$", b, re.M) for b in tma_jobs)
+    assert len(tma_jobs) == 4
+    assert sorted(int(re.search(r"^\s+threads: (\d+)$", b, re.M).group(1)) for b in tma_jobs) == [4, 6, 6, 6]
     assert all(re.search(r"^\s+resources: .*\btimed_run=1\b", b, re.M) for b in tma_jobs)
     (report,) = [c for c in cmds if c.startswith("disttgl report")]
     assert all(f"synthetic/{r}" in shlex.split(report) and f"results/synthetic/{r}" in shlex.split(report)
@@ -449,6 +460,10 @@ def test_tma_runs_plan_one_partition_per_setting_and_a_tma_job_each(workdir):
     ({"x": {"method": "random", "parts": 2, "clusters": 8}}, "tma_runs.x.clusters", "method super only"),
     ({"static": {"method": "random", "parts": 2}}, "tma_runs.static", "is a run of `runs` too"),
     ({"2x1x1": {"method": "random", "parts": 2}}, "tma_runs", "does not match"),
+    ({"x": {"method": "random", "parts": 2, "drop_parts": [2]}}, "tma_runs.x.drop_parts", "parts 0..1"),
+    ({"x": {"method": "random", "parts": 2, "drop_parts": [0, 1]}}, "tma_runs.x.drop_parts", "at least one part"),
+    ({"x": {"method": "random", "parts": 2, "restart_dead": "yes"}}, "['tma_runs']['x']['restart_dead']",
+     "is not of type 'boolean'"),
 ])
 def test_bad_tma_runs_fail_before_any_job(workdir, runs, key, message):
     _test_config(workdir, tma_runs=runs)

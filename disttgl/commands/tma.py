@@ -18,6 +18,7 @@ from disttgl.commands.train import _COMMON_HELP, _TRAIN_HELP, _add_fields, confi
 from disttgl.data.graph_store import read_attrs
 from disttgl.errors import DataError
 from disttgl.tma.coordinator import TMAOptions, run_tma
+from disttgl.tma.launcher import LAUNCHERS, resolve_launcher
 from disttgl.tma.part_store import read_partition
 from disttgl.tma.plan import TMAPlan, Timeouts, parse_duration, parse_sync_every
 from disttgl.train.config import TrainConfig, resolve_lr
@@ -28,7 +29,7 @@ log = logging.getLogger(__name__)
 # `disttgl train`'s model/training flags that mean the same for a TMA trainer (not --epochs: a TMA
 # run is bounded by time or rounds)
 _MODEL_HELP = {k: v for k, v in _COMMON_HELP.items() if k != "epochs"}
-_MODEL_TRAIN_HELP = {k: _TRAIN_HELP[k] for k in ("mailbox_size",)}
+_MODEL_TRAIN_HELP = {k: _TRAIN_HELP[k] for k in ("mailbox_size", "static", "static_dropout")}
 _TIMEOUT_HELP = {
     "heartbeat": "seconds without a heartbeat before the Lighthouse counts a trainer dead (the others' stall)",
     "join": "seconds the Lighthouse waits for healthy trainers late for a round (default: 5 with a time "
@@ -51,6 +52,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--restart-dead", action="store_true",
                         help="start a dead trainer again; it rejoins at the next round with the last average")
     parser.add_argument("--max-restarts", type=int, default=3, help="--restart-dead: restarts per trainer")
+    parser.add_argument("--launcher", choices=LAUNCHERS, default="auto",
+                        help="local: trainers are child processes here; srun: one SLURM job step per trainer in "
+                             "this allocation (a dead trainer's step ends alone); auto: srun inside a SLURM job")
     parser.add_argument("--eval-every", type=int, default=1, help="evaluate every N-th round (and the last)")
     parser.add_argument("--graph", default=None, help="the whole graph (default: the one partition.json names)")
     parser.add_argument("--eval-cache", default=None,
@@ -99,6 +103,7 @@ def run(args: argparse.Namespace) -> int:
     if str(read_attrs(graph).get("sha256", "")) != info.graph_sha256:
         raise DataError(graph, "is not the graph this partition was made from (its sha256 differs)")
     trainers = _parts(args.drop_parts, info.parts)
+    launcher = resolve_launcher(args.launcher, args.threads or 1)  # before any cache is built
     if args.eval_every < 1 or args.max_restarts < 0:
         raise DataError(None, "--eval-every must be >= 1 and --max-restarts >= 0")
     params = BatchParams(batch_size=args.batch_size, neg_sets=args.neg_sets)
@@ -110,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
     args.graph, args.cache, args.out = graph, eval_cache, str(Path(args.out).resolve())
     # epochs do not bound a TMA run; one thread per trainer unless told (they share the machine)
     args.epochs, args.threads, args.no_progress = TrainConfig.epochs, args.threads or 1, True
-    cfg = config_from_args(args, TrainConfig, mailbox_size=args.mailbox_size)
+    cfg = config_from_args(args, TrainConfig, **{k: getattr(args, k) for k in _MODEL_TRAIN_HELP})
     with open_cache(eval_cache, graph_path=graph) as cache:
         lr = resolve_lr(cfg, cache.num_batches("train"))  # the whole graph's: every trainer the same
     cfg.lr = lr
@@ -128,7 +133,9 @@ def run(args: argparse.Namespace) -> int:
               "eval_every": args.eval_every, "restart_dead": args.restart_dead, "timeouts": asdict(timeouts),
               "train_events_kept": info.coverage.get("train_events_kept"),
               "node_share_median": info.coverage.get("node_share_median")}
-    opts = TMAOptions(eval_every=args.eval_every, restart_dead=args.restart_dead, max_restarts=args.max_restarts)
+    record["launcher"] = launcher.kind
+    opts = TMAOptions(eval_every=args.eval_every, restart_dead=args.restart_dead, max_restarts=args.max_restarts,
+                      launcher=launcher)
     summary = run_tma(plan, cfg, opts, record)
     log.info("%s-%s on %d trainers: %d rounds in %.0f s, best round %d: val MRR %.4f, test MRR %.4f%s", info.method,
              info.rule, len(trainers), summary["rounds"], summary["wall_seconds"], summary["best_round"],

@@ -24,6 +24,7 @@ import torch
 
 from disttgl.errors import DataError
 from disttgl.tma.evaluate import GlobalEvaluation
+from disttgl.tma.launcher import Launcher
 from disttgl.tma.plan import PLAN_FILE, START_FILE, TMAPlan, write_start
 from disttgl.tma.supervisor import Supervisor
 from disttgl.tma.worker import ROUNDS_DIR
@@ -44,6 +45,7 @@ class TMAOptions:
     restart_dead: bool = False
     max_restarts: int = 3
     env: dict[str, str] = field(default_factory=dict)  # extra environment of the trainers (tests)
+    launcher: Launcher = field(default_factory=lambda: Launcher("local"))  # how trainers start
 
 
 def clean_run_dir(run_dir: Path) -> None:
@@ -102,7 +104,7 @@ def run_tma(plan: TMAPlan, eval_cfg: TrainConfig, opts: TMAOptions, record: dict
     with run_dir_lock(run_dir):
         clean_run_dir(run_dir)
         evaluator = GlobalEvaluation(eval_cfg)  # loads the whole graph before the trainers start
-        sup = Supervisor(plan, opts.restart_dead, opts.max_restarts, opts.env)
+        sup = Supervisor(plan, opts.restart_dead, opts.max_restarts, opts.env, opts.launcher)
         rounds = Rounds(run_dir)
         t = plan.timeouts
         last: tuple[dict[str, Any], Path] | None = None
@@ -159,6 +161,7 @@ def run_tma(plan: TMAPlan, eval_cfg: TrainConfig, opts: TMAOptions, record: dict
             "rounds_published": sum(1 for x in rounds.lines if x["kind"] == "round"),
             "trainers": plan.trainers, "parts": plan.parts, "dead_trainers": died, "restarts": restarts,
             "lighthouse_restarts": sup.lighthouse_restarts, "degraded": bool(died),
+            "launcher": opts.launcher.kind, "placements": sup.placements(),
             "best_round": evaluator.best["best_epoch"], "time_to_best_s": evaluator.best.get("best_wall_s"),
             "wall_seconds": (t_done or time.time()) - t0,  # start to the last trainer's exit
             "training_seconds": last[0]["wall_s"], "train_events": total_events}

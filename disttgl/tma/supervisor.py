@@ -9,6 +9,7 @@ Everything that happens is an event for ``rounds.jsonl``.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -22,6 +23,7 @@ from typing import Any
 
 from disttgl.lifetime import child_exits_with_parent
 from disttgl.tma import lighthouse
+from disttgl.tma.launcher import Launcher
 from disttgl.tma.plan import TMAPlan, write_plan
 
 log = logging.getLogger(__name__)
@@ -44,11 +46,13 @@ class Supervisor:
         restart_dead: start a dead trainer again.
         max_restarts: restarts per trainer at most.
         env: extra environment of the trainers (tests: the fault hook).
+        launcher: how a trainer is started (default: a child process here).
     """
 
     def __init__(self, plan: TMAPlan, restart_dead: bool = False, max_restarts: int = 3,
-                 env: dict[str, str] | None = None):
+                 env: dict[str, str] | None = None, launcher: Launcher | None = None):
         self.plan, self.restart_dead, self.max_restarts = plan, restart_dead, max_restarts
+        self.launcher = launcher or Launcher("local")
         self.env = {**os.environ, **(env or {}), "RUST_LOG": os.environ.get("RUST_LOG", "warn")}
         self.run_dir = Path(plan.run_dir)
         self.trainers: dict[int, TrainerProcess] = {}
@@ -84,14 +88,14 @@ class Supervisor:
         t = self.plan.timeouts
         self.lighthouse = lighthouse.start(self.port, t.join, t.heartbeat, self.run_dir / "lighthouse.log")
         (self.run_dir / "lighthouse.pid").write_text(str(self.lighthouse.pid))
-        self.plan.lighthouse = f"http://localhost:{self.port}"
+        self.plan.lighthouse = f"http://{self.launcher.lighthouse_host()}:{self.port}"
 
     def start_trainer(self, part: int, attempt: int) -> None:
         out = open(self.plan.trainer_dir(part) / f"log-{attempt}.txt", "ab")
         try:
-            proc = subprocess.Popen([sys.executable, "-m", "disttgl.tma.worker", str(self.run_dir), str(part),
-                                     str(attempt)], stdout=out, stderr=subprocess.STDOUT, env=self.env,
-                                    preexec_fn=child_exits_with_parent)
+            argv = [sys.executable, "-m", "disttgl.tma.worker", str(self.run_dir), str(part), str(attempt)]
+            proc = subprocess.Popen(self.launcher.trainer_command(part, attempt, argv), stdout=out,
+                                    stderr=subprocess.STDOUT, env=self.env, preexec_fn=child_exits_with_parent)
         finally:
             out.close()
         prev = self.trainers.get(part)
@@ -147,6 +151,17 @@ class Supervisor:
         """Every running trainer has loaded its data and joined (its ``ready`` file)."""
         return all((self.plan.trainer_dir(p) / f"ready-{tp.attempt}").exists()
                    for p, tp in self.trainers.items() if tp.state == "running")
+
+    def placements(self) -> dict[str, list[dict[str, Any]]]:
+        """Per trainer, where each of its attempts ran (its ``ready`` file: host, pid, SLURM job/step)."""
+        out: dict[str, list[dict[str, Any]]] = {}
+        for p, tp in sorted(self.trainers.items()):
+            for a in range(tp.attempt + 1):
+                try:
+                    out.setdefault(str(p), []).append(json.loads((self.plan.trainer_dir(p) / f"ready-{a}").read_text()))
+                except (OSError, ValueError):  # died before it was ready
+                    out.setdefault(str(p), []).append({})
+        return out
 
     def finished(self) -> bool:
         return not self.live()

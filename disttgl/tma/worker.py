@@ -34,6 +34,7 @@ from disttgl.cache.batch import Batch
 from disttgl.cache.loader import BatchLoader
 from disttgl.lifetime import exit_with_parent
 from disttgl.tma.averaging import Contribution, RoundResult
+from disttgl.tma.launcher import step_record
 from disttgl.tma.plan import TMAPlan, next_tick, read_plan, read_start
 from disttgl.tma.replica import Replica
 from disttgl.train.config import TrainConfig
@@ -170,7 +171,8 @@ class Worker:
 
     # ------------------------------------------------------------------------- the run
     def wait_for_start(self) -> None:
-        (self.dir / f"ready-{self.attempt}").write_text(str(os.getpid()))
+        with atomic_path(self.dir / f"ready-{self.attempt}") as tmp:  # where it runs (host, SLURM step)
+            tmp.write_text(json.dumps(step_record()) + "\n")
         t_end = time.time() + self.t.startup
         while (t0 := read_start(self.plan.run_dir)) is None:
             if time.time() > t_end:

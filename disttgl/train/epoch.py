@@ -77,6 +77,12 @@ def non_finite_error(what: str, *, split: str | None, epoch: int | None, batch: 
               "no input, memory row or parameter is non-finite: training diverged (try a lower --lr)")
     return NonFiniteError(None, f"non-finite {what} at {where}: {source}; stopping")
 
+def static_graph_sha256(attrs: dict[str, Any]) -> str:
+    """The graph a static table must come from: a TMA part store (same global node ids, a subset of the
+    events) takes its whole graph's table, as its trainers share one (docs/design.md §14.3)."""
+    return str(attrs.get("parent_sha256") or attrs.get("sha256", ""))
+
+
 def load_features(graph_path: str, device: torch.device, static: str | None = None) -> tuple[Features, Any]:
     """The model's data-side tensors on ``device``, and the graph (its events and T-CSR memory-mapped:
     training reads the features and the counts, not the adjacency)."""
@@ -85,7 +91,7 @@ def load_features(graph_path: str, device: torch.device, static: str | None = No
         edge_feat=torch.from_numpy(graph.edge_feat).float().to(device),
         node_feat=None if graph.node_feat is None else torch.from_numpy(graph.node_feat).float().to(device),
         static=None if static is None else load_static(static, graph.num_nodes,
-                                                       graph_sha256=str(graph.attrs.get("sha256", ""))).to(device))
+                                                       graph_sha256=static_graph_sha256(graph.attrs)).to(device))
     return feats, graph
 
 

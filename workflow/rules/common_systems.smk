@@ -110,14 +110,39 @@ def tma_parts_dir(wildcards, input):
     return os.path.dirname(input.partition)
 
 
-def tma_args(wildcards):
-    """tma: the run's period and time budget, the batches of the caches it builds, device and seed (quoted)."""
+def tma_args(wildcards, input):
+    """tma: the run's period, budget, rounds, evaluation period and failure settings, the batches of the
+    caches it builds, the static memory, device and seed (quoted)."""
     r, b, t = tma_run(wildcards), config["batches"], config["train"]
-    args = ["--sync-every", r["sync_every"], "--time-limit", r["time_limit"], "--batch-size", b["batch_size"],
-            "--neg-sets", b["neg_sets"], "--device", t["device"], "--seed", t["seed"]]
-    return shlex.join(map(str, args))
+    args = ["--sync-every", r["sync_every"], "--time-limit", r["time_limit"], "--rounds", r["rounds"],
+            "--eval-every", r["eval_every"], "--batch-size", b["batch_size"], "--neg-sets", b["neg_sets"]]
+    if r["drop_parts"]:
+        args += ["--drop-parts", ",".join(map(str, sorted(set(r["drop_parts"]))))]
+    if r["restart_dead"]:
+        args += ["--restart-dead", "--max-restarts", r["max_restarts"]]
+    if input.static:
+        args += ["--static", input.static[0], "--static-dropout", config["model"]["static_dropout"]]
+    return shlex.join(map(str, [*args, "--device", t["device"], "--seed", t["seed"]]))
+
+
+def tma_static(wildcards):
+    """tma: the whole graph's static memory when the run has `static_memory: true`."""
+    return [static_memory_path(wildcards.dataset)] if tma_run(wildcards)["static_memory"] else []
+
+
+def tma_trainers(wildcards):
+    """Trainers of a TMA run: one per part not dropped."""
+    r = tma_run(wildcards)
+    return r["parts"] - len(set(r["drop_parts"]))
 
 
 def tma_threads(wildcards):
     """Cores of a TMA run: one trainer per part, parallel.threads_per_rank each."""
-    return tma_run(wildcards)["parts"] * config["parallel"]["threads_per_rank"]
+    return tma_trainers(wildcards) * config["parallel"]["threads_per_rank"]
+
+
+def tma_slurm_resources():
+    """tma's resources for the SLURM executor (ignored by local runs): a task per trainer, which
+    `disttgl tma` starts as a job step of its own (docs/design.md §14.6). `mpi` is set (empty) so the
+    job-step executor runs the command as it is, not inside one `srun -n 1`."""
+    return dict(tasks=tma_trainers, cpus_per_task=config["parallel"]["threads_per_rank"], mpi="")

@@ -27,6 +27,7 @@ rule tma:
     input:
         partition=tma_partition_file,
         graph=graph_path("{dataset}"),
+        static=tma_static,
     output:
         f"{RESULTS}/{{dataset}}/{{trun}}/summary.json",
     wildcard_constraints:
@@ -40,6 +41,7 @@ rule tma:
     threads: tma_threads
     resources:
         timed_run=timed_run,
+        **tma_slurm_resources(),
     log:
         "logs/{dataset}/tma-{trun}.log",
     benchmark:
