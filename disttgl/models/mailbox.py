@@ -73,6 +73,33 @@ def unpack_mail(packed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch
     return packed[..., :-2], packed[..., -2], packed[..., -1] > 0.5
 
 
+@dataclass(frozen=True)
+class MailWrite:
+    """One batch's write to a mailbox, independent of the state it is applied to (the ring slot of a
+    mail is chosen when it is applied), so a versioned mailbox (``disttgl.pipeline.stale_memory``) can
+    apply it to its live state now and to its read state later."""
+
+    nodes: torch.Tensor  # int64 [W]: the written roots' nodes (distinct)
+    memory: torch.Tensor  # [W, d]: their new memory (detached)
+    receivers: torch.Tensor  # int64 [K]: nodes receiving a mail (distinct)
+    content: torch.Tensor  # [K, 2d]: [h'_own ‖ h'_partner] of the mail each keeps
+    eid: torch.Tensor  # int64 [K]: its event
+    t: torch.Tensor  # float64 [K]: its time
+
+
+def mail_write(batch: Batch, new_memory: torch.Tensor) -> MailWrite:
+    """The write of ``batch`` with new memory [U, d]: the ``write_mask`` roots' memory and the mails of
+    :func:`deliveries`."""
+    nodes, own, _ = write_rows(batch, new_memory)
+    recv, src = deliveries(batch)
+    b = batch.num_events
+    h = new_memory.detach()
+    partner = torch.where(src < b, src + b, src - b)
+    content = torch.cat([h[batch.root_idx[src]], h[batch.root_idx[partner]]], 1)
+    event = src % b
+    return MailWrite(nodes, own, batch.nodes[recv], content, batch.eid[event], batch.t[event])
+
+
 @dataclass
 class MailboxMemory:
     memory: torch.Tensor  # float32 [N, d]
@@ -127,19 +154,16 @@ class MailboxMemory:
 
     def write(self, batch: Batch, new_memory: torch.Tensor) -> None:
         """Store the ``write_mask`` roots' new memory (detached), then deliver the batch's mails."""
-        nodes, own, _ = write_rows(batch, new_memory)
-        self.memory[nodes] = own.to(self.memory.dtype)
-        recv, src = deliveries(batch)
-        b = batch.num_events
-        h = new_memory.detach()
-        partner = torch.where(src < b, src + b, src - b)
-        content = torch.cat([h[batch.root_idx[src]], h[batch.root_idx[partner]]], 1)
-        event = src % b
-        v = batch.nodes[recv]  # distinct: one mail per receiver
+        self.apply(mail_write(batch, new_memory))
+
+    def apply(self, w: "MailWrite") -> None:
+        """Apply one batch's write: its roots' memory, then one mail per receiver at slot ``count mod S``."""
+        self.memory[w.nodes] = w.memory.to(self.memory.dtype)
+        v = w.receivers  # distinct: one mail per receiver
         pos = self.count[v] % self.size
-        self.mail[v, pos] = content.to(self.mail.dtype)
-        self.mail_eid[v, pos] = batch.eid[event]
-        self.mail_t[v, pos] = batch.t[event].to(self.mail_t.dtype)
+        self.mail[v, pos] = w.content.to(self.mail.dtype)
+        self.mail_eid[v, pos] = w.eid
+        self.mail_t[v, pos] = w.t.to(self.mail_t.dtype)
         self.count[v] += 1
 
     def state_dict(self) -> dict[str, torch.Tensor]:

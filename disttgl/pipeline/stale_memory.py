@@ -11,6 +11,12 @@ read, and a write sets ``mem_t <- mail_t as read``, ``mail_t <- t``, ``mail_eid 
 the cache's bookkeeping does (``disttgl.cache.memory_clock.apply_writes``). With v_i = i - 1 every
 read therefore equals the cache's clock and the plain :class:`NodeMemory`'s rows, bit for bit.
 
+What the vectors are is a :class:`StateKind`: :func:`node_memory_kind` (TGN, JODIE: memory and one
+mail per node) or :func:`mailbox_kind` (APAN: memory and the mailbox, its mail times, events and
+counts included). A write is recorded once, independently of any state (for APAN the batch's
+roots' memory and every mail it delivers, to neighbours too), then applied to each state in batch
+order, so a stale read sees batch i's mails exactly when it sees batch i's memory.
+
 Staleness mitigation (optional) mixes the stalest roots' memory with the *live* memory of their
 similar nodes (``disttgl.pipeline.mitigation``); it runs where the batch is trained, after every
 earlier write, so its result does not depend on when a background fetch ran.
@@ -21,11 +27,13 @@ from __future__ import annotations
 import threading
 from collections import deque
 from dataclasses import dataclass, replace
+from typing import Any, Callable
 
 import numpy as np
 import torch
 
 from disttgl.cache.batch import Batch
+from disttgl.models.mailbox import MailboxMemory, mail_write
 from disttgl.models.memory import NodeMemory, write_rows
 from disttgl.pipeline.mitigation import mitigate, root_row_times
 
@@ -51,16 +59,60 @@ class Clock:
 
 
 @dataclass(frozen=True)
+class StateKind:
+    """How one kind of node state is made, what a batch writes to it, and how that write is applied.
+
+    ``new()`` makes an empty state (a :class:`~disttgl.models.memory.Memory` with a ``memory`` [N, d]
+    tensor, ``gather``, ``reset``, ``state_dict``, ``load_state_dict``); ``record(batch, new_memory)``
+    is the batch's write and must not depend on any state; ``apply(state, record)`` applies it."""
+
+    new: Callable[[], Any]
+    record: Callable[[Batch, torch.Tensor], Any]
+    apply: Callable[[Any, Any], None]
+
+
+def _apply_rows(state: NodeMemory, rows: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> None:
+    nodes, memory, mail = rows
+    state.memory[nodes] = memory.to(state.memory.dtype)
+    state.mail[nodes] = mail.to(state.mail.dtype)
+
+
+def node_memory_kind(num_nodes: int, dim: int, device: torch.device | str | None = None) -> StateKind:
+    """A :class:`NodeMemory` (gru, rnn): a write is the rows of ``write_rows``.
+
+    Args:
+        num_nodes: N.
+        dim: memory size d.
+        device: where the state lives.
+    """
+    return StateKind(lambda: NodeMemory.zeros(num_nodes, dim, device), write_rows, _apply_rows)
+
+
+def mailbox_kind(num_nodes: int, dim: int, edge_feat: torch.Tensor, mailbox_size: int,
+                 device: torch.device | str | None = None) -> StateKind:
+    """APAN's :class:`MailboxMemory`: a write is the batch's ``MailWrite`` (memory and delivered mails).
+
+    Args:
+        num_nodes: N.
+        dim: memory size d.
+        edge_feat: [E + 1, d_e] edge features (data the mailbox reads, shared by both states).
+        mailbox_size: S, mails kept per node.
+        device: where the state lives.
+    """
+    return StateKind(lambda: MailboxMemory.zeros(num_nodes, dim, edge_feat, mailbox_size, device), mail_write,
+                     MailboxMemory.apply)
+
+
+@dataclass(frozen=True)
 class Write:
-    """One batch's write: its rows and their new clock."""
+    """One batch's write: its state record and the written nodes' new clock."""
 
     index: int
-    nodes: torch.Tensor  # int64 [W], unique
-    memory: torch.Tensor  # [W, d]
-    mail: torch.Tensor  # [W, 2d]
+    nodes: torch.Tensor  # int64 [W], unique: the written roots' nodes
     mem_t: torch.Tensor  # float64 [W]
     mail_t: torch.Tensor
     mail_eid: torch.Tensor
+    record: Any  # StateKind.record's
 
 
 @dataclass(frozen=True)
@@ -72,12 +124,17 @@ class Mitigation:
     top_fraction: float = 0.01
 
 
-def _apply(state: NodeMemory, clock: Clock, w: Write) -> None:
-    state.memory[w.nodes] = w.memory.to(state.memory.dtype)
-    state.mail[w.nodes] = w.mail.to(state.mail.dtype)
+def _apply(kind: StateKind, state: Any, clock: Clock, w: Write) -> None:
+    kind.apply(state, w.record)
     clock.mem_t[w.nodes] = w.mem_t
     clock.mail_t[w.nodes] = w.mail_t
     clock.mail_eid[w.nodes] = w.mail_eid
+
+
+def _clock_key(name: str, state: dict[str, torch.Tensor]) -> str:
+    """A clock field's checkpoint key: its name, or ``clock_<name>`` where the state has a field of that
+    name (APAN's mailbox has its own ``mail_t``/``mail_eid`` [N, S])."""
+    return f"clock_{name}" if name in state else name
 
 
 class StaleMemory:
@@ -89,18 +146,20 @@ class StaleMemory:
         num_events: E, the graph's events (``mail_eid = E`` is "no mail": the zero feature row).
         device: where the states live.
         mitigation: staleness mitigation, or None.
+        kind: the node state; None: :func:`node_memory_kind` (a :class:`NodeMemory`).
 
     Call :meth:`start_epoch` with the epoch's versions before its first batch; then per batch
-    :meth:`read` (or :meth:`gather`) and :meth:`write`, in batch order. :attr:`live` is the memory
-    with every write, the one evaluation continues from.
+    :meth:`read` (or :meth:`gather`) and :meth:`write`, in batch order. :attr:`live` is the state
+    with every write (a NodeMemory or MailboxMemory), the one evaluation continues from.
     """
 
     def __init__(self, num_nodes: int, dim: int, num_events: int, device: torch.device | str | None = None,
-                 mitigation: Mitigation | None = None):
+                 mitigation: Mitigation | None = None, kind: StateKind | None = None):
         self.num_events = num_events
-        self.live = NodeMemory.zeros(num_nodes, dim, device)
+        self.kind = node_memory_kind(num_nodes, dim, device) if kind is None else kind
+        self.live = self.kind.new()
         self.live_clock = Clock.initial(num_nodes, num_events, device)
-        self._read = NodeMemory.zeros(num_nodes, dim, device)
+        self._read = self.kind.new()
         self._read_clock = Clock.initial(num_nodes, num_events, device)
         self.mitigation = mitigation
         self.versions = np.zeros(0, dtype=np.int64)
@@ -153,10 +212,10 @@ class StaleMemory:
             if self._writes <= v:
                 return None
             while self._pending and self._pending[0].index <= v:
-                _apply(self._read, self._read_clock, self._pending.popleft())
+                _apply(self.kind, self._read, self._read_clock, self._pending.popleft())
             self._applied = max(self._applied, v)
             nodes = batch.nodes
-            mem, mail = self._read.memory.index_select(0, nodes), self._read.mail.index_select(0, nodes)
+            mem, mail = self._read.gather(batch)
             view = replace(batch, mem_t=self._read_clock.mem_t.index_select(0, nodes),
                            mail_t=self._read_clock.mail_t.index_select(0, nodes),
                            mail_eid=self._read_clock.mail_eid.index_select(0, nodes))
@@ -164,7 +223,10 @@ class StaleMemory:
 
     def read(self, batch: Batch, fetched: tuple[Batch, torch.Tensor, torch.Tensor] | None = None
              ) -> tuple[Batch, torch.Tensor, torch.Tensor]:
-        """The batch as read (its clock fields at its version), memory [U, d] and mail [U, 2d]."""
+        """The batch as read (its clock fields at its version), memory [U, d] and mail (the state's
+        ``gather``: [U, 2d], or APAN's packed root mailboxes).
+
+        Mitigation mixes the memory rows only; APAN's mailboxes are read as stored."""
         i = self._reads
         if fetched is None and self._handed:
             handed, fetched = self._handed.popleft()
@@ -203,32 +265,32 @@ class StaleMemory:
 
     # ------------------------------------------------------------------ writes
     def write(self, batch: Batch, new_memory: torch.Tensor) -> None:
-        """Store the batch's new memory (as :class:`NodeMemory` does) and its clock; ``batch`` is the
-        batch as read (:meth:`read`), whose ``mail_t`` the written memory absorbed."""
-        nodes, mem_rows, mail_rows = write_rows(batch, new_memory)
+        """Store the batch's write (its ``StateKind.record``) and its clock; ``batch`` is the batch as
+        read (:meth:`read`), whose ``mail_t`` the written memory absorbed."""
         b = batch.num_events
         roots = batch.write_mask.nonzero().squeeze(1)
         event = roots % b
+        nodes = batch.nodes[batch.root_idx[roots]]  # write_rows' nodes
         absorbed = batch.mail_t[batch.root_idx[roots]]  # mem_t <- the mail time the batch read
-        w = Write(self._writes, nodes, mem_rows, mail_rows, absorbed, batch.t[event], batch.eid[event])
+        w = Write(self._writes, nodes, absorbed, batch.t[event], batch.eid[event],
+                  self.kind.record(batch, new_memory))
         with self._lock:
-            _apply(self.live, self.live_clock, w)
+            _apply(self.kind, self.live, self.live_clock, w)
             self._pending.append(w)
             self._writes += 1
             self._lock.notify_all()
 
     # ------------------------------------------------------------------ checkpoint
     def state_dict(self) -> dict[str, torch.Tensor]:
-        """The live state (a checkpoint is taken between epochs, when nothing is pending)."""
-        c = self.live_clock
-        return {**self.live.state_dict(), "mem_t": c.mem_t.cpu(), "mail_t": c.mail_t.cpu(),
-                "mail_eid": c.mail_eid.cpu()}
+        """The live state and its clock (a checkpoint is taken between epochs, when nothing is pending)."""
+        state, c = self.live.state_dict(), self.live_clock
+        clock = {"mem_t": c.mem_t, "mail_t": c.mail_t, "mail_eid": c.mail_eid}
+        return {**state, **{_clock_key(k, state): v.cpu() for k, v in clock.items()}}
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         self.live.load_state_dict(state)
         self._read.load_state_dict(state)
-        for clock in (self.live_clock, self._read_clock):
-            clock.mem_t.copy_(state["mem_t"])
-            clock.mail_t.copy_(state["mail_t"])
-            clock.mail_eid.copy_(state["mail_eid"])
-
+        for name in ("mem_t", "mail_t", "mail_eid"):
+            saved = state[f"clock_{name}" if f"clock_{name}" in state else name]
+            for clock in (self.live_clock, self._read_clock):
+                getattr(clock, name).copy_(saved)

@@ -5,7 +5,7 @@ It is the one-process strategy (:class:`disttgl.train.single.SingleProcess`) wit
 swapped for a :class:`StaleMemory`: epoch n trains batch i on memory version v_i of the run's
 :class:`StalenessPlan`; validation and test read the live memory (every write) in order, as
 in every other run, so their numbers compare. ``--staleness 1`` without mitigation is today's
-training exactly (tests/test_pipeline_train.py).
+training exactly (tests/test_pipeline_train.py; APAN's mailbox: tests/test_stale_apan.py).
 """
 
 from __future__ import annotations
@@ -17,12 +17,12 @@ import torch
 from tqdm import tqdm
 
 from disttgl.data.graph_store import read_attrs
-from disttgl.errors import DataError
-from disttgl.models.memory import NodeMemory
+from disttgl.models.mailbox import MailboxMemory
+from disttgl.models.memory import Memory
 from disttgl.pipeline.executor import MemoryPrefetch
 from disttgl.pipeline.plan import plan_staleness
 from disttgl.pipeline.similar_file import load_similar
-from disttgl.pipeline.stale_memory import Mitigation, StaleMemory
+from disttgl.pipeline.stale_memory import Mitigation, StaleMemory, mailbox_kind
 from disttgl.pipeline.versions import mean_staleness
 from disttgl.train import machine_load
 from disttgl.train.config import TrainConfig
@@ -52,9 +52,6 @@ class StalePipeline(SingleProcess):
 
     def __init__(self, cfg: TrainConfig):
         self.plan = plan_staleness(cfg.staleness, cfg.stage_times)  # a bad value fails before any loading
-        if cfg.memory not in ("gru", "rnn"):
-            raise DataError(None, f"--staleness/--mitigation/--pipeline with --memory {cfg.memory}: a versioned "
-                                  f"mailbox (APAN) is not implemented yet; gru (TGN) and rnn (JODIE) are")
         super().__init__(cfg)
         graph_nodes, dim = self.memory.memory.shape
         mitigation = None
@@ -63,7 +60,10 @@ class StalePipeline(SingleProcess):
             idx, _ = load_similar(cfg.similar, int(graph_nodes), graph_sha256=sha)
             mitigation = Mitigation(torch.as_tensor(idx).to(self.device), lam=cfg.mitigation_lambda,
                                     top_fraction=cfg.mitigation_top)
-        self.memory = StaleMemory(int(graph_nodes), int(dim), self._num_events(), self.device, mitigation)
+        kind = None  # gru, rnn: a NodeMemory
+        if isinstance(self.memory, MailboxMemory):  # apan: the mailbox is versioned with the memory
+            kind = mailbox_kind(int(graph_nodes), int(dim), self.feats.edge_feat, self.memory.size, self.device)
+        self.memory = StaleMemory(int(graph_nodes), int(dim), self._num_events(), self.device, mitigation, kind)
         self.versions = self.plan.versions(self.num_batches["train"])
         self.config_record["staleness_plan"] = self.plan.record()
         log.info("staleness k = %d (%s): mean staleness %.3f batches an epoch, %s memory fetch",
@@ -89,7 +89,7 @@ class StalePipeline(SingleProcess):
                "staleness_k": self.plan.k, "mean_staleness": mean_staleness(self.memory.read_versions)}
         return UnitResult(stats, row, {k: v for k, v in fields.items() if k in machine_load.ROW_FIELDS})
 
-    def eval_memory(self) -> NodeMemory:
+    def eval_memory(self) -> Memory:
         return self.memory.live  # every write; evaluation reads it in order
 
     def checkpoint_changes(self, ckpt: dict[str, Any]) -> list[str]:
