@@ -64,3 +64,44 @@ def test_workflow_trains_2_ranks_through_slurm(cluster, workdir):
     assert "JobState=COMPLETED" in job and "NumCPUs=2" in job, job
     train_log = (workdir / "logs" / "synthetic" / "train-1x2x1.log").read_text()
     assert "1x2x1 on 2 ranks" in train_log
+
+
+def test_tma_trainers_are_job_steps_and_one_dying_ends_only_its_own(cluster, workdir):
+    """RandomTMA through the SLURM profile: the tma job asks for a task per trainer, `disttgl tma`
+    starts each trainer as a job step of its own (--launcher auto inside the job), trainer 1 is
+    killed by the fault hook, its step ends alone, the other trains on, and the restarted trainer is
+    a new step of the same job that rejoins the rounds."""
+    (workdir / "tma.yaml").write_text(
+        "parallel: {configs: [], threads_per_rank: 1}\n"
+        "tma_runs:\n  slurm_tma: {method: random, rule: incident, parts: 2, sync_every: 10steps, rounds: 12,\n"
+        "              time_limit: 5min, eval_every: 6, restart_dead: true, max_restarts: 1}\n")
+    target = "results/synthetic/slurm_tma/summary.json"
+    cmd = ["snakemake", "--profile", "workflow/profiles/slurm", target,
+           "--slurm-status-command", "squeue", "--slurm-no-account", "--slurm-init-seconds-before-status-checks", "5",
+           "--configfile", ".test/config.yaml", "tma.yaml"]
+    # sbatch exports the environment (--export=ALL): the fault hook reaches the trainers' steps
+    env = {**os.environ, "DISTTGL_FAULT": "1:15:2"}
+    proc = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, timeout=480, env=env)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    m = re.search(r"rule tma:.*?submitted with SLURM jobid (\d+)", out, re.S)
+    assert m, out[-3000:]
+    job = subprocess.run(["scontrol", "show", "job", m.group(1)], capture_output=True, text=True).stdout
+    assert "JobState=COMPLETED" in job and "NumTasks=2" in job, job
+    summary = json.loads((workdir / target).read_text())
+    assert summary["launcher"] == "srun" and summary["config"]["launcher"] == "srun"
+    assert summary["dead_trainers"] == [1] and summary["restarts"] == 1 and summary["rounds"] == 12
+    steps = summary["placements"]
+    assert {s["slurm_job_id"] for p in steps.values() for s in p} == {m.group(1)}
+    ids = [s["slurm_step_id"] for p in ("0", "1") for s in steps[p]]
+    assert len(ids) == 3 and len(set(ids)) == 3  # trainer 0, trainer 1, trainer 1 again: three steps
+    lines = [json.loads(x) for x in (workdir / "results/synthetic/slurm_tma/rounds.jsonl").read_text().splitlines()]
+    died = [x for x in lines if x["kind"] == "event" and x["event"] == "trainer_died"]
+    assert [d["part"] for d in died] == [1] and died[0]["rc"] != 0
+    assert len(steps["0"]) == 1 and not [x for x in died if x["part"] == 0]  # trainer 0's step lived on
+    rounds = [x for x in lines if x["kind"] == "round"]
+    restarted = [x for x in lines if x["kind"] == "event" and x["event"] == "trainer_restarted"][0]["time"]
+    # the new step rejoined: healed to the last average (present, nothing of its own), then contributing
+    after = [r for r in rounds if r["time"] > restarted and 1 in r["participants"]]
+    assert after[0]["participants"] == [0, 1] and after[0]["contributors"] == [0], after[0]
+    assert after[-1]["contributors"] == [0, 1] and after[-1]["round"] == 12
