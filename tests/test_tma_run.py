@@ -136,6 +136,35 @@ def test_a_restarted_trainer_rejoins_with_the_last_average_and_runs_repeat(parts
     assert json.loads((run / "summary.json").read_text())["restarts"] == 1
 
 
+def test_a_trainer_killed_inside_an_allreduce_fails_that_round_only(parts, clean):
+    """Trainer 1 SIGKILLs itself inside round 3's allreduce (issued, not waited for): the survivors'
+    round 3 fails (logged with its stall), they train on, the next round forms without trainer 1,
+    and the run ends at its rounds with the survivors holding the last average."""
+    proc = tma(parts, "in_allreduce", "--sync-every", "10steps", "--rounds", "8", "--time-limit", "10min",
+               "--eval-every", "100", env={"DISTTGL_FAULT": "1:1:2:allreduce"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = parts / "in_allreduce"
+    died = events(run, "trainer_died")
+    assert [(e["part"], e["rc"]) for e in died] == [(1, -signal.SIGKILL)]
+    rs = rounds(run)
+    assert [r["round"] for r in rs] == list(range(1, 9)) and rs[-1]["stop"]
+    for r in rs[:2]:  # deterministic up to the death: the clean run's rounds, bit for bit
+        assert r["participants"] == [0, 1, 2] and same(weights(run / "rounds" / r["file"]),
+                                                       weights(clean / "rounds" / r["file"]))
+    assert all(r["participants"] == [0, 2] and r["dead"] == [1] for r in rs[2:])
+    failed = [x for x in lines(run) if x["kind"] == "failed_round"]
+    assert sorted({f["part"] for f in failed}) == [0, 2] and all(f["round"] == 3 for f in failed[:2]), failed
+    assert all(f.get("error") for f in failed)
+    summary = json.loads((run / "summary.json").read_text())
+    t = summary["config"]["timeouts"]
+    # the failed round cost each survivor at most one collective timeout (plus the heartbeat of the
+    # quorum that dropped the dead trainer), never its 600 s quorum timeout
+    assert summary["failed_rounds"] == len(failed) and summary["longest_failed_round_s"] < t["collective"] + 10
+    last = weights(run / "rounds" / rs[-1]["file"])
+    assert all(same(weights(run / f"trainer-{p}" / "final.pt"), last) for p in (0, 2))
+    assert summary["degraded"] is True and summary["dead_trainers"] == [1]
+
+
 def test_the_lighthouse_killed_and_restarted_training_goes_on(parts):
     """SIGKILL the Lighthouse after round 5: the coordinator restarts it on its port, the rounds
     during the outage fail (each trainer keeps its weights and trains on), and rounds go on to 40."""

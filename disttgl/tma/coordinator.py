@@ -3,8 +3,8 @@ log every round, evaluate the averaged model, write the run's files (docs/design
 
 Run directory: ``plan.json`` and ``start.json`` (what the trainers read), ``rounds/`` (each round's
 average, published by its lowest trainer), ``rounds.jsonl`` (one line per round: participants,
-contributors, missing and dead trainers; and one per event: a trainer died or was restarted, the
-Lighthouse died or was restarted), ``metrics.jsonl`` (one row per evaluated round),
+contributors, missing and dead trainers; one per event: a trainer died or was restarted, the
+Lighthouse died or was restarted; and one per round that failed on a trainer, with its stall), ``metrics.jsonl`` (one row per evaluated round),
 ``summary.json`` (last, as every run's), ``trainer-P/`` (logs, ``final.pt``). Every file is written
 atomically. A rerun on the same directory starts over: it first removes what a previous run left,
 ``summary.json`` first, so a killed rerun never leaves a complete-looking run.
@@ -90,6 +90,15 @@ class Rounds:
             write_jsonl(self.run_dir / "rounds.jsonl", self.lines)
         return new
 
+    def add_failures(self) -> list[dict[str, Any]]:
+        """The trainers' failed rounds (``trainer-P/failed-A.jsonl``) into ``rounds.jsonl``, every line
+        in time order; returns them."""
+        failed = [json.loads(x) for path in sorted(self.run_dir.glob("trainer-*/failed-*.jsonl"))
+                  for x in path.read_text().splitlines() if x.strip()]
+        self.lines = sorted(self.lines + failed, key=lambda x: x["time"])
+        write_jsonl(self.run_dir / "rounds.jsonl", self.lines)
+        return failed
+
 
 def run_tma(plan: TMAPlan, eval_cfg: TrainConfig, opts: TMAOptions, record: dict[str, Any]) -> dict[str, Any]:
     """Train ``plan`` to its time limit (or its rounds); the summary.
@@ -148,6 +157,7 @@ def run_tma(plan: TMAPlan, eval_cfg: TrainConfig, opts: TMAOptions, record: dict
         finally:
             sup.stop()
         rounds.ingest(sup, plan)
+        failed = rounds.add_failures()
         if last is None:
             raise DataError(run_dir, "no averaging round completed; see the trainers' logs (trainer-*/log-*.txt)"
                                      + _first_log_tail(run_dir))
@@ -161,7 +171,8 @@ def run_tma(plan: TMAPlan, eval_cfg: TrainConfig, opts: TMAOptions, record: dict
             "rounds_published": sum(1 for x in rounds.lines if x["kind"] == "round"),
             "trainers": plan.trainers, "parts": plan.parts, "dead_trainers": died, "restarts": restarts,
             "lighthouse_restarts": sup.lighthouse_restarts, "degraded": bool(died),
-            "launcher": opts.launcher.kind, "placements": sup.placements(),
+            "launcher": opts.launcher.kind, "placements": sup.placements(), "failed_rounds": len(failed),
+            "longest_failed_round_s": max((f["stall_s"] for f in failed), default=None),
             "best_round": evaluator.best["best_epoch"], "time_to_best_s": evaluator.best.get("best_wall_s"),
             "wall_seconds": (t_done or time.time()) - t0,  # start to the last trainer's exit
             "training_seconds": last[0]["wall_s"], "train_events": total_events}

@@ -87,11 +87,13 @@ class Replica:
         """Rounds committed so far (torchft's step; a healed trainer takes its peers')."""
         return self.manager.current_step()
 
-    def average(self, c: Contribution) -> tuple[RoundResult | None, dict[str, Any]]:
+    def average(self, c: Contribution, in_allreduce: Callable[[], None] | None = None
+                ) -> tuple[RoundResult | None, dict[str, Any]]:
         """Run one round; (its result, or None when it failed; facts for the log).
 
         Args:
             c: this trainer's contribution (``contribute`` is turned off when it heals in this round).
+            in_allreduce: called once the allreduce is issued, before it is waited for (the fault hook).
         """
         t0 = time.perf_counter()
         info: dict[str, Any] = {"quorum_s": None, "allreduce_s": None}
@@ -108,6 +110,8 @@ class Replica:
         vec = pack(state, self.keys, self.parts, c)
         t1 = time.perf_counter()
         work = self.manager.allreduce(vec, reduce_op=dist.ReduceOp.SUM)
+        if in_allreduce is not None:
+            in_allreduce()
         try:
             work.wait()
         except Exception as exc:  # noqa: BLE001 - torchft reports it to should_commit too
@@ -119,7 +123,8 @@ class Replica:
             info["error"] = f"commit: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
             committed = False
         if not committed:
-            info.setdefault("error", f"round not committed ({self.manager.errored()})")
+            why = str(self.manager.errored()).strip().splitlines()
+            info.setdefault("error", f"round not committed ({why[0][:200] if why else 'no reason given'})")
             return None, info
         result = unpack(vec, state, self.keys, self.parts)
         if result.mean is not None:

@@ -8,10 +8,16 @@ the lowest part in the round publishes it to ``RUN/rounds/``. It stops after the
 passes the deadline (or the last of ``--rounds``), and leaves its final weights in
 ``RUN/trainer-P/final.pt``.
 
-Fault hook (tests): ``DISTTGL_FAULT=PART:STEP[:ROUNDS]`` makes trainer PART SIGKILL itself once it
-has taken STEP steps (and, with ROUNDS, once that many averaging rounds are committed: a test that
-checks rounds before the death then does not depend on how fast the machine steps), in its first
-attempt only (as :mod:`disttgl.parallel.strategy`'s hook).
+Fault hook (tests): ``DISTTGL_FAULT=PART:STEP[:ROUNDS[:WHERE]]`` makes trainer PART SIGKILL itself
+once it has taken STEP steps (and, with ROUNDS, once that many averaging rounds are committed: a
+test that checks rounds before the death then does not depend on how fast the machine steps), in
+its first attempt only (as :mod:`disttgl.parallel.strategy`'s hook). WHERE is ``step`` (default:
+between two steps) or ``allreduce`` (inside its next averaging round, after the quorum formed and
+its allreduce was issued: the others' round fails).
+
+A round that fails on a trainer (no quorum, a peer lost in the allreduce, not committed) is logged
+in ``trainer-P/failed-ATTEMPT.jsonl`` (when, how long it stalled the trainer, why); the coordinator
+puts those lines into ``rounds.jsonl``.
 """
 
 from __future__ import annotations
@@ -43,7 +49,7 @@ from disttgl.train.single import SingleProcess
 
 log = logging.getLogger(__name__)
 
-FAULT_ENV = "DISTTGL_FAULT"  # "PART:STEP[:ROUNDS]": that trainer kills itself there (first attempt only; tests)
+FAULT_ENV = "DISTTGL_FAULT"  # "PART:STEP[:ROUNDS[:WHERE]]": that trainer kills itself there (first attempt only)
 ROUNDS_DIR = "rounds"
 
 
@@ -95,10 +101,13 @@ class Worker:
         self.plan, self.part, self.attempt = plan, part, attempt
         self.dir = plan.trainer_dir(part)
         self.t = plan.timeouts
-        fault = os.environ.get(FAULT_ENV, "")
-        target = tuple(map(int, fault.split(":"))) if fault and attempt == 0 else None
+        fault = os.environ.get(FAULT_ENV, "").split(":") if attempt == 0 else [""]
+        where = fault[3] if len(fault) > 3 else "step"
+        target = tuple(map(int, fault[:3])) if fault[0] else None
         self.die_at = target[1] if target is not None and target[0] == part else None
         self.die_after_rounds = target[2] if target is not None and len(target) > 2 else 0
+        self.die_in_allreduce = where == "allreduce"
+        self.failures: list[dict[str, Any]] = []
         self.steps = self.events = 0  # in total
         self.since_steps = self.since_events = 0  # since the last committed round
         self.pending: Batch | None = None  # yielded, hence trained once the next one is asked for
@@ -118,13 +127,24 @@ class Worker:
             self.events += self.pending.num_events
             self.since_events += self.pending.num_events
         self.pending = batch
-        if self.die_at is not None and self.steps >= self.die_at and self.replica.round >= self.die_after_rounds:
-            log.warning("trainer %d: %s: killing myself at step %d", self.part, FAULT_ENV, self.steps)
-            sys.stderr.flush()
-            os.kill(os.getpid(), signal.SIGKILL)
+        if self._fault_due() and not self.die_in_allreduce:
+            self._die("at step")
         if self._due():
             self._sync()
         return not self.stopping
+
+    def _fault_due(self) -> bool:
+        return self.die_at is not None and self.steps >= self.die_at and self.replica.round >= self.die_after_rounds
+
+    def _die(self, where: str) -> None:
+        log.warning("trainer %d: %s: killing myself %s %d", self.part, FAULT_ENV, where, self.steps)
+        sys.stderr.flush()
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    def _in_allreduce(self) -> None:
+        """Called by the replica between issuing its allreduce and waiting for it (the fault hook)."""
+        if self.die_in_allreduce and self._fault_due():
+            self._die("inside the allreduce after step")
 
     def _due(self) -> bool:
         now = time.time()
@@ -135,14 +155,17 @@ class Worker:
         return now >= self.next_sync
 
     def _sync(self) -> None:
-        now = time.time()
+        now = t_start = time.time()
         last = self.plan.max_rounds > 0 and self.replica.round + 1 >= self.plan.max_rounds
         c = Contribution(part=self.part, contribute=self.since_steps > 0, steps=self.since_steps,
                          events=self.since_events, stop=now >= self.deadline or last)
-        result, info = self.replica.average(c)
+        result, info = self.replica.average(c, self._in_allreduce)
         now = time.time()
         if result is None:
             log.warning("trainer %d: averaging round failed (%s); training on", self.part, info.get("error"))
+            self.failures.append({"kind": "failed_round", "part": self.part, "attempt": self.attempt, "time": now,
+                                  "stall_s": now - t_start, "round": self.replica.round + 1, **info})
+            write_jsonl(self.dir / f"failed-{self.attempt}.jsonl", self.failures)
             # past the deadline, rounds that keep failing end the run after the longest a round may take
             if now >= self.deadline + self.t.quorum + self.t.collective:
                 log.warning("trainer %d: no round since the deadline: stopping with local weights", self.part)
