@@ -18,7 +18,7 @@ import pytest
 from disttgl.errors import DataError
 from disttgl.parallel.memory_server import MemoryClient, ServerPlan, start_server
 from disttgl.parallel.schedule import Layout, step
-from disttgl.parallel.staleness import served_staleness
+from disttgl.parallel.staleness import ServedStaleness, served_staleness
 
 N, DIM, E = 10, 2, 1000
 
@@ -239,3 +239,29 @@ def test_1x1x1_through_the_memory_server_equals_the_one_process_run(data, K):
         if not (data / "one1" / "metrics.jsonl").exists():
             fit(SingleProcess(TrainConfig(**config(data, "one1"))))
         assert [r["train_loss"] for r in par] != [r["train_loss"] for r in rows(data / "one1")]
+
+
+def test_the_report_puts_the_layout_and_both_stalenesses_beside_k(tmp_path):
+    import shutil
+
+    from disttgl.report.collect import load_run
+    from disttgl.report.staleness_table import staleness_rows
+
+    fixture = Path(__file__).parent / "fixtures" / "report_runs" / "wiki" / "static"
+
+    def run(name, parallelism=None, staleness=None):
+        d = tmp_path / "wiki" / name
+        shutil.copytree(fixture, d)
+        s = json.loads((d / "summary.json").read_text())
+        if parallelism:
+            s["parallelism"] = s.setdefault("config", {})["parallelism"] = parallelism
+        if staleness:
+            s["staleness"] = staleness
+        (d / "summary.json").write_text(json.dumps(s))
+        return load_run(d, "wiki", name)
+
+    served = ServedStaleness(2, "2", "given", None).record(Layout(2, 1, 1), memory_batches=4)
+    got = staleness_rows([run("seq"), run("par", "2x1x1", served), run("par_k1", "2x1x1"),
+                          run("k2", None, {"k": 2, "requested": "2", "mean_staleness": 0.9})])
+    assert [(r["run"], r["layout"], r["k"], r["group_staleness"]) for r in got] == [
+        ("seq", "1x1x1", 1, 0), ("k2", "1x1x1", 2, 0), ("par", "2x1x1", 2, 1)]  # a k = 1 layout run has no row

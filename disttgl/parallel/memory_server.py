@@ -1,19 +1,22 @@
 """Memory server: one process per memory copy owns node memory and mail, in shared memory, and
 serialises the copy's reads and writes in schedule order (docs/design.md §5).
 
-For every stream step ``u`` of its copy (see :mod:`disttgl.parallel.schedule`) the server: zeroes the memory
-when the copy wraps to batch 0, serves ``read(u)`` to the ``i`` trainers holding step ``u`` (all
-before any of their writes, so the ``i`` sub-batches see the same state), then applies their
-``write(u)``; at the end of every pass it answers the copy leader's ``flush`` (the leader copies the
-memory for evaluation and checkpoints, and the server waits for its ``copied`` before the next step
-may reset or write the table). The order is computed from the pure schedule on both
-sides, so no message carries sequencing state.
+For every stream step ``u`` of its copy (see :mod:`disttgl.parallel.schedule`) the server: applies the
+writes of the steps up to ``u - k`` (MSPipe's staleness bound, docs/design.md §5.7; k = 1: the
+previous step), zeroes the memory when the copy wraps to batch 0, serves ``read(u)`` to the ``i``
+trainers holding step ``u`` (all before any of their writes, so the ``i`` sub-batches see the same
+state: exactly the writes of steps <= u - k of the segment, :mod:`disttgl.parallel.copy_state`); at
+the end of every pass it applies every write of the pass and answers the copy leader's ``flush``
+(the leader copies the memory for evaluation and checkpoints, and the server waits for its
+``copied`` before the next step may reset or write the table). The order is computed from the pure
+schedule on both sides, so no message carries sequencing state.
 
 Transport: a Unix socket per trainer (``multiprocessing.connection``) for small control tuples; the
-rows travel through shared memory (one segment for the copy's ``[N, 3d]`` memory‖mail table, one
-per trainer for its read and write buffers). Every wait is blocking with a timeout
-(``connection.wait``/``poll``), never a busy-waited flag; a trainer whose connection drops, or a
-server that dies, is an error on the other side naming it, never a hang.
+rows travel through shared memory (one segment for the copy's ``[N, 3d]`` memory‖mail table and its
+``[N, 3]`` clock, one per trainer for its read and write buffers; :mod:`disttgl.parallel.memory_client`).
+Every wait is blocking with a timeout (``connection.wait``/``poll``), never a busy-waited flag; a
+trainer whose connection drops, or a server that dies, is an error on the other side naming it,
+never a hang.
 """
 
 from __future__ import annotations
