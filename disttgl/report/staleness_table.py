@@ -16,7 +16,8 @@ from disttgl.report.collect import RunResult, finite_number
 from disttgl.report.sections import markdown_section
 
 STALENESS_COLUMNS = [("run", "run"), ("layout", "i x j x k"), ("k", "k"), ("group_staleness", "i - 1"),
-                     ("requested", "staleness"), ("mitigation", "mitigation"), ("pipeline", "pipeline"), ("mean_staleness", "mean staleness (batches)"),
+                     ("requested", "staleness"), ("mitigation", "mitigation"), ("pipeline", "pipeline"),
+                     ("mean_staleness", "mean staleness (batches)"),
                      ("val_mrr", "val MRR"), ("val_ap", "val AP"), ("test_mrr", "test MRR"), ("test_ap", "test AP"),
                      ("train_events_per_s", "train events/s"), ("contended", "cores shared")]
 
