@@ -123,7 +123,8 @@ def test_mitigation_with_a_similar_file(data, tmp_path):
     (["--staleness", "two"], "whole number"),
     (["--mitigation", "similar"], "needs --similar"),
     (["--pipeline", "streams"], "not implemented yet"),
-    (["--staleness", "2", "--parallelism", "1x1x2"], "run in one process"),
+    (["--staleness", "2", "--pipeline", "threads", "--parallelism", "1x1x2"], "--pipeline threads with --parallelism"),
+    (["--staleness", "2", "--stage-times", "s.json", "--parallelism", "1x1x2"], "only resolves --staleness auto"),
     (["--staleness", "2", "--stage-times", "nope.json"], "does not exist"),
 ])
 def test_bad_settings_exit_2_and_write_nothing(data, tmp_path, capsys, extra, message):

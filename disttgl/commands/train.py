@@ -145,9 +145,10 @@ def run(args: argparse.Namespace) -> int:
 
         train(cfg)
         return 0
-    if cfg.pipelined:
-        raise DataError(None, f"--staleness/--mitigation/--pipeline run in one process, torchrun started {ranks} "
-                              f"(MSPipe's k inside DistTGL's memory server is not implemented yet)")
+    if cfg.pipelined:  # --parallelism auto on several ranks: the i x j x k trainers take a fixed k only
+        from disttgl.parallel.staleness import check_served
+
+        check_served(cfg.staleness, cfg.stage_times, cfg.mitigation, cfg.pipeline, cfg.parallelism)
     if cfg.task == "edge-class" and os.environ.get("RANK", "0") == "0":
         # rank 0 creates the run directory before the ranks load the graph: bad labels fail first
         from disttgl.data.graph_store import read_labels

@@ -1,19 +1,22 @@
 """Memory server: one process per memory copy owns node memory and mail, in shared memory, and
 serialises the copy's reads and writes in schedule order (docs/design.md §5).
 
-For every stream step ``u`` of its copy (see :mod:`disttgl.parallel.schedule`) the server: zeroes the memory
-when the copy wraps to batch 0, serves ``read(u)`` to the ``i`` trainers holding step ``u`` (all
-before any of their writes, so the ``i`` sub-batches see the same state), then applies their
-``write(u)``; at the end of every pass it answers the copy leader's ``flush`` (the leader copies the
-memory for evaluation and checkpoints, and the server waits for its ``copied`` before the next step
-may reset or write the table). The order is computed from the pure schedule on both
-sides, so no message carries sequencing state.
+For every stream step ``u`` of its copy (see :mod:`disttgl.parallel.schedule`) the server: applies the
+writes of the steps up to ``u - k`` (MSPipe's staleness bound, docs/design.md §5.7; k = 1: the
+previous step), zeroes the memory when the copy wraps to batch 0, serves ``read(u)`` to the ``i``
+trainers holding step ``u`` (all before any of their writes, so the ``i`` sub-batches see the same
+state: exactly the writes of steps <= u - k of the segment, :mod:`disttgl.parallel.copy_state`); at
+the end of every pass it applies every write of the pass and answers the copy leader's ``flush``
+(the leader copies the memory for evaluation and checkpoints, and the server waits for its
+``copied`` before the next step may reset or write the table). The order is computed from the pure
+schedule on both sides, so no message carries sequencing state.
 
 Transport: a Unix socket per trainer (``multiprocessing.connection``) for small control tuples; the
-rows travel through shared memory (one segment for the copy's ``[N, 3d]`` memory‖mail table, one
-per trainer for its read and write buffers). Every wait is blocking with a timeout
-(``connection.wait``/``poll``), never a busy-waited flag; a trainer whose connection drops, or a
-server that dies, is an error on the other side naming it, never a hang.
+rows travel through shared memory (one segment for the copy's ``[N, 3d]`` memory‖mail table and its
+``[N, 3]`` clock, one per trainer for its read and write buffers; :mod:`disttgl.parallel.memory_client`).
+Every wait is blocking with a timeout (``connection.wait``/``poll``), never a busy-waited flag; a
+trainer whose connection drops, or a server that dies, is an error on the other side naming it,
+never a hang.
 """
 
 from __future__ import annotations
@@ -29,19 +32,20 @@ import sys
 import time
 from collections import deque
 from dataclasses import asdict, dataclass
-from multiprocessing import connection, resource_tracker, shared_memory
+from multiprocessing import connection, shared_memory
 from pathlib import Path
 
 import numpy as np
 
 from disttgl.lifetime import exit_with_parent
+from disttgl.parallel.copy_state import CopyState, Write, zero
+from disttgl.parallel.memory_client import (MemoryClient, MemoryServerError, buffer_bytes, buffer_views,
+                                            table_bytes, table_views)
 from disttgl.parallel.schedule import Layout, step
 
+__all__ = ["MemoryClient", "MemoryServerError", "ServerPlan", "serve", "start_server", "stream_ranks"]
+
 log = logging.getLogger(__name__)
-
-
-class MemoryServerError(RuntimeError):
-    """A memory copy cannot go on: its server or one of its trainers died or timed out."""
 
 
 @dataclass(frozen=True)
@@ -59,6 +63,9 @@ class ServerPlan:
     capacity: int  # rows of each trainer's read/write buffer
     timeout: float  # seconds any wait may take (the run's --timeout)
     state: str | None = None  # .npy [N, 3d] memory‖mail to start from (resume)
+    staleness: int = 1  # MSPipe's k: read(u) sees the writes of steps <= u - k of its segment (§5.7)
+    num_events: int = 0  # E: mail_eid = E is "no mail" in the clock
+    clock_state: str | None = None  # .npy [N, 3] clock to start from (resume of a k > 1 run)
 
     @property
     def layout(self) -> Layout:
@@ -93,45 +100,40 @@ def is_pass_end(plan: ServerPlan, u: int) -> bool:
     return (u + 1) % plan.T == 0
 
 
-def _attach(name: str) -> shared_memory.SharedMemory:
-    """Attach to a segment another process owns (and will unlink): keep this process's resource
-    tracker from unlinking it when we exit (Python < 3.13 registers attachments too)."""
-    shm = shared_memory.SharedMemory(name=name)
-    try:
-        resource_tracker.unregister(shm._name, "shared_memory")  # type: ignore[attr-defined]
-    except Exception:  # noqa: BLE001 - only a warning at exit is at stake
-        pass
-    return shm
-
-
 # ----------------------------------------------------------------------------------------- server
 
 class _Server:
     def __init__(self, plan: ServerPlan, address: str, authkey: bytes):
         self.plan = plan
-        d3 = 3 * plan.dim
-        self.table_shm = shared_memory.SharedMemory(create=True, size=max(1, plan.num_nodes * d3 * 4))
-        self.table = np.ndarray((plan.num_nodes, d3), np.float32, self.table_shm.buf)
+        n, d3 = plan.num_nodes, 3 * plan.dim
+        self.table_shm = shared_memory.SharedMemory(create=True, size=table_bytes(n, d3))
+        self.table, self.clock = table_views(self.table_shm.buf, n, d3)
+        zero(self.table, self.clock, plan.num_events)
         if plan.state:
             self.table[:] = np.load(plan.state)
-        else:
-            self.table[:] = 0
+        if plan.clock_state:
+            self.clock[:] = np.load(plan.clock_state)
+        self.state = CopyState(self.table, self.clock, plan.staleness, plan.num_events, plan.start)
         self.listener = connection.Listener(address, family="AF_UNIX", authkey=authkey)
         self.conns: dict[int, connection.Connection] = {}
-        self.bufs: dict[int, tuple[shared_memory.SharedMemory, np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = {}
+        self.bufs: dict[int, tuple[shared_memory.SharedMemory, list[np.ndarray]]] = {}
         self.inbox: dict[int, deque] = {}
 
     def _buffer(self, rank: int) -> str:
         cap, d3 = self.plan.capacity, 3 * self.plan.dim
-        shm = shared_memory.SharedMemory(create=True, size=2 * cap * (8 + 4 * d3))
-        ids_bytes, rows_bytes = cap * 8, cap * d3 * 4
-        views = []
-        for half in range(2):  # read buffer, write buffer
-            off = half * (ids_bytes + rows_bytes)
-            views.append(np.ndarray((cap,), np.int64, shm.buf, off))
-            views.append(np.ndarray((cap, d3), np.float32, shm.buf, off + ids_bytes))
-        self.bufs[rank] = (shm, *views)
+        shm = shared_memory.SharedMemory(create=True, size=buffer_bytes(cap, d3))
+        self.bufs[rank] = (shm, buffer_views(shm.buf, cap, d3))
         return shm.name
+
+    def _received(self, rank: int, msg: tuple) -> tuple:
+        """A write's rows are copied out of the trainer's buffer as the message is taken: the trainer
+        refills the buffer only after an answer to a later message, which comes after this (with k >
+        1 the server may answer a read before it applies an earlier write)."""
+        if msg[0] != "write":
+            return msg
+        n = msg[2]
+        ids, rows, clock = self.bufs[rank][1][3:6]
+        return (*msg, Write(msg[1], ids[:n].copy(), rows[:n].copy(), clock[:n].copy()))
 
     def accept(self) -> None:
         want = set(self.plan.ranks)
@@ -160,11 +162,21 @@ class _Server:
                 pass
         raise MemoryServerError(problem)
 
+    def _next(self, rank: int, kind: str) -> int | None:
+        """Index in ``rank``'s inbox of its next message of ``kind``'s class. Writes are the one class
+        the server may take later than sent (with k > 1 it answers reads first), so a write waits
+        for the rank's first write and anything else for its first message that is not a write."""
+        box = self.inbox[rank]
+        for n, msg in enumerate(box):
+            if msg[0] == "error" or (msg[0] == "write") == (kind == "write"):
+                return n
+        return None
+
     def expect(self, rank: int, kind: str, u: int) -> tuple:
-        """Block until ``rank``'s next message arrives, reading every ready connection meanwhile so a
-        dead trainer anywhere in the copy is noticed at once."""
+        """Block until ``rank``'s next message of the kind wanted arrives, reading every ready
+        connection meanwhile so a dead trainer anywhere in the copy is noticed at once."""
         deadline = time.monotonic() + self.plan.timeout
-        while not self.inbox[rank]:
+        while (at := self._next(rank, kind)) is None:
             left = deadline - time.monotonic()
             if left <= 0:
                 self._fail(f"memory server of copy {self.plan.copy}: trainer rank {rank} sent nothing for "
@@ -174,13 +186,14 @@ class _Server:
             for conn in connection.wait(list(self.conns.values()), timeout=left):
                 r = next(r for r, c in self.conns.items() if c is conn)
                 try:
-                    self.inbox[r].append(conn.recv())
+                    self.inbox[r].append(self._received(r, conn.recv()))
                 except (EOFError, OSError):
                     if self.remaining[r] > len(self.inbox[r]):
                         self._fail(f"trainer rank {r} died (its connection to the memory server of copy "
                                    f"{self.plan.copy} closed)")
                     del self.conns[r]  # finished its part and hung up
-        msg = self.inbox[rank].popleft()
+        msg = self.inbox[rank][at]
+        del self.inbox[rank][at]
         self.remaining[rank] -= 1
         if msg[0] == "error":
             self._fail(f"trainer rank {rank} failed: {msg[1]}")
@@ -197,25 +210,26 @@ class _Server:
                 self.remaining[r] += 2
             if is_pass_end(p, u):
                 self.remaining[p.leader] += 2  # flush, then copied
+        K = p.staleness
+        self.applied = p.start - 1  # the writes of steps <= applied are in the live table
         for u in range(p.start, p.end):
             ranks = stream_ranks(p, u)
+            self.apply_through(u - K)  # read(u) may go once write(u - K) is in (k = 1: the previous step)
             if stream_batch(p, u) == 0 and ranks:
-                self.table[:] = 0  # the copy wraps round the timeline
-            for rank in ranks:
+                self.state.wrap(u)  # the copy wraps round the timeline
+            for rank in ranks:  # all i reads of the step before any of its writes
                 _, _, n = self.expect(rank, "read", u)
-                _, ids, rows, _, _ = self.bufs[rank]
-                np.take(self.table, ids[:n], axis=0, out=rows[:n])
+                ids, rows, clock = self.bufs[rank][1][0:3]
+                self.state.read(u, ids[:n], rows[:n], clock[:n])
                 self.conns[rank].send(("ok", u))
-            for rank in ranks:
-                _, _, n = self.expect(rank, "write", u)
-                _, _, _, ids, rows = self.bufs[rank]
-                self.table[ids[:n]] = rows[:n]
             if is_pass_end(p, u):
+                self.apply_through(u)
                 self.expect(p.leader, "flush", u)
                 self.conns[p.leader].send(("ok", u))
                 # the leader reads the shared table now: the next step's wrap reset or writes must
                 # wait until it says it holds its copy, or evaluation sees a zeroed memory
                 self.expect(p.leader, "copied", u)
+        self.apply_through(p.end - 1)
         # done: wait for the trainers to hang up (an error message from one still counts)
         deadline = time.monotonic() + p.timeout
         while self.conns and time.monotonic() < deadline:
@@ -226,14 +240,22 @@ class _Server:
                 except (EOFError, OSError):
                     del self.conns[r]
 
+    def apply_through(self, v: int) -> None:
+        """Take and apply, in step order, every write of the steps up to ``v``."""
+        while self.applied < v:
+            x = self.applied + 1
+            for rank in stream_ranks(self.plan, x):
+                self.state.write(self.expect(rank, "write", x)[3])
+            self.applied = x
+
     def close(self) -> None:
         for conn in self.conns.values():
             conn.close()
         self.listener.close()
-        for shm, *_ in self.bufs.values():
+        for shm, _ in self.bufs.values():
             shm.close()
             shm.unlink()
-        self.table = None  # type: ignore[assignment]
+        self.table = self.clock = self.state = None  # type: ignore[assignment]
         self.table_shm.close()
         self.table_shm.unlink()
 
@@ -263,119 +285,6 @@ def start_server(plan: ServerPlan, directory: str | os.PathLike | None = None) -
     proc.stdin.write(authkey.hex().encode() + b"\n")  # the key never shows in `ps`
     proc.stdin.close()
     return proc, address, authkey
-
-
-# ----------------------------------------------------------------------------------------- client
-
-class MemoryClient:
-    """A trainer's connection to its copy's server: ``read``/``write`` node rows, ``flush``, ``snapshot``."""
-
-    def __init__(self, address: str, authkey: bytes, rank: int, capacity: int, *, timeout: float,
-                 server: subprocess.Popen | None = None, connect_timeout: float = 60.0):
-        self.rank, self.timeout, self.server = rank, timeout, server
-        deadline = time.monotonic() + connect_timeout
-        while True:  # the socket appears once the server process has started
-            try:
-                self.conn = connection.Client(address, family="AF_UNIX", authkey=authkey)
-                break
-            except (FileNotFoundError, ConnectionRefusedError):
-                self._check_server()
-                if time.monotonic() > deadline:
-                    raise MemoryServerError(f"rank {rank}: memory server at {address} did not start within "
-                                            f"{connect_timeout:.0f} s") from None
-                time.sleep(0.05)
-        self.conn.send(("hello", rank, os.getpid(), capacity))
-        msg = self._recv("hello")
-        if msg[0] != "shm":
-            raise MemoryServerError(f"rank {rank}: memory server refused the connection: {msg}")
-        _, table_name, buf_name, n, dim, cap = msg
-        self.num_nodes, self.dim, self.capacity = n, dim, cap
-        d3 = 3 * dim
-        self._table_shm, self._buf_shm = _attach(table_name), _attach(buf_name)
-        self.table = np.ndarray((n, d3), np.float32, self._table_shm.buf)
-        ids_bytes, rows_bytes = cap * 8, cap * d3 * 4
-        self.read_ids = np.ndarray((cap,), np.int64, self._buf_shm.buf, 0)
-        self.read_rows = np.ndarray((cap, d3), np.float32, self._buf_shm.buf, ids_bytes)
-        off = ids_bytes + rows_bytes
-        self.write_ids = np.ndarray((cap,), np.int64, self._buf_shm.buf, off)
-        self.write_rows = np.ndarray((cap, d3), np.float32, self._buf_shm.buf, off + ids_bytes)
-
-    def _check_server(self) -> None:
-        if self.server is not None and self.server.poll() is not None:
-            raise MemoryServerError(f"rank {self.rank}: the memory server (pid {self.server.pid}) exited with "
-                                    f"code {self.server.returncode}")
-
-    def _recv(self, what: str) -> tuple:
-        try:
-            if not self.conn.poll(self.timeout):
-                self._check_server()
-                raise MemoryServerError(f"rank {self.rank}: no answer from the memory server for "
-                                        f"{self.timeout:.0f} s (waiting for {what})")
-            msg = self.conn.recv()
-        except (EOFError, OSError):
-            self._check_server()
-            raise MemoryServerError(f"rank {self.rank}: the memory server died (connection closed while "
-                                    f"waiting for {what})") from None
-        if msg[0] == "error":
-            raise MemoryServerError(msg[1])
-        return msg
-
-    def _send(self, msg: tuple) -> None:
-        try:
-            self.conn.send(msg)
-        except OSError:
-            self._pending_error()
-            self._check_server()
-            raise MemoryServerError(f"rank {self.rank}: the memory server died (cannot send {msg[0]})") from None
-
-    def _pending_error(self) -> None:
-        """A server that gave up says why before hanging up: raise that reason if it is there."""
-        try:
-            while self.conn.poll(0.5):
-                msg = self.conn.recv()
-                if msg[0] == "error":
-                    raise MemoryServerError(msg[1])
-        except (EOFError, OSError):
-            pass
-
-    def read(self, u: int, nodes: np.ndarray) -> np.ndarray:
-        """[n, 3d] memory‖mail rows of ``nodes`` as the copy stands before stream step ``u``."""
-        n = len(nodes)
-        self._fits(n)
-        self.read_ids[:n] = nodes
-        self._send(("read", u, n))
-        self._recv(f"read of step {u}")
-        return self.read_rows[:n].copy()
-
-    def write(self, u: int, nodes: np.ndarray, rows: np.ndarray) -> None:
-        """Store [n, 3d] rows for ``nodes`` as step ``u``'s write (applied in schedule order)."""
-        n = len(nodes)
-        self._fits(n)
-        self.write_ids[:n] = nodes
-        self.write_rows[:n] = rows
-        self._send(("write", u, n))
-
-    def flush(self, u: int) -> np.ndarray:
-        """Wait until step ``u``'s writes are applied; the copy's [N, 3d] table then (a copy, taken
-        while the server holds every later step back)."""
-        self._send(("flush", u))
-        self._recv(f"flush after step {u}")
-        table = self.table.copy()
-        self._send(("copied", u))
-        return table
-
-    def _fits(self, n: int) -> None:
-        if n > self.capacity:
-            raise MemoryServerError(f"rank {self.rank}: {n} rows exceed the memory buffer ({self.capacity})")
-
-    def close(self) -> None:
-        self.conn.close()
-        self.table = self.read_rows = self.write_rows = self.read_ids = self.write_ids = None  # type: ignore
-        for shm in (self._table_shm, self._buf_shm):
-            try:
-                shm.close()
-            except BufferError:
-                pass
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -45,6 +45,7 @@ from disttgl.parallel.gradients import AllReduceOptimizer
 from disttgl.parallel.memory_server import MemoryClient, MemoryServerError, ServerPlan, start_server
 from disttgl.parallel.schedule import Layout, Step, memory_batches, passes, step
 from disttgl.parallel.served_memory import Hold, ServedMemory, buffer_capacity, table_state
+from disttgl.parallel.staleness import served_staleness
 from disttgl.parallel.torchrun import Env, PeerFailure, process_group, resolve_layout
 from disttgl.runtime import keep_freed_memory
 from disttgl.train.config import TrainConfig, resolve_lr
@@ -111,6 +112,8 @@ class ScheduledRanks:
 
     def __init__(self, cfg: TrainConfig, env: Env, layout: Layout, device: torch.device):
         self.cfg, self.env, self.lay, self.device = cfg, env, layout, device
+        # MSPipe's k between the copy's memory batches (§5.7); a bad value fails before any loading
+        self.staleness = served_staleness(cfg.staleness, cfg.stage_times, cfg.mitigation, cfg.pipeline, str(layout))
         self.rng = seed_everything(cfg.seed)
         self.feats, graph = load_features(cfg.graph, device, cfg.static)
         with open_cache(cfg.cache, graph_path=cfg.graph, minibatch_parallelism=layout.i) as cache:
@@ -138,7 +141,11 @@ class ScheduledRanks:
         self.leader = env.rank == self.copy * layout.i * layout.j
         self.evaluates = env.rank == 0
         self.config_record = asdict(cfg) | {"parallelism": str(layout), "world_size": layout.world,
-                                            "static_memory": cfg.static is not None}
+                                            "static_memory": cfg.static is not None,
+                                            "mspipe_k": self.staleness.k, "group_staleness": layout.i - 1}
+        if cfg.pipelined and env.rank == 0:
+            log.info("staleness k = %d (%s) between memory batches; within one, i - 1 = %d", self.staleness.k,
+                     self.staleness.reason, layout.i - 1)
         self.server = self.client = self.memory = self.holds = None
         self.table: np.ndarray | None = None  # copy's memory after the last pass (leaders)
 
@@ -189,16 +196,21 @@ class ScheduledRanks:
     def memory_file(self, copy: int, done: int) -> Path:
         return Path(self.cfg.out) / f"memory-copy{copy}-pass{done}.npy"
 
+    def clock_file(self, copy: int, done: int) -> Path | None:
+        """k > 1 reads the server's clock, so a resume needs it (k = 1 reads the cache's)."""
+        return Path(self.cfg.out) / f"memory-copy{copy}-pass{done}-clock.npy" if self.staleness.k > 1 else None
+
     # ------------------------------------------------------------------------ the strategy
     def checkpoint_changes(self, ckpt: dict[str, Any]) -> list[str]:
-        # a checkpoint of another layout is not continued
-        return [] if ckpt.get("parallelism") == str(self.lay) else ["parallelism"]
+        # a checkpoint of another layout or staleness is not continued
+        changes = [] if ckpt.get("parallelism") == str(self.lay) else ["parallelism"]
+        return changes + ([] if ckpt.get("mspipe_k", 1) == self.staleness.k else ["staleness"])
 
     def load_state(self, ckpt: dict[str, Any]) -> None:
         self.resume_it = int(ckpt["epoch"]) * self.T  # the memory is in the copies' files
 
     def state(self) -> dict[str, Any]:
-        return {"parallelism": str(self.lay)}
+        return {"parallelism": str(self.lay), "mspipe_k": self.staleness.k}
 
     def begin(self, done: int) -> None:
         """Start (leader) or find the copy's memory server; every rank's hold reader."""
@@ -209,20 +221,24 @@ class ScheduledRanks:
         store = dist.distributed_c10d._get_default_store()
         key = f"disttgl/{env.run_id}/{env.restart}/server/{self.copy}"
         state = self.memory_file(self.copy, done) if done else None
-        if state is not None and not state.exists():
-            raise DataError(state, "memory of this copy for the checkpoint is missing; cannot resume")
+        clock = self.clock_file(self.copy, done) if done else None
+        for f in (state, clock):
+            if f is not None and not f.exists():
+                raise DataError(f, "memory of this copy for the checkpoint is missing; cannot resume")
         if self.leader:
             plan = ServerPlan(T=self.T, i=lay.i, j=lay.j, k=lay.k, copy=self.copy, num_batches=self.nb["train"],
                               num_nodes=self.num_nodes, dim=cfg.dim, start=done * self.T, end=self.units * self.T,
                               capacity=buffer_capacity(self.meta, lay.j, self.num_nodes), timeout=cfg.timeout,
-                              state=None if state is None else str(state))
+                              state=None if state is None else str(state), staleness=self.staleness.k,
+                              num_events=int(self.feats.edge_feat.shape[0]) - 1,  # its zero row E: no mail
+                              clock_state=None if clock is None else str(clock))
             self.server, address, authkey = start_server(plan)
             store.set(key, json.dumps({"address": address, "authkey": authkey.hex(), "capacity": plan.capacity}))
         store.wait([key], timedelta(seconds=cfg.timeout))
         info = json.loads(store.get(key))
         self.client = MemoryClient(info["address"], bytes.fromhex(info["authkey"]), env.rank, info["capacity"],
                                    timeout=cfg.timeout, server=self.server)
-        self.memory = ServedMemory(self.client, cfg.dim, self.device)
+        self.memory = ServedMemory(self.client, cfg.dim, self.device, self.staleness.k)
         self.holds = self._holds(done * self.T, self.units * self.T)
 
     def train_unit(self, n: int) -> UnitResult:
@@ -242,13 +258,22 @@ class ScheduledRanks:
         rates = [None] * lay.world
         dist.all_gather_object(rates, (stats.events, train_s, stats.loss, fields, socket.gethostname()))
         if self.leader:
-            self.table = self.client.flush(n * self.T - 1)
+            clock_file = self.clock_file(self.copy, n)
+            if clock_file is None:
+                self.table = self.client.flush(n * self.T - 1)
+            else:
+                self.table, clock = self.client.flush(n * self.T - 1, clock=True)
+                with atomic_path(clock_file) as tmp, open(tmp, "wb") as f:
+                    np.save(f, clock)
             with atomic_path(self.memory_file(self.copy, n)) as tmp, open(tmp, "wb") as f:
                 np.save(f, self.table)
         events, wall = sum(r[0] for r in rates), max(r[1] for r in rates)
         row = {"epochs_trained": n * lay.j * lay.k, "train_loss": float(np.mean([r[2] for r in rates])),
                "train_events_per_s": events / wall if wall > 0 else 0.0,
                "rank_events_per_s": [r[0] / r[1] if r[1] > 0 else 0.0 for r in rates]}
+        if self.cfg.pipelined:
+            st = self.staleness.record(lay, self.T)
+            row |= {"staleness_k": st["k"], "mean_staleness": st["mean_staleness"]}
         return UnitResult(stats, row, rank_load(rates))
 
     def eval_memory(self) -> NodeMemory:
@@ -265,6 +290,8 @@ class ScheduledRanks:
     def unit_saved(self, n: int) -> None:
         if self.leader and n > 2:  # checkpoint n - 1 (written before this pass's barrier) no longer needs it
             self.memory_file(self.copy, n - 2).unlink(missing_ok=True)
+            if (clock := self.clock_file(self.copy, n - 2)) is not None:
+                clock.unlink(missing_ok=True)
 
     def finish(self) -> None:
         """After the last pass: the memory server exited cleanly, every rank is done."""
@@ -291,7 +318,8 @@ class ScheduledRanks:
         # best_epoch counts passes here (each j·k epochs' worth of batches)
         return {"best_unit": "pass", "best_epochs_trained": best["best_epoch"] * lay.j * lay.k,
                 "epochs_trained": len(history) * lay.j * lay.k, "rank_events_per_s": per_rank,
-                "parallelism": str(lay), "world_size": lay.world, "batch_size": int(self.meta.batch_size)}
+                "parallelism": str(lay), "world_size": lay.world, "batch_size": int(self.meta.batch_size)} \
+            | ({"staleness": self.staleness.record(lay, self.T)} if self.cfg.pipelined else {})
 
 
 def rank_load(rates: list) -> dict[str, Any]:

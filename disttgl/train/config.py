@@ -17,6 +17,7 @@ import torch
 from disttgl.errors import DataError
 from disttgl.models.tgn import ModelConfig
 from disttgl.layout import parse_parallelism
+from disttgl.parallel.staleness import check_served
 from disttgl.pipeline.plan import parse_staleness
 from disttgl.train.precision import check_precision
 from disttgl.train.task import TASKS
@@ -123,10 +124,9 @@ class TrainConfig:
         if self.pipeline == "streams":
             raise DataError(None, "--pipeline streams (CUDA streams) is not implemented yet: it needs a CUDA "
                                   "machine to build and test it on; --pipeline threads overlaps the memory fetch")
-        if self.pipelined and self.parallelism not in ("1x1x1", "auto"):
-            raise DataError(None, f"--staleness/--mitigation/--pipeline run in one process; with --parallelism "
-                                  f"{self.parallelism} they are not implemented yet (MSPipe's k inside DistTGL's "
-                                  f"memory server)")
+        layout = parse_parallelism(self.parallelism)
+        if self.pipelined and layout is not None and layout.world > 1:  # i x j x k: fixed k only (§5.7)
+            check_served(self.staleness, self.stage_times, self.mitigation, self.pipeline, self.parallelism)
 
     @property
     def pipelined(self) -> bool:
