@@ -277,7 +277,7 @@ def test_parallel_runs_report_best_pass_and_epochs_trained(out):
     assert (two["best_epoch"], two["best_pass"], two["epochs_to_best"]) == ("", "3", "3")
     md = (out / "accuracy.md").read_text()
     assert "| best epoch | best pass | epochs trained to best |" in md
-    assert "| 1x2x1 | ok | 1x2x1 | 2 | yes | — | 2 | 4 |" in md
+    assert "| 1x2x1 | ok | 1x2x1 | 2 | all | yes | — | 2 | 4 |" in md
 
 
 def _runs_with_machine(tmp_path, machines: dict) -> list:

@@ -51,7 +51,13 @@ def test_tma_runs_have_their_own_section_and_are_no_tgn_baseline(tmp_path):
     assert all(r.is_tma and r.kind == "tma" for r in (rt, st, pa))
     assert {r.kind for r in tgn} == {"tgn"} and not any(r.is_tma for r in tgn)
     runs = [*tgn, rt, st, pa]
-    assert [r["run"] for r in report.accuracy_rows(runs)] == ["static", "nostatic"]
+    acc = report.accuracy_rows(runs)  # the TMA runs beside the layouts, never their baseline
+    assert [r["run"] for r in acc] == ["static", "nostatic", "arandom", "asuper", "apsgd"]
+    assert [r["events_kept"] for r in acc] == ["all", "all", "31.5 %", "87.6 %", "90.0 %"]
+    assert [r["parallelism"] for r in acc[2:]] == ["RandomTMA P = 3", "SuperTMA P = 3", "PSGD-PA (C = P) P = 3"]
+    ra = acc[2]
+    assert ra["trainers"] == 3 and ra["best_epoch"] is None and ra["epochs_to_best"] is None
+    assert ra["best_val_mrr"] == 0.4 and "round 2" in ra["note"]
     assert report.ablation_rows(runs)[0]["run_nostatic"] == "nostatic"
     assert batch_rows(runs) == []
     rows = {r["run"]: r for r in tma_rows(runs)}
@@ -74,10 +80,13 @@ def test_tma_runs_have_their_own_section_and_are_no_tgn_baseline(tmp_path):
     section = md[md.index("# RandomTMA / SuperTMA"):].split("# Machine")[0]
     assert "## wiki" in section
     assert "| arandom | RandomTMA | induced | 3 | — | 3 | 31.5 % | 20steps | 3 | 1 | 2 | 0.4000 | 0.3500 |" in section
-    assert all(name not in md[:md.index("# RandomTMA / SuperTMA")] for name in ("arandom", "asuper", "apsgd"))
+    before = md[:md.index("# RandomTMA / SuperTMA")]  # in the layouts table, in no other TGN section
+    assert "| arandom | ok | RandomTMA P = 3 | 3 | 31.5 % | no |" in before, before[:3000]
+    assert all(before.count(name) == 1 for name in ("arandom", "asuper", "apsgd"))
     page = (tmp_path / "o" / "accuracy.html").read_text()
     assert "<h2>RandomTMA / SuperTMA</h2>" in page and "PSGD-PA (C = P)" in page
-    assert "arandom" not in (tmp_path / "o" / "accuracy.csv").read_text()
+    csv = (tmp_path / "o" / "accuracy.csv").read_text()  # the layouts table's rows, TMA runs among them
+    assert "wiki,arandom,ok,RandomTMA P = 3,3,31.5 %,no," in csv
 
 
 def test_unfinished_or_other_runs_are_not_tma_rows(tmp_path):

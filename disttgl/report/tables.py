@@ -13,7 +13,7 @@ from disttgl.report.edge_class_table import render_edge_class_markdown
 from disttgl.report.sections import by_dataset
 from disttgl.report.snapshot_table import render_snapshot_markdown
 from disttgl.report.staleness_table import render_staleness_markdown
-from disttgl.report.tma_table import render_tma_markdown
+from disttgl.report.tma_table import events_kept_label, method_label, render_tma_markdown
 from disttgl.report.tgb_table import render_tgb_markdown
 
 DEFAULT_TTA_FRACTION = 0.98
@@ -22,7 +22,7 @@ DEFAULT_TTA_FRACTION = 0.98
 ACCURACY_COLUMNS = [
     # (csv name, display header)
     ("dataset", "dataset"), ("run", "run"), ("status", "status"), ("parallelism", "i x j x k"),
-    ("trainers", "trainers"), ("static_memory", "static memory"),
+    ("trainers", "trainers"), ("events_kept", "train events kept"), ("static_memory", "static memory"),
     # single-process runs count epochs; a parallel run's metrics count passes of j·k epochs each
     ("best_epoch", "best epoch"), ("best_pass", "best pass"), ("epochs_to_best", "epochs trained to best"),
     ("test_mrr", "test MRR@49"), ("test_ap", "test AP"), ("test_ap_1neg", "test AP (1 neg)"),
@@ -43,28 +43,39 @@ def baseline_for(run: RunResult, runs: Sequence[RunResult]) -> RunResult | None:
 
 def accuracy_rows(runs: Sequence[RunResult], tta_fraction: float = DEFAULT_TTA_FRACTION) -> list[dict]:
     """One row per run. Speed-ups are over the 1x1x1 run of the same dataset and static setting;
-    time-to-accuracy uses the target ``tta_fraction`` x the baseline's best validation MRR. Snapshot
-    DGNN and TMA runs have their sections (:mod:`disttgl.report.snapshot_table`,
-    :mod:`disttgl.report.tma_table`) and are left out here."""
+    time-to-accuracy uses the target ``tta_fraction`` x the baseline's best validation MRR. RandomTMA /
+    SuperTMA runs get a row here too, beside the i x j x k layouts (their trainers, the share of
+    training events their parts keep, their time to the same target; details in their own section,
+    :mod:`disttgl.report.tma_table`); snapshot DGNN runs have only theirs
+    (:mod:`disttgl.report.snapshot_table`)."""
+    tma = [r for r in runs if r.kind == "tma"]
     runs = [r for r in runs if r.kind == "tgn"]
     rows = []
-    for r in runs:
+    for r in [*runs, *tma]:
         s = r.summary
         row = {k: None for k, _ in ACCURACY_COLUMNS}
         row.update(dataset=r.dataset, run=r.run, status=r.status, note=r.reason,
                    parallelism=None if r.parallelism is None else r.par_label, trainers=r.trainers,
-                   static_memory=None if r.static is None else ("yes" if r.static else "no"))
+                   static_memory=None if r.static is None else ("yes" if r.static else "no"),
+                   events_kept="all" if r.kind == "tgn" and r.status == "ok" else None)
+        if r.kind == "tma":
+            _tma_fields(r, row)
         if r.status == "ok":
             be = s.get("best_epoch")
             be = be if isinstance(be, int) and not isinstance(be, bool) else None
-            row.update(best_epoch=None if r.is_parallel else be, best_pass=be if r.is_parallel else None,
-                       epochs_to_best=r.best_epochs_trained,
+            tgn = r.kind == "tgn"
+            row.update(best_epoch=be if tgn and not r.is_parallel else None,
+                       best_pass=be if tgn and r.is_parallel else None,
+                       epochs_to_best=r.best_epochs_trained if tgn else None,
                        test_mrr=finite_number(s.get("test_mrr")), test_ap=finite_number(s.get("test_ap")),
                        test_ap_1neg=finite_number(s.get("test_ap_1neg")), best_val_mrr=r.best_val_mrr,
-                       time_to_best_s=r.time_to_best, train_events_per_s=finite_number(s.get("train_events_per_s")),
+                       time_to_best_s=r.time_to_best,
+                       train_events_per_s=finite_number(s.get("train_events_per_s")) if r.kind == "tgn" else
+                       row["train_events_per_s"],
                        contended={True: "yes", False: "no", None: "load not recorded"}[r.contended])
             notes = [r.reason, r.contention_note(),
-                     "edge classification: F1 in the section below" if r.task == "edge-class" else ""]
+                     "edge classification: F1 in the section below" if r.task == "edge-class" else "",
+                     f"averaged model, best at round {be}; see the RandomTMA / SuperTMA section" if not tgn else ""]
             base = baseline_for(r, runs)
             # A speed-up is a ratio of two speeds: neither may have been measured on shared cores.
             refuse = r.contended or (base is not None and base.contended)
@@ -83,6 +94,21 @@ def accuracy_rows(runs: Sequence[RunResult], tta_fraction: float = DEFAULT_TTA_F
             row["note"] = "; ".join(n for n in notes if n)
         rows.append(row)
     return rows
+
+
+def _tma_fields(r: RunResult, row: dict[str, Any]) -> None:
+    """A TMA run's row beside the layouts: its method and P as the layout, its trainers, the events its
+    parts keep, its training events/s (all trainers together, from start to the last round)."""
+    s = r.summary
+    cfg = s.get("config") if isinstance(s.get("config"), dict) else {}
+    parts, trainers = cfg.get("parts", s.get("parts")), s.get("trainers")
+    row["parallelism"] = f"{method_label(cfg.get('method'), parts, cfg.get('clusters'))} P = {parts}"
+    row["trainers"] = len(trainers) if isinstance(trainers, list) else None
+    row["events_kept"] = events_kept_label(cfg.get("train_events_kept"))
+    events, seconds = finite_number(s.get("train_events")), finite_number(s.get("training_seconds"))
+    row["train_events_per_s"] = events / seconds if events is not None and seconds else None
+    static = cfg.get("static")
+    row["static_memory"] = "yes" if static else "no"
 
 
 ABLATION_COLUMNS = [
@@ -174,6 +200,10 @@ def accuracy_notes(tta_fraction: float) -> list[str]:
         "Cores shared: whether other processes kept the machine's cores busy while the run was timed "
         "(recorded by the trainer; 'load not recorded' for older runs). No speed-up is computed from a "
         "speed measured on shared cores, the run's own or its baseline's.",
+        "RandomTMA / SuperTMA / PSGD-PA rows (layout 'RandomTMA P = 3' ...): independent trainers on parts of "
+        "the graph, weights averaged; train events kept is the share of training events some part trains on "
+        "(an i x j x k layout trains on all), events/s counts every trainer, times are training seconds from "
+        "the common start; the averaged model is evaluated on the whole graph (details in their section).",
         "Runs marked missing or failed were expected but have no readable summary.json.",
     ]
 

@@ -45,6 +45,12 @@ def method_label(method: Any, parts: int | None, clusters: int | None) -> str:
     return str(method)
 
 
+def events_kept_label(value: Any) -> str | None:
+    """The share of training events the parts keep, as ``31.5 %`` (None when not recorded)."""
+    kept = finite_number(value)
+    return None if kept is None else f"{100 * kept:.1f} %"
+
+
 def _dead(value: Any) -> str:
     if not isinstance(value, list):
         return "?"
@@ -59,13 +65,12 @@ def tma_rows(runs: Sequence[RunResult]) -> list[dict[str, Any]]:
             continue
         s, cfg = r.summary, r.summary["config"]
         parts, clusters = _int(cfg.get("parts", s.get("parts"))), _int(cfg.get("clusters"))
-        kept = finite_number(cfg.get("train_events_kept"))
         trainers = s.get("trainers")
         best_t = finite_number(s.get("time_to_best_s"))
         rows.append({"dataset": r.dataset, "run": r.run, "method": method_label(cfg["method"], parts, clusters),
                      "rule": str(cfg.get("rule", "?")), "parts": parts, "clusters": clusters,
                      "trainers": len(trainers) if isinstance(trainers, list) else None,
-                     "events_kept": None if kept is None else f"{100 * kept:.1f} %",
+                     "events_kept": events_kept_label(cfg.get("train_events_kept")),
                      "sync_every": str(cfg.get("sync_every", "?")), "rounds": _int(s.get("rounds")),
                      "dead": _dead(s.get("dead_trainers")),
                      "best_round": _int(s.get("best_round", s.get("best_epoch"))),
