@@ -4,7 +4,8 @@ log every round, evaluate the averaged model, write the run's files (docs/design
 Run directory: ``plan.json`` and ``start.json`` (what the trainers read), ``rounds/`` (each round's
 average, published by its lowest trainer), ``rounds.jsonl`` (one line per round: participants,
 contributors, missing and dead trainers; one per event: a trainer died or was restarted, the
-Lighthouse died or was restarted; and one per round that failed on a trainer, with its stall), ``metrics.jsonl`` (one row per evaluated round),
+Lighthouse died or was restarted; one per round that failed on a trainer, with its stall),
+``metrics.jsonl`` (one row per evaluated round),
 ``summary.json`` (last, as every run's), ``trainer-P/`` (logs, ``final.pt``). Every file is written
 atomically. A rerun on the same directory starts over: it first removes what a previous run left,
 ``summary.json`` first, so a killed rerun never leaves a complete-looking run.
