@@ -163,3 +163,17 @@ def test_gconvlstm_k1_ignores_the_graph():
     assert torch.equal(h, cell(x, empty, torch.zeros(0))[0])
     cell2 = pyg_temporal.RECURRENT.GConvLSTM(3, 5, K=2)
     assert not torch.allclose(cell2(x, index, weight)[0], cell2(x, empty, torch.zeros(0))[0])
+
+
+def test_without_the_package_the_benchmark_skips_the_baselines(data, monkeypatch, capsys):
+    real = pyg_temporal.importlib.util.find_spec
+    monkeypatch.setattr(pyg_temporal.importlib.util, "find_spec",
+                        lambda name, *a: None if name == "torch_geometric_temporal" else real(name, *a))
+    layers, why = pyg_temporal._load_layers()
+    assert layers is None and "not installed" in why and "--no-deps" in why
+    import snapshot  # noqa: PLC0415 - benchmarks/snapshot.py, which imports pyg_temporal
+
+    monkeypatch.setattr(pyg_temporal, "UNAVAILABLE", why)
+    args = type("Args", (), {"baseline": "pyg-temporal", "pyg_models": ["evolvegcn-h"]})()
+    assert snapshot._baselines(data / "s.h5", data, None, args) == []
+    assert capsys.readouterr().out.strip().splitlines() == [f"skipping the PyG-Temporal baselines: {why}"]
