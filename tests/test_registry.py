@@ -39,7 +39,8 @@ def test_sources_and_flags():
         assert [f.url for f in d.files] == [f"http://snap.stanford.edu/jodie/{stem}.csv"]
         assert (d.format, d.bipartite, d.split) == ("jodie", True, "chronological")
     g = DATASETS["GDELT"]
-    assert [f.filename for f in g.files] == ["edges.csv", "edge_features.pt", "node_features.pt", "labels.csv"]
+    assert [f.filename for f in g.files] == ["edges.csv", "edge_features.pt", "node_features.pt", "labels.csv",
+                                             "ec_edge_class.pt.pt"]
     assert all(f.url.startswith("https://s3.us-west-2.amazonaws.com/dgl-data/dataset/tgl/GDELT/") for f in g.files)
     assert (g.format, g.bipartite, g.split) == ("tgl", False, "ext_roll")
     u = DATASETS["UCI"]
@@ -76,7 +77,8 @@ def test_convert_arguments():
     assert convert_arguments("collegemsg", raw) == [
         str(raw / "CollegeMsg.txt"), "--format", "snap", "--no-bipartite", "--split", "chronological"]
     assert convert_arguments("GDELT", raw) == [
-        *(str(raw / f) for f in ("edges.csv", "edge_features.pt", "node_features.pt", "labels.csv")),
+        *(str(raw / f) for f in ("edges.csv", "edge_features.pt", "node_features.pt", "labels.csv",
+                                 "ec_edge_class.pt.pt")),
         "--format", "tgl", "--no-bipartite", "--split", "ext_roll"]
     assert raw_paths("uci", raw) == [raw / "CollegeMsg.txt"]
     from dataclasses import replace

@@ -40,7 +40,8 @@ _COMMON_HELP = {
 }
 _TRAIN_HELP = {
     "task": "link (link prediction: MRR/AP against the cache's negatives) or edge-class (the class of each "
-            "event from the graph's events/label: cross-entropy, F1-micro/F1-macro; --loss then does not apply)",
+            "event from the graph's events/label: cross-entropy, F1-micro/F1-macro; --loss then does not apply, "
+            "except to a multi-label 0/1 label matrix: bce per class, or ce as DistTGL)",
     "static": "frozen static memory (.h5 from `disttgl pretrain`)",
     "static_dropout": "training: chance that a node's static memory row is left out",
     "mailbox_size": "--memory apan: mails kept per node",

@@ -3,7 +3,8 @@
 Layout (docs/design.md §3), written once by ``disttgl convert``/``disttgl synth`` and read by every later stage:
 
 - ``events/src``, ``events/dst`` int64 [E]; ``events/t`` float64 [E] (sorted, stable);
-  ``events/split`` int8 [E] (0 train, 1 val, 2 test); optional ``events/label`` [E].
+  ``events/split`` int8 [E] (0 train, 1 val, 2 test); optional ``events/label``: [E] one class per
+  event, or uint8 [E, C] a 0/1 row per event (multi-label: several classes each, docs/design.md §13.1).
 - ``edge_feat`` float32 [E + 1, d_e]: row E is all zeros, the "no message yet" sentinel.
 - ``node_feat`` float32 [N, d_v] when present.
 - ``tcsr/indptr`` int64 [N + 1], ``tcsr/nbr``, ``tcsr/eid`` int64 [nnz], ``tcsr/t`` float64 [nnz]:
@@ -86,8 +87,9 @@ def _write_graph(graph: Graph, path: str | os.PathLike) -> None:
         _write_array(ev, "dst", graph.dst.astype(np.int64, copy=False))
         _write_array(ev, "t", graph.t.astype(np.float64, copy=False))
         _write_array(ev, "split", graph.split.astype(np.int8, copy=False))
-        if graph.label is not None:
-            _write_array(ev, "label", graph.label)
+        if graph.label is not None:  # a multi-label matrix as uint8 0/1
+            multi = graph.label.ndim == 2
+            _write_array(ev, "label", graph.label.astype(np.uint8, copy=False) if multi else graph.label)
         _write_array(f, "edge_feat", graph.edge_feat.astype(np.float32, copy=False))
         if graph.node_feat is not None:
             _write_array(f, "node_feat", graph.node_feat.astype(np.float32, copy=False))
@@ -163,6 +165,8 @@ def _check_layout(path: str | os.PathLike, f: h5py.File) -> None:
             raise _corrupt(path, f"{name} is missing or unreadable")
         if ds is None:
             continue
+        if name == "events/label" and isinstance(ds, h5py.Dataset) and ds.ndim == 2:
+            shape, kinds = (e, ds.shape[1]), "uib"  # multi-label: a 0/1 row per event
         if not isinstance(ds, h5py.Dataset) or ds.shape != shape:
             raise _corrupt(path, f"{name} has shape {getattr(ds, 'shape', None)}, expected {shape} ({n} nodes, "
                                  f"{e} events{', directed' if nnz == e else ''})")
@@ -291,6 +295,19 @@ def check_graph(graph: Graph, path: str | os.PathLike | None = None, *, edge_fea
             raise _corrupt(path, f"tcsr/t[{i}] is not the time of its event tcsr/eid[{i}]")
     if graph.side is not None and len(graph.side) and (graph.side.min() < 0 or graph.side.max() > 1):
         raise _corrupt(path, "node_map/side holds values other than 0 and 1")
+    if graph.label is not None and np.ndim(graph.label) == 2:
+        _check_multilabel(path, graph.label, chunk)
+
+
+def _check_multilabel(path: str | os.PathLike | None, label: np.ndarray, chunk: int | None) -> None:
+    """A multi-label ``events/label`` [E, C] holds 0 and 1 only."""
+    rows = max(1, (chunk or CHECK_CHUNK) // max(1, label.shape[1]))
+    for a, b in _spans(len(label), rows):
+        part = np.asarray(label[a:b])
+        wrong = ((part != 0) & (part != 1)).any(1)
+        if wrong.any():
+            raise _corrupt(path, f"events/label row {a + _first_bad(wrong)} holds values other than 0 and 1 "
+                                 "(a multi-label row is 0/1 per class)")
 
 
 def read_attrs(path: str | os.PathLike) -> dict[str, Any]:

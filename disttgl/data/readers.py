@@ -18,7 +18,7 @@ import polars as pl
 from disttgl.data.delimited import (check_header_columns, check_nonempty, column_array, feature_matrix,
                                     first_data_line, header_fields, is_number, open_text, read_table,
                                     read_whitespace_table, row_counter, split_line)
-from disttgl.data.tgl_labels import CLASS_FILE, LABELS_FILE, class_tensor_labels, labels_csv_events
+from disttgl.data.tgl_labels import CLASS_FILE, LABELS_FILE, class_tensor_labels, files_by_name, labels_csv_events
 from disttgl.data.string_ids import string_codes
 from disttgl.errors import DataError
 
@@ -271,7 +271,7 @@ def read_tgl(paths: Sequence[Path]) -> RawEvents:
     """TGL layout: ``edges.csv`` (unnamed index column, src, dst, time, optional int_roll, ext_roll)
     plus optional ``edge_features.pt`` and ``node_features.pt`` (plain tensors) and event labels
     (``ec_edge_class.pt``, or ``labels.csv`` when it has one row per event: :mod:`disttgl.data.tgl_labels`)."""
-    by_name = {p.name: p for p in paths}
+    by_name = files_by_name(paths)
     edges = by_name.get("edges.csv")
     if edges is None:
         raise DataError(paths[0] if paths else None, "the tgl format needs an edges.csv among the inputs")

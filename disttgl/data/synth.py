@@ -34,6 +34,11 @@ Generative process (every step vectorised over all events):
    the default K) are those of an unlabelled run. The class is temporal: it changes with the phase,
    and the test split's phases were never trained on, so it is read off the source's recent
    partners (memory, neighbours) and the destination, not learnt per node.
+   **Multi-label** (``multi_label``, ``--multi-label``; docs/design.md §13.1): a uint8 0/1 matrix
+   [E, K] instead, each event holding 1 to 3 labels: the class above, then, for a source whose
+   *breadth* is >= 2, the destination's community mod K, and for breadth 3 also (the source's
+   community + 1) mod K (labels that coincide count once). A node's breadth (1, 2 or 3, uniform) is
+   drawn from its own seeded stream, so the other arrays are those of the single-label run.
 
 What a model can learn from it: a node's recent partners (memory / recent neighbours) predict most
 of its next destinations and its current community preference; static popularity and all-of-train
@@ -86,6 +91,7 @@ class SynthConfig:
     mean_gap: float = 60.0  # seconds between consecutive events on average
     feature_noise: float = 1.0  # std of the Gaussian noise added to the edge feature code
     labels: int = 8  # K classes of events/label (the preferred community mod K); 0: no labels
+    multi_label: bool = False  # events/label as a 0/1 matrix [E, K] of 1..3 labels per event (step 7)
 
     def __post_init__(self) -> None:
         def bad(key: str, need: str) -> DataError:
@@ -99,8 +105,11 @@ class SynthConfig:
                 raise bad(key, f"an integer >= {low}")
         if self.labels == 1:
             raise bad("labels", "0 (no labels) or a number of classes >= 2")
-        if not isinstance(self.bipartite, (bool, np.bool_)):
-            raise bad("bipartite", "true or false")
+        for key in ("bipartite", "multi_label"):
+            if not isinstance(getattr(self, key), (bool, np.bool_)):
+                raise bad(key, "true or false")
+        if self.multi_label and self.labels == 0:
+            raise bad("labels", "a number of classes >= 2 with multi_label (--multi-label)")
         for key in ("affinity", "repeat", "burst", "feature_noise"):
             value = getattr(self, key)
             if not isinstance(value, (int, float)) or not 0 <= value <= (1 if key != "feature_noise" else np.inf):
@@ -117,11 +126,13 @@ class SynthConfig:
         params = asdict(self)
         if params["labels"] == SynthConfig.labels:  # labels draw nothing: the default keeps the unlabelled hash
             del params["labels"]
+        if not params["multi_label"]:  # as before the setting existed
+            del params["multi_label"]
         payload = json.dumps({"generator_version": GENERATOR_VERSION, **params}, sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()
 
 
-_CLI_KEYS = ("events", "nodes", "edge_dim", "seed", "bipartite", "labels")
+_CLI_KEYS = ("events", "nodes", "edge_dim", "seed", "bipartite", "labels", "multi_label")
 
 
 @dataclass(frozen=True)
@@ -273,6 +284,8 @@ def generate(cfg: SynthConfig = SynthConfig()) -> Graph:
     edge_feat = _features(cfg, planted, src, dst, phase, rng)
     # computed from the draws above, drawing nothing: the other arrays do not depend on `labels`
     label = planted.preference[phase, planted.community[src]] % cfg.labels if cfg.labels else None
+    if label is not None and cfg.multi_label:
+        label = multi_labels(cfg, planted, src, dst, label)
     side = None
     if cfg.bipartite:
         side = (np.arange(n) >= planted.dst_offset).astype(np.int8)
@@ -281,8 +294,24 @@ def generate(cfg: SynthConfig = SynthConfig()) -> Graph:
              "synth_config": asdict(cfg)}
     return Graph(src=src, dst=dst, t=t, split=chronological_split(t), num_nodes=n,
                  bipartite=cfg.bipartite, edge_feat=edge_feat, tcsr=tcsr,
-                 label=None if label is None else label.astype(np.int64),
+                 label=None if label is None else label if cfg.multi_label else label.astype(np.int64),
                  original_id=np.arange(n, dtype=np.int64), side=side, attrs=attrs)
+
+
+def multi_labels(cfg: SynthConfig, planted: Planted, src: np.ndarray, dst: np.ndarray,
+                 first: np.ndarray) -> np.ndarray:
+    """The multi-label matrix uint8 [E, K] of step 7: ``first`` (the single-label class) for every
+    event, the destination's community for sources of breadth >= 2, the source's next one for 3."""
+    rng = np.random.default_rng(np.random.SeedSequence([cfg.seed, 3]))  # its own stream: nothing else moves
+    breadth = rng.integers(1, 4, len(planted.community))[src]
+    out = np.zeros((len(src), cfg.labels), np.uint8)
+    rows = np.arange(len(src))
+    out[rows, first] = 1
+    wide = breadth >= 2
+    out[rows[wide], planted.community[dst[wide]] % cfg.labels] = 1
+    wide = breadth >= 3
+    out[rows[wide], (planted.community[src[wide]] + 1) % cfg.labels] = 1
+    return out
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -302,6 +331,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--labels", type=int, default=d.labels,
                         help=f"classes of the event labels for --task edge-class: the community the source's "
                              f"community prefers in the event's phase, mod K (default {d.labels}; 0: no labels)")
+    parser.add_argument("--multi-label", action="store_true",
+                        help="multi-label event labels: a 0/1 row over the --labels classes per event, 1 to 3 "
+                             "labels each (the class above, the destination's community, the source's next)")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -1,5 +1,6 @@
 """Metrics over a split: link prediction's AP and MRR with Q negatives per positive and TGN-style
-AP; edge classification's F1-micro, F1-macro and accuracy (:func:`f1_scores`, docs/design.md §13).
+AP; edge classification's F1-micro, F1-macro and accuracy (:func:`f1_scores`), and multi-label edge
+classification's F1 over the indicator matrix (:func:`multilabel_f1_scores`, docs/design.md §13).
 
 Names as in the run outputs: ``mrr`` = mean reciprocal rank of the positive among its 1 + Q
 candidates with ties counted in the positive's favour (DistTGL); ``ap`` = average precision over all
@@ -130,3 +131,65 @@ class ClassMetrics:
         if not self._true:
             return f1_scores(np.zeros(0), np.zeros(0))
         return f1_scores(torch.cat(self._true).numpy(), torch.cat(self._pred).numpy())
+
+
+
+def multilabel_f1_scores(y_true: np.ndarray, y_pred: np.ndarray, missed: np.ndarray | int = 0) -> dict[str, float]:
+    """F1-micro, F1-macro and exact-match ratio of multi-label predictions, 0/1 indicator matrices
+    [n, C], as sklearn's ``f1_score(average=...)`` (``zero_division=0``) and ``accuracy_score`` define
+    them on indicator matrices.
+
+    Micro = 2·TP / (2·TP + FP + FN) over all n·C entries; macro = the mean over the C columns of each
+    column's F1, a column with 2·TP + FP + FN = 0 (no positive in ``y_true`` or ``y_pred``) scoring 0
+    (sklearn's ``zero_division=0``). ``missed``: each event's positives in classes outside the C
+    columns (the model has no output for them): false negatives in micro, and such an event is never
+    an exact match; micro is then that of the wider matrix with those columns never predicted, and
+    macro stays over the C columns. An empty split gives 0.0 (never NaN).
+
+    Args:
+        y_true: [n, C] true labels, 0/1 (any integer or bool dtype).
+        y_pred: [n, C] predicted labels, 0/1.
+        missed: [n] (or a scalar for every event) positives of each event in columns left out.
+    """
+    t, p = np.asarray(y_true).astype(bool), np.asarray(y_pred).astype(bool)
+    if t.shape != p.shape or t.ndim != 2:
+        raise ValueError(f"labels {t.shape} and predictions {p.shape} must be matrices of one shape")
+    missed = np.broadcast_to(np.asarray(missed, dtype=np.int64), (len(t),))
+    exact = int(((t == p).all(1) & (missed == 0)).sum())
+    return f1_from_counts((t & p).sum(0), (p & ~t).sum(0), (t & ~p).sum(0), int(missed.sum()), exact, len(t))
+
+
+def f1_from_counts(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray, missed: int, exact: int, n: int
+                   ) -> dict[str, float]:
+    """:func:`multilabel_f1_scores` from per-column counts [C], the missed positives, exact matches and events."""
+    tp, fp, fn = (np.asarray(a, dtype=np.float64) for a in (tp, fp, fn))
+    den = 2 * tp + fp + fn
+    per_class = np.divide(2 * tp, den, out=np.zeros_like(tp), where=den > 0)
+    total = den.sum() + missed
+    return {"f1_micro": float(2 * tp.sum() / total) if total > 0 else 0.0,
+            "f1_macro": float(per_class.mean()) if per_class.size else 0.0,
+            "exact_match": exact / n if n else 0.0}
+
+
+class MultiLabelMetrics:
+    """Accumulates (logits [B, C], true 0/1 [B, C], missed positives [B]) batch by batch as per-column
+    counts on the logits' device (constant memory, one transfer at the end); ``compute()`` gives
+    :func:`multilabel_f1_scores` of the decisions logit > 0 (DistTGL's threshold)."""
+
+    def __init__(self) -> None:
+        self._counts: torch.Tensor | None = None  # [3, C]: tp, fp, fn
+        self._scalars: torch.Tensor | None = None  # [3]: missed, exact, events
+
+    def update(self, logits: torch.Tensor, target: torch.Tensor, missed: torch.Tensor) -> None:
+        p, t = logits.detach() > 0, target.detach().bool()
+        counts = torch.stack([(t & p).sum(0), (p & ~t).sum(0), (t & ~p).sum(0)])
+        exact = ((t == p).all(1) & (missed == 0)).sum()
+        scalars = torch.stack([missed.sum().long(), exact, torch.tensor(len(t), device=exact.device)])
+        self._counts = counts if self._counts is None else self._counts + counts
+        self._scalars = scalars if self._scalars is None else self._scalars + scalars
+
+    def compute(self) -> dict[str, float]:
+        if self._counts is None or self._scalars is None:
+            return {"f1_micro": 0.0, "f1_macro": 0.0, "exact_match": 0.0}
+        (tp, fp, fn), (missed, exact, n) = self._counts.cpu().numpy(), self._scalars.cpu().tolist()
+        return f1_from_counts(tp, fp, fn, int(missed), int(exact), int(n))

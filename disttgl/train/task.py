@@ -10,7 +10,10 @@ metric selects the best epoch and which keys the run's files hold:
   :class:`~disttgl.models.edge_head.EdgeClassifier`; cross-entropy; ``f1_micro``, ``f1_macro``,
   ``accuracy``; selection on val F1-micro). Batches are read without negatives: the loss does not
   need them, and memory is written from the positives only in either task, so the memory a
-  batch leaves behind is the same (tests/test_edge_class.py checks it).
+  batch leaves behind is the same (tests/test_edge_class.py checks it);
+- :class:`~disttgl.train.multilabel.MultiLabelTask`: the same with a 0/1 label matrix [E, C]
+  (DistTGL's GDELT classes, several per event): one logit per class, BCE (or ``--loss ce``), F1 over
+  the indicator matrix of logit > 0 (§13.1).
 
 :func:`make_task` builds the run's task from its settings and graph. Classes are the distinct labels
 of the train split, numbered in sorted order. No labels, labels that are not integers, or fewer than
@@ -32,6 +35,7 @@ from disttgl.cache.batch import Batch
 from disttgl.errors import DataError
 from disttgl.models.tgn import Features, link_loss
 from disttgl.train.metrics import ClassMetrics, RankingMetrics
+from disttgl.train.multilabel import MultiLabelTask, make_multilabel_task, multilabel_classes
 
 log = logging.getLogger(__name__)
 
@@ -144,6 +148,9 @@ def label_classes(label: np.ndarray | None, split: np.ndarray, path: Any = None
                   ) -> tuple[np.ndarray, int, dict[str, Any]]:
     """(class index [E], C, info) from every event's label and split (0 train, 1 val, 2 test).
 
+    A 2-D label (a multi-label 0/1 matrix [E, C]) gives (the train classes' column indices [k], k,
+    info) instead (:func:`~disttgl.train.multilabel.multilabel_classes`), so one call checks either.
+
     The classes are the train split's distinct labels in sorted order (index 0..C-1); a val/test
     label not among them gets an index >= C (one per distinct value), so it is never predicted and
     counts as an error. ``info``: ``num_classes``, ``class_values`` (up to 100), the train split's
@@ -159,6 +166,9 @@ def label_classes(label: np.ndarray | None, split: np.ndarray, path: Any = None
                               "them (convert a format with labels: jodie's state label, tgn's label column, "
                               "csv --label-col, tgl's labels.csv or ec_edge_class.pt, pyg's y; `disttgl synth` "
                               "writes them unless --labels 0)")
+    if np.ndim(label) == 2:
+        kept, info = multilabel_classes(label, split, path)
+        return kept, len(kept), info
     label = np.asarray(label)
     if label.dtype.kind == "f":
         if not np.all(np.isfinite(label)) or not np.array_equal(label, np.round(label)):
@@ -198,12 +208,14 @@ def label_classes(label: np.ndarray | None, split: np.ndarray, path: Any = None
 
 
 def make_task(name: str, loss: str, label: np.ndarray | None, split: np.ndarray, device: torch.device,
-              path: Any = None) -> LinkTask | EdgeClassTask:
-    """The run's task: ``name`` (``link`` with ``loss``, or ``edge-class``) on a graph's labels and split.
+              path: Any = None) -> LinkTask | EdgeClassTask | MultiLabelTask:
+    """The run's task: ``name`` (``link`` with ``loss``, or ``edge-class``) on a graph's labels and split;
+    ``edge-class`` on a 2-D label (a 0/1 matrix [E, C]) is multi-label (:class:`MultiLabelTask`).
 
     Args:
         name: one of :data:`TASKS`.
-        loss: the link task's loss (bce or ce); edge classification always uses cross-entropy.
+        loss: the link task's loss (bce or ce), and the multi-label task's (bce: per-class binary CE; ce:
+            DistTGL's soft-target softmax CE); single-label edge classification always uses cross-entropy.
         label: the graph's ``events/label`` (None when it has none).
         split: the graph's ``events/split``.
         device: where the class indices live (gathered per batch on the training device).
@@ -213,6 +225,8 @@ def make_task(name: str, loss: str, label: np.ndarray | None, split: np.ndarray,
         return LinkTask(loss)
     if name != "edge-class":
         raise DataError(None, f"--task must be one of {', '.join(TASKS)}, got {name!r}")
+    if label is not None and np.ndim(label) == 2:
+        return make_multilabel_task(label, split, loss, device, path)
     index, k, info = label_classes(label, split, path)
     dtype = torch.int32 if int(index.max()) < 2 ** 31 - 1 else torch.int64  # GDELT: 191M events
     return EdgeClassTask(torch.from_numpy(index).to(dtype).to(device), k, info)
