@@ -8,6 +8,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 from pathlib import Path
 
@@ -95,6 +96,9 @@ def test_tma_trainers_are_job_steps_and_one_dying_ends_only_its_own(cluster, wor
     assert {s["slurm_job_id"] for p in steps.values() for s in p} == {m.group(1)}
     ids = [s["slurm_step_id"] for p in ("0", "1") for s in steps[p]]
     assert len(ids) == 3 and len(set(ids)) == 3  # trainer 0, trainer 1, trainer 1 again: three steps
+    # the trainers advertise their stores by host name, not localhost: peers on other nodes reach them
+    lighthouse_log = (workdir / "results/synthetic/slurm_tma/lighthouse.log").read_text()
+    assert f'store_address: "{socket.gethostname()}:' in lighthouse_log and 'store_address: "localhost' not in lighthouse_log
     lines = [json.loads(x) for x in (workdir / "results/synthetic/slurm_tma/rounds.jsonl").read_text().splitlines()]
     died = [x for x in lines if x["kind"] == "event" and x["event"] == "trainer_died"]
     assert [d["part"] for d in died] == [1] and died[0]["rc"] != 0

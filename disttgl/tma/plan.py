@@ -99,6 +99,7 @@ class TMAPlan:
     time_limit: float  # seconds of training after the start
     max_rounds: int = 0  # 0: until the time limit
     lighthouse: str = ""  # the Lighthouse's address
+    launcher: str = "local"  # local | srun (trainers on other nodes: each advertises its host name)
     timeouts: Timeouts = field(default_factory=Timeouts)
 
     def check(self) -> None:

@@ -42,23 +42,25 @@ class Replica:
         lighthouse: the Lighthouse's address.
         timeouts: torchft's timeouts (resolved: :meth:`Timeouts.resolved`).
         on_heal: called after the weights were replaced by a peer's last average (a late joiner).
+        store_host: the host name the peers reach this replica's store by (the quorum carries it to them
+            for the averaging process group): ``localhost`` on one machine, the node's name under SLURM.
     """
 
     def __init__(self, part: int, parts: int, model: torch.nn.Module, lighthouse: str, timeouts: Timeouts,
-                 on_heal: Callable[[int], None] | None = None):
+                 on_heal: Callable[[int], None] | None = None, store_host: str = "localhost"):
         self.part, self.parts, self.model, self.on_heal = part, parts, model, on_heal
         self.keys = weight_keys(model.state_dict())
         self.last_average = {k: v.detach().clone() for k, v in model.state_dict().items() if k in self.keys}
         self.healed = False
         # the replica group's own store (one rank): the Manager finds its server through it
-        self.store = dist.TCPStore("localhost", 0, is_master=True, wait_for_workers=False)
+        self.store = dist.TCPStore(store_host, 0, is_master=True, wait_for_workers=False)
         t = timeouts
         self.pg = ProcessGroupGloo(timeout=timedelta(seconds=t.collective))
         self.manager = Manager(
             pg=self.pg, load_state_dict=self._load, state_dict=self._state, min_replica_size=1,
             use_async_quorum=False,  # heal before the round's allreduce, so a late joiner averages in step
             timeout=timedelta(seconds=t.collective), quorum_timeout=timedelta(seconds=t.quorum),
-            connect_timeout=timedelta(seconds=t.connect), rank=0, world_size=1, store_addr="localhost",
+            connect_timeout=timedelta(seconds=t.connect), rank=0, world_size=1, store_addr=store_host,
             store_port=self.store.port, lighthouse_addr=lighthouse, replica_id=replica_name(part),
             heartbeat_interval=timedelta(seconds=t.heartbeat_interval),
             init_sync=False,  # every trainer builds the same initial weights from the run's seed

@@ -108,6 +108,7 @@ class Supervisor:
         self.start_lighthouse()
         for p in self.plan.trainers:
             self.plan.trainer_dir(p).mkdir(parents=True, exist_ok=True)
+        self.plan.launcher = self.launcher.kind
         write_plan(self.plan)  # with the Lighthouse's address, before a trainer reads it
         for p in self.plan.trainers:
             self.start_trainer(p, 0)

@@ -26,6 +26,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import sys
 import time
 from dataclasses import replace
@@ -116,7 +117,9 @@ class Worker:
         cfg = TrainConfig(**{**plan.train, "graph": plan.stores[part], "cache": plan.caches[part],
                              "out": str(self.dir), "progress": False})
         self.trainer = TMATrainer(cfg, self.before_step)
-        self.replica = Replica(part, plan.parts, self.trainer.model, plan.lighthouse, self.t)
+        # under srun the peers may be on other nodes: they reach this trainer's store by its host name
+        host = socket.gethostname() if plan.launcher == "srun" else "localhost"
+        self.replica = Replica(part, plan.parts, self.trainer.model, plan.lighthouse, self.t, store_host=host)
         self.epochs: list[dict[str, Any]] = []
 
     # ------------------------------------------------------------------ the hook between steps
