@@ -246,3 +246,12 @@ def test_string_original_ids_are_left_out(tmp_path):
     graph = generate(SynthConfig(events=200, nodes=20))
     graph = replace(graph, original_id=np.array([f"n{i}" for i in range(20)]))
     assert "original_id" not in graph_to_tensors(graph)
+
+
+def test_multi_label_y_round_trips(tmp_path):
+    """A multi-label store's [E, C] 0/1 labels go out as ``y`` [E, C] and come back unchanged."""
+    graph = generate(SynthConfig(events=400, nodes=40, edge_dim=4, seed=3, labels=4, multi_label=True))
+    assert graph.label.ndim == 2
+    a, b, tensors = _roundtrip(tmp_path, graph)
+    assert tuple(tensors["y"].shape) == a.label.shape
+    _assert_same_graph(a, b)

@@ -653,3 +653,13 @@ def test_real_tgbl_wiki_pickles_match_the_split(tmp_path):
     for code, s in ((1, "val"), (2, "test")):
         neg = load_negatives(tmp_path / "n.h5", s, graph_path=tmp_path / "g.h5")
         assert neg.rows == (graph.split == code).sum()
+
+
+def test_export_refuses_multi_label_stores(tmp_path):
+    """TGB's edgelist has one integer label an event: a multi-label store is an error naming it."""
+    g = load_graph(_integer_time_synth(tmp_path / "g.h5"))
+    g.label = (np.arange(g.num_events * 3).reshape(-1, 3) % 2).astype(np.uint8)
+    write_graph(g, tmp_path / "ml.h5")
+    with pytest.raises(DataError, match="multi-label"):
+        write_tgb_folder(tmp_path / "ml.h5", tmp_path / "tgb", num_neg=9)
+    assert not (tmp_path / "tgb").exists() or not any((tmp_path / "tgb").iterdir())

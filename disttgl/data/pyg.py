@@ -18,7 +18,7 @@ Keys (E events in the store's order, sorted by time; N nodes):
   lists, the synthetic graph) ``original_id`` is the identity and the store ids are the input's.
 - ``t`` [E]: int64 when every time is an integer (PyG's and TGB's convention), else float64.
 - ``msg`` float32 [E, d_e]: the edge features (d_e may be 0).
-- ``y`` [E]: the event labels, only when the store has labels.
+- ``y`` [E] (class ids) or [E, C] (0/1, multi-label): the event labels, only when the store has labels.
 - ``train_mask``, ``val_mask``, ``test_mask`` bool [E]: the store's split.
 - ``x`` float32 [N, d_v]: node features, when present.
 
@@ -228,7 +228,7 @@ def read_pyg(path: str | os.PathLike) -> RawEvents:
             i = int(np.flatnonzero(ids < 0)[0])
             raise DataError(path, f"{key}[{i}] is {ids[i]}: node ids must be non-negative")
     per_event = {}
-    for key, ndim, kinds in (("msg", (1, 2), "iubf"), ("y", (1,), "iubf"), ("w", (1,), "iubf"),
+    for key, ndim, kinds in (("msg", (1, 2), "iubf"), ("y", (1, 2), "iubf"), ("w", (1,), "iubf"),
                              *((m, (1,), "iub") for m in MASKS)):
         arr = _array(path, d, key, ndim, kinds)
         if arr is not None and len(arr) != e:

@@ -55,6 +55,9 @@ def write_tgb_folder(graph_path: str | os.PathLike, out_dir: str | os.PathLike, 
     if not np.array_equal(split, g.split):
         log.warning("%s: the store's split is not TGB's quantile split of the same times; the folder carries "
                     "TGB's (%s events move)", graph_path, int((split != g.split).sum()))
+    if g.label is not None and g.label.ndim != 1:
+        raise DataError(graph_path, f"its event labels are multi-label ({g.label.shape[1]} 0/1 columns): TGB's "
+                                    "edgelist has one integer label an event, so they cannot be exported")
     negatives = hist_rnd(g.src, g.dst, g.t, split, num_neg=num_neg, seed=seed)
     shift = int(g.src.max()) + 1
     cols = {"src": g.src, "dst": g.dst - shift, "ts": ts,
