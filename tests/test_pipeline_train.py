@@ -152,3 +152,19 @@ def test_jodie_trains_on_stale_memory(data, tmp_path):
     assert rows(tmp_path / "rnn1") == rows(tmp_path / "rnn_plain") and seq["test_mrr"] == plain["test_mrr"]
     fit(StalePipeline(cfg(data, tmp_path / "rnn3", memory="rnn", staleness="3")))
     assert rows(tmp_path / "rnn3") != rows(tmp_path / "rnn1")  # APAN: tests/test_stale_apan.py
+
+
+@pytest.mark.parametrize("memory", ["rnn", "apan"])
+def test_profile_times_the_model_of_its_memory(data, tmp_path, memory):
+    """`disttgl profile --memory rnn|apan` times JODIE's / APAN's own stages (APAN writes mails to
+    sampled neighbours, so its write stage differs from TGN's), and their auto runs read them."""
+    d, graph, cache = data
+    out = tmp_path / f"stages-{memory}.json"
+    assert main(["profile", str(graph), str(cache), "--out", str(out), "--batches", "4", "--warmup", "1",
+                 "--dim", "16", "--time-dim", "16", "--threads", "1", "--memory", memory]) == 0
+    doc = json.loads(out.read_text())
+    assert doc["memory"] == memory and doc["batches_timed"] == 4 and doc["tau"]["train"] > 0
+    assert main(["train", str(graph), str(cache), "--out", str(tmp_path / "r"), "--staleness", "auto",
+                 "--stage-times", str(out), "--epochs", "1", "--memory", memory, *FLAGS[2:]]) == 0
+    summary = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert summary["config"]["memory"] == memory and summary["staleness"]["k"] >= 1

@@ -673,10 +673,12 @@ def test_mspipe_config_lays_out_its_grid_and_picks_up_a_converted_dataset(workdi
     proc = snakemake(workdir, "-n", "-p", configfile="workflow/configs/mspipe.yaml")
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
-    for run in ("tgn", "tgn-auto", "tgn-k3", "tgn-k3-mitigated", "jodie", "jodie-auto", "apan"):
+    for run in ("tgn", "tgn-auto", "tgn-k3", "tgn-k3-mitigated", "jodie", "jodie-auto", "apan", "apan-auto"):
         assert f"results/synthetic/{run}/summary.json" in out
-    assert "disttgl profile" in out and "--method jaccard" in out and "--memory rnn" in out
-    assert "--staleness auto --stage-times data/synthetic/stages.json" in out
+    assert "--method jaccard" in out and "--memory rnn" in out
+    for memory in ("gru", "rnn", "apan"):  # each model's own stage times set its k
+        assert f"--out data/synthetic/stages-{memory}.json --memory {memory} " in out
+        assert f"--staleness auto --stage-times data/synthetic/stages-{memory}.json" in out
     assert "--mitigation similar --similar data/synthetic/similar-jaccard.h5" in out
     assert "results/UCI/" not in out
     (workdir / "data" / "UCI").mkdir(parents=True)

@@ -24,8 +24,8 @@ import torch
 from disttgl.atomic import atomic_path, check_writable_dir
 from disttgl.cache.reader import open_cache
 from disttgl.errors import DataError
-from disttgl.models.memory import NodeMemory
-from disttgl.models.tgn import TGN, link_loss
+from disttgl.models.tgn import link_loss
+from disttgl.models.variants import build_memory, build_model
 from disttgl.pipeline.plan import STAGE_TIMES_KIND
 from disttgl.pipeline.timing import STAGES, min_staleness
 from disttgl.train.config import PRESETS, TrainConfig, resolve_lr
@@ -51,8 +51,9 @@ def profile_stages(cfg: TrainConfig, *, batches: int = 40, warmup: int = 5) -> d
     device = torch.device(cfg.device)
     seed_everything(cfg.seed)
     feats, graph = load_features(cfg.graph, device, cfg.static)
-    model = TGN(model_config(cfg, graph, feats)).to(device)
-    memory = NodeMemory.zeros(graph.num_nodes, cfg.dim, device)
+    model_cfg = model_config(cfg, graph, feats)  # cfg.memory's model: TGN, JODIE or APAN (their stages differ)
+    model = build_model(model_cfg).to(device)
+    memory = build_memory(model_cfg, feats.edge_feat, device)
     times: list[list[float]] = []
     with open_cache(cfg.cache, graph_path=cfg.graph) as cache:
         n = cache.num_batches("train")
@@ -91,7 +92,7 @@ def profile_stages(cfg: TrainConfig, *, batches: int = 40, warmup: int = 5) -> d
     per_stage = np.median(np.asarray(times), axis=0)
     tau = {name: float(v) for name, v in zip(STAGES, per_stage)}
     bound = min_staleness(tuple(tau.values()))
-    return {"kind": STAGE_TIMES_KIND, "tau": tau, "k_min": bound.k, "bottleneck": bound.bottleneck,
+    return {"kind": STAGE_TIMES_KIND, "memory": cfg.memory, "tau": tau, "k_min": bound.k, "bottleneck": bound.bottleneck,
             "reason": bound.reason, "batches_timed": len(times), "warmup": warmup, "graph": str(cfg.graph),
             "cache": str(cfg.cache), "device": str(device), "threads": torch.get_num_threads(),
             "machine": platform.node(), "batch_size": int(cache.meta.batch_size)}
@@ -105,7 +106,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--warmup", type=int, default=5, help="batches run untimed first (default: 5)")
     defaults = TrainConfig(graph="", cache="", out="")
     kinds = {"threads": int, "lr": float}
-    for name in ("device", "dim", "time_dim", "heads", "dropout", "lr", "threads", "loss", "seed", "static"):
+    for name in ("device", "memory", "mailbox_size", "dim", "time_dim", "heads", "dropout", "lr", "threads", "loss",
+                 "seed", "static"):
         value = getattr(defaults, name)
         kind = type(value) if value is not None else kinds.get(name, str)
         parser.add_argument(f"--{name.replace('_', '-')}", type=kind, default=value,
@@ -122,7 +124,7 @@ def run(args: argparse.Namespace) -> int:
                       time_dim=args.time_dim, heads=args.heads, dropout=args.dropout, threads=args.threads,
                       lr=args.lr if args.lr is not None else preset.get("lr"),
                       loss=preset.get("loss", args.loss) if args.loss == TrainConfig.loss else args.loss,
-                      seed=args.seed, static=args.static)
+                      seed=args.seed, static=args.static, memory=args.memory, mailbox_size=args.mailbox_size)
     cfg.check()
     result = profile_stages(cfg, batches=args.batches, warmup=args.warmup)
     with atomic_path(args.out) as tmp:

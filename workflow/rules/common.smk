@@ -253,8 +253,9 @@ def run_static(wildcards):
 
 # --------------------------------------------------------------------------- MSPipe (pipeline.smk)
 
-def stage_times_path(dataset):
-    return f"{DATA}/{dataset}/stages.json"
+def stage_times_path(dataset, memory):
+    """The five stage times of `memory`'s model (gru, rnn, apan: their stages differ) on `dataset`."""
+    return f"{DATA}/{dataset}/stages-{memory}.json"
 
 
 def similar_path(dataset, method):
@@ -264,7 +265,7 @@ def similar_path(dataset, method):
 def run_stage_times(wildcards):
     """train: the profiled stage times of a run with `staleness: auto`."""
     auto = str(run_config(wildcards).get("staleness", 1)) == "auto"
-    return [stage_times_path(wildcards.dataset)] if auto else []
+    return [stage_times_path(wildcards.dataset, run_config(wildcards).get("memory", "gru"))] if auto else []
 
 
 def run_similar(wildcards):

@@ -7,7 +7,9 @@ rule profile:
         graph=graph_path("{dataset}"),
         cache=lambda w: batch_cache_path(w.dataset, 1),
     output:
-        stage_times_path("{dataset}"),
+        stage_times_path("{dataset}", "{memory}"),
+    wildcard_constraints:
+        memory="gru|rnn|apan",
     params:
         model=model_args(),
         t=config["train"],
@@ -15,11 +17,11 @@ rule profile:
     resources:
         timed_run=timed_run,  # stage times measured beside another job would set the wrong k
     log:
-        "logs/{dataset}/profile.log",
+        "logs/{dataset}/profile-{memory}.log",
     conda:
         "../envs/disttgl.yaml"
     shell:
-        "disttgl profile {input.graph:q} {input.cache:q} --out {output:q}"
+        "disttgl profile {input.graph:q} {input.cache:q} --out {output:q} --memory {wildcards.memory}"
         " {params.model} --device {params.t[device]:q} --seed {params.t[seed]:q} --threads {threads}"
         " > {log:q} 2>&1"
 
