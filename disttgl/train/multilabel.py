@@ -106,7 +106,27 @@ def multilabel_classes(label: np.ndarray, split: np.ndarray, path: Any = None
     return kept, info
 
 
-class MultiLabelTask:
+class ClassifierTask:
+    """What the two edge-classification tasks share: a classifier head's logits per positive event, no
+    negatives, the best epoch by F1-micro (single-label :class:`disttgl.train.task.EdgeClassTask`,
+    multi-label :class:`MultiLabelTask`)."""
+
+    name = "edge-class"
+    negatives = False
+    select = "f1_micro"
+
+    @staticmethod
+    def step(model: torch.nn.Module, batch: Batch, feats: Features, mem: torch.Tensor | None,
+             mail: torch.Tensor | None) -> tuple[Any, torch.Tensor | None]:
+        logits, new_memory = model.classify(batch, feats, mem, mail)
+        return logits.float(), new_memory  # float32 under bf16 autocast too (a no-op otherwise)
+
+    @staticmethod
+    def finite(out: torch.Tensor) -> bool:
+        return bool(torch.isfinite(out).all())
+
+
+class MultiLabelTask(ClassifierTask):
     """Multi-label edge classification: one logit per train class for each positive event.
 
     Args:
@@ -117,10 +137,7 @@ class MultiLabelTask:
             softmax cross-entropy): module docstring.
     """
 
-    name = "edge-class"
-    negatives = False
     keys = ("f1_micro", "f1_macro", "exact_match")
-    select = "f1_micro"
     summary_keys = ("test_f1_micro", "test_f1_macro", "test_exact_match", "val_f1_micro", "val_f1_macro",
                     "val_exact_match")
 
@@ -140,21 +157,11 @@ class MultiLabelTask:
             return torch.zeros(len(batch.eid), dtype=torch.int64, device=self.labels.device)
         return self.missed.index_select(0, batch.eid).long()
 
-    @staticmethod
-    def step(model: torch.nn.Module, batch: Batch, feats: Features, mem: torch.Tensor | None,
-             mail: torch.Tensor | None) -> tuple[Any, torch.Tensor | None]:
-        logits, new_memory = model.classify(batch, feats, mem, mail)
-        return logits.float(), new_memory  # float32 under bf16 autocast too (a no-op otherwise)
-
     def loss(self, out: torch.Tensor, batch: Batch) -> torch.Tensor:
         y = self.target(batch).float()
         if self.kind == "ce":
             return F.cross_entropy(out, y)  # class probabilities as targets: -sum_c y_c log softmax(out)_c
         return F.binary_cross_entropy_with_logits(out, y)
-
-    @staticmethod
-    def finite(out: torch.Tensor) -> bool:
-        return bool(torch.isfinite(out).all())
 
     def metrics(self) -> "_MultiLabel":
         return _MultiLabel(self)

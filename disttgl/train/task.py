@@ -35,7 +35,7 @@ from disttgl.cache.batch import Batch
 from disttgl.errors import DataError
 from disttgl.models.tgn import Features, link_loss
 from disttgl.train.metrics import ClassMetrics, RankingMetrics
-from disttgl.train.multilabel import MultiLabelTask, make_multilabel_task, multilabel_classes
+from disttgl.train.multilabel import ClassifierTask, MultiLabelTask, make_multilabel_task, multilabel_classes
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +84,7 @@ class _Ranking(RankingMetrics):
         super().update(out[0], out[1])
 
 
-class EdgeClassTask:
+class EdgeClassTask(ClassifierTask):
     """Edge classification: the class of each positive event, from its endpoints' embeddings.
 
     Args:
@@ -94,10 +94,7 @@ class EdgeClassTask:
         info: what ``summary.json`` records about the labels (:func:`label_classes`).
     """
 
-    name = "edge-class"
-    negatives = False
     keys = ("f1_micro", "f1_macro", "accuracy")
-    select = "f1_micro"
     summary_keys = ("test_f1_micro", "test_f1_macro", "test_accuracy", "val_f1_micro", "val_f1_macro",
                     "val_accuracy")
 
@@ -107,18 +104,8 @@ class EdgeClassTask:
     def target(self, batch: Batch) -> torch.Tensor:
         return self.labels.index_select(0, batch.eid).long()
 
-    @staticmethod
-    def step(model: torch.nn.Module, batch: Batch, feats: Features, mem: torch.Tensor | None,
-             mail: torch.Tensor | None) -> tuple[Any, torch.Tensor | None]:
-        logits, new_memory = model.classify(batch, feats, mem, mail)
-        return logits.float(), new_memory  # float32 under bf16 autocast too (a no-op otherwise)
-
     def loss(self, out: torch.Tensor, batch: Batch) -> torch.Tensor:
         return F.cross_entropy(out, self.target(batch))  # training batches hold train labels: all < C
-
-    @staticmethod
-    def finite(out: torch.Tensor) -> bool:
-        return bool(torch.isfinite(out).all())
 
     def metrics(self) -> "_Classes":
         return _Classes(self)
