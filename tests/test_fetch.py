@@ -13,12 +13,14 @@ import socket
 import threading
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import disttgl.data.registry
 from disttgl.cli import main
 from disttgl.errors import DataError
 from disttgl.data.fetch import fetch
+from disttgl.data.graph_store import load_graph
 from disttgl.data.registry import Dataset, RemoteFile
 
 PAYLOAD = b"u,i,ts,label\n" + b"".join(b"%d,%d,%d.0,0\n" % (i % 7, 7 + i % 3, i) for i in range(500))
@@ -276,3 +278,26 @@ def test_fetch_then_convert_collegemsg(server, tmp_path, capsys):
     assert main(["info", str(graph), "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert (info["num_events"], info["num_nodes"], info["bipartite"]) == (59_835, 1_899, False)
+
+
+@pytest.mark.parametrize("name, published", [("bitcoin-otc", "soc-sign-bitcoinotc.csv.gz"),
+                                             ("bitcoinalpha", "soc-sign-bitcoinalpha.csv.gz")])
+def test_fetch_then_convert_a_bitcoin_signed_network(server, tmp_path, capsys, name, published):
+    """The Bitcoin entries end to end on a file in SNAP's layout (SOURCE,TARGET,RATING,TIME, 1-based ids,
+    ratings -10..10, unix seconds): gzipped from a URL mirror, then `disttgl convert` with the registry's
+    arguments; the time is told from the rating by the values and the rating is the edge feature."""
+    rng = np.random.default_rng(1)
+    n = 400
+    src, dst = rng.integers(1, 60, n), rng.integers(1, 60, n)
+    rating = rng.choice([-10, -1, 1, 2, 5, 10], n)
+    t = np.sort(rng.integers(1_289_000_000, 1_454_000_000, n))
+    text = "".join(f"{a},{b},{r},{c}\n" for a, b, r, c in zip(src, dst, rating, t))
+    (server.root / published).write_bytes(gzip.compress(text.encode()))
+    out = tmp_path / "raw"
+    assert main(["fetch", name, "--out", str(out), "--mirror", server.url, "--retries", "0"]) == 0
+    graph = tmp_path / "graph.h5"
+    assert main(["convert", *disttgl.data.registry.convert_arguments(name, out), "--out", str(graph)]) == 0
+    g = load_graph(graph)
+    assert g.num_events == n and g.edge_dim == 1 and not g.bipartite
+    np.testing.assert_array_equal(g.t, t.astype(np.float64))  # the TIME column, not the rating
+    np.testing.assert_array_equal(np.sort(g.edge_feat[:-1, 0]), np.sort(rating.astype(np.float32)))

@@ -15,7 +15,8 @@ from disttgl.data.registry import DATASETS, FORMATS, convert_arguments, get_data
 
 
 def test_entries_are_consistent():
-    assert set(DATASETS) == {"WIKI", "REDDIT", "MOOC", "LASTFM", "GDELT", "UCI", "synthetic",
+    assert set(DATASETS) == {"WIKI", "REDDIT", "MOOC", "LASTFM", "GDELT", "UCI", "BITCOIN-OTC", "BITCOIN-ALPHA",
+                             "synthetic",
                              "tgbl-wiki", "tgbl-review", "tgbl-coin", "tgbl-comment", "tgbl-flight"}
     seen: set[str] = set()
     for d in DATASETS.values():

@@ -102,6 +102,16 @@ _ENTRIES = (
             "snap", bipartite=False, directed=False, split="chronological",
             description="SNAP CollegeMsg: messages between UC Irvine students, no features",
             aliases=("collegemsg", "uci-msg")),
+    # SNAP's signed trust networks (Kumar et al., 2016), the TM-GCN paper's Bitcoin data: SOURCE,TARGET,
+    # RATING (-10..10),TIME; the snap reader takes the time column from the values and keeps the rating
+    # as the edge feature (the sign a signed-network model reads)
+    *(Dataset(f"BITCOIN-{k.upper()}", (RemoteFile(f"soc-sign-bitcoin{k}.csv.gz",
+                                                   f"https://snap.stanford.edu/data/soc-sign-bitcoin{k}.csv.gz",
+                                                   gzip=True),),
+              "snap", bipartite=False, directed=False, split="chronological",
+              description=f"SNAP Bitcoin {title} who-trusts-whom: {n} signed ratings (-10..10, the edge feature)",
+              aliases=(f"bitcoin{k}", f"soc-sign-bitcoin{k}"))
+      for k, title, n in (("otc", "OTC", "35,592"), ("alpha", "Alpha", "24,186"))),
     Dataset("synthetic", (), None, bipartite=False, directed=False, split="chronological",
             description="embedded seeded generator with planted temporal structure (disttgl synth)",
             aliases=("synth",)),
