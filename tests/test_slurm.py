@@ -109,3 +109,26 @@ def test_tma_trainers_are_job_steps_and_one_dying_ends_only_its_own(cluster, wor
     after = [r for r in rounds if r["time"] > restarted and 1 in r["participants"]]
     assert after[0]["participants"] == [0, 1] and after[0]["contributors"] == [0], after[0]
     assert after[-1]["contributors"] == [0, 1] and after[-1]["round"] == 12
+
+
+def test_a_distributed_snapshot_run_is_one_slurm_job_with_its_ranks(cluster, workdir):
+    """A snapshot DGNN run of 2 ranks through the SLURM profile: one job with the ranks' CPUs, whose
+    `disttgl launch` starts torchrun inside it (one node here; several nodes add srun, tested dry in
+    tests/test_workflow.py), ending with the same summary as a local run's."""
+    (workdir / "snap.yaml").write_text(
+        "parallel: {configs: [], threads_per_rank: 1}\n"
+        "snapshot_runs:\n  slurm_snap: {procs: 2, num_snapshots: 12, edge_life: 3, epochs: 3, hidden: 8}\n")
+    target = "results/synthetic/slurm_snap/summary.json"
+    cmd = ["snakemake", "--profile", "workflow/profiles/slurm", target,
+           "--slurm-status-command", "squeue", "--slurm-no-account", "--slurm-init-seconds-before-status-checks", "5",
+           "--configfile", ".test/config.yaml", "snap.yaml"]
+    proc = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, timeout=420)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    m = re.search(r"rule snapshot_train:.*?submitted with SLURM jobid (\d+)", out, re.S)
+    assert m, out[-3000:]
+    job = subprocess.run(["scontrol", "show", "job", m.group(1)], capture_output=True, text=True).stdout
+    assert "JobState=COMPLETED" in job and "NumCPUs=2" in job, job
+    summary = json.loads((workdir / target).read_text())
+    assert summary["parallel"]["world"] == 2 and len(summary["parallel"]["comm_bytes"]) == 2
+    assert summary["test_mrr"] is not None

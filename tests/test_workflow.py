@@ -327,6 +327,7 @@ SNAPSHOT_RUNS = {
     "tm": {"model": "tmgcn", "num_snapshots": 20, "edge_life": 3, "epochs": 2, "hidden": 8},  # gl's cut
     "tm2": {"model": "tmgcn", "transfer": "whole", "procs": 2, "num_snapshots": 20, "edge_life": 3,
             "symmetric": True, "epochs": 2, "hidden": 8, "node_features": "embedding", "lr": 0.02},
+    "two_nodes": {"nodes": 2, "procs": 2, "num_snapshots": 20, "edge_life": 3, "epochs": 2, "hidden": 8},
 }
 
 
@@ -343,7 +344,7 @@ def test_snapshot_runs_plan_one_cut_per_setting_and_a_training_job_each(workdir)
         "data/synthetic/snapshots/T20-L3-sym.h5 > logs/synthetic/snapshots-T20-L3-sym.log 2>&1"]
     trains = {shlex.split(c)[shlex.split(c).index("--out") + 1]: c for c in cmds
               if "snapshot-train" in c}
-    assert set(trains) == {"results/synthetic/gl", "results/synthetic/tm", "results/synthetic/tm2"}
+    assert set(trains) == {f"results/synthetic/{r}" for r in SNAPSHOT_RUNS}
     flags = "--transfer diff --epochs 2 --hidden 8 --lr 0.01 --node-features auto --device cpu --seed 0"
     assert trains["results/synthetic/gl"] == (
         "disttgl snapshot-train data/synthetic/snapshots/T20-L3.h5 data/synthetic/graph.h5 --out "
@@ -355,6 +356,16 @@ def test_snapshot_runs_plan_one_cut_per_setting_and_a_training_job_each(workdir)
         "data/synthetic/snapshots/T20-L3-sym.h5 data/synthetic/graph.h5 --out results/synthetic/tm2 --model tmgcn "
         "--transfer whole --epochs 2 --hidden 8 --lr 0.02 --node-features embedding --device cpu --seed 0 "
         "--parallel --threads 1 --resume")
+    # two machines (SLURM): one torchrun per node through srun, 2 ranks each, 4 in all
+    assert trains["results/synthetic/two_nodes"].startswith(
+        "disttgl launch --nodes 2 --nproc-per-node 2 --program snapshot-train -- data/synthetic/snapshots/T20-L3.h5")
+    assert "--parallel --threads 1 --resume" in trains["results/synthetic/two_nodes"]
+    blocks = re.split(r"^\[.*\]$", proc.stdout, flags=re.M)
+    (two,) = [b for b in blocks if "results/synthetic/two_nodes/summary.json" in b and "snapshot_train" in b]
+    res = re.search(r"^\s+resources: (.*)$", two, re.M).group(1)
+    assert all(k in res for k in ("nodes=2", "tasks=2", "mpi=srun", "cpus_per_task=2")), res
+    (one,) = [b for b in blocks if "results/synthetic/gl/summary.json" in b and "snapshot_train" in b]
+    assert "nodes=1" in re.search(r"^\s+resources: (.*)$", one, re.M).group(1)
     (report,) = [c for c in cmds if c.startswith("disttgl report")]
     assert all(f"synthetic/{r}" in shlex.split(report) for r in SNAPSHOT_RUNS)  # expected, and read
     assert all(f"results/synthetic/{r}" in shlex.split(report) for r in SNAPSHOT_RUNS)

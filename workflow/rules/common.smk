@@ -348,16 +348,18 @@ def layout_static(wildcards):
     return [static_memory_path(wildcards.dataset)] if config["parallel"]["static_memory"] else []
 
 
-def slurm_resources():
-    """train_parallel's resources for the SLURM executor (ignored by local runs)."""
+def slurm_resources(nodes=layout_nodes, procs=layout_procs, threads=layout_threads):
+    """The SLURM executor's resources (ignored by local runs) of a job that `disttgl launch` starts: one
+    task per node (srun + one torchrun each when there are several), the node's ranks' CPUs, and with
+    CUDA a GPU per rank. Defaults: train_parallel's layout functions; snapshot_train passes its own."""
     res = dict(
-        nodes=layout_nodes,
-        tasks=layout_nodes,
-        mpi=lambda w: "srun" if layout_nodes(w) > 1 else "",
-        cpus_per_task=layout_threads,
+        nodes=nodes,
+        tasks=nodes,
+        mpi=lambda w: "srun" if nodes(w) > 1 else "",
+        cpus_per_task=threads,
     )
     if str(config["train"]["device"]).startswith("cuda"):
-        res["gres"] = lambda w: f"gpu:{layout_procs(w)}"
+        res["gres"] = lambda w: f"gpu:{procs(w)}"
         res["tasks_per_gpu"] = 0
     return res
 

@@ -35,13 +35,27 @@ def snapshot_cut_args(wildcards):
     return shlex.join(["--num-snapshots", t, "--edge-life", life, *(["--symmetric"] if sym else [])])
 
 
+def snapshot_nodes(wildcards):
+    return snapshot_run(wildcards)["nodes"]
+
+
+def snapshot_procs(wildcards):
+    """Ranks per machine of a snapshot run."""
+    return snapshot_run(wildcards)["procs"]
+
+
+def snapshot_distributed(wildcards):
+    """Whether the run has more than one rank (nodes x procs)."""
+    return snapshot_nodes(wildcards) * snapshot_procs(wildcards) > 1
+
+
 def snapshot_launch(wildcards):
     """snapshot_train: the disttgl command: `snapshot-train` in one process, else `disttgl launch` of
-    P ranks on this machine running `snapshot-train --parallel`."""
-    procs = snapshot_run(wildcards)["procs"]
-    if procs == 1:
+    nodes x procs ranks (one torchrun per node: srun under SLURM) running `snapshot-train --parallel`."""
+    if not snapshot_distributed(wildcards):
         return "snapshot-train"
-    return f"launch --nodes 1 --nproc-per-node {procs} --program snapshot-train --"
+    return (f"launch --nodes {snapshot_nodes(wildcards)} --nproc-per-node {snapshot_procs(wildcards)}"
+            " --program snapshot-train --")
 
 
 def snapshot_train_args(wildcards):
@@ -49,21 +63,22 @@ def snapshot_train_args(wildcards):
     r, t = snapshot_run(wildcards), config["train"]
     args = ["--model", r["model"], "--transfer", r["transfer"], "--epochs", r["epochs"], "--hidden", r["hidden"],
             "--lr", r["lr"], "--node-features", r["node_features"], "--device", t["device"], "--seed", t["seed"]]
-    if r["procs"] > 1:
+    if snapshot_distributed(wildcards):
         args.append("--parallel")
     return shlex.join(map(str, args))
 
 
 def snapshot_threads(wildcards):
-    """Cores of a snapshot run: train.threads for one process, procs x parallel.threads_per_rank else."""
-    procs = snapshot_run(wildcards)["procs"]
-    return config["train"]["threads"] if procs == 1 else procs * config["parallel"]["threads_per_rank"]
+    """Cores of a snapshot run on each machine: train.threads for one process, procs x
+    parallel.threads_per_rank else."""
+    if not snapshot_distributed(wildcards):
+        return config["train"]["threads"]
+    return snapshot_procs(wildcards) * config["parallel"]["threads_per_rank"]
 
 
 def snapshot_rank_threads(wildcards, threads):
     """--threads of each rank (one process: all the job's cores)."""
-    procs = snapshot_run(wildcards)["procs"]
-    return threads if procs == 1 else config["parallel"]["threads_per_rank"]
+    return config["parallel"]["threads_per_rank"] if snapshot_distributed(wildcards) else threads
 
 
 # --------------------------------------------------------------------------- RandomTMA / SuperTMA (tma.smk)

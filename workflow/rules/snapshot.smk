@@ -38,6 +38,7 @@ rule snapshot_train:
     threads: snapshot_threads
     resources:
         timed_run=timed_run,
+        **slurm_resources(snapshot_nodes, snapshot_procs, snapshot_threads),
     log:
         "logs/{dataset}/snapshot-train-{srun}.log",
     benchmark:
