@@ -379,7 +379,7 @@ def test_snapshot_run_defaults_are_the_cli_defaults():
     props = schema["properties"]["snapshot_runs"]["additionalProperties"]["properties"]
     train, cut = _dataclass_defaults(SnapshotTrainConfig), _dataclass_defaults(SnapshotParams)
     own = {"num_snapshots": "SnapshotParams has none (it takes --delta or --num-snapshots)",
-           "procs": "ranks of the launch"}
+           "procs": "ranks of the launch on each machine", "nodes": "machines of the launch"}
     assert set(props) == {"model", "transfer", "epochs", "hidden", "lr", "node_features", "edge_life", "symmetric"} \
         | set(own)
     for key, sub in props.items():
