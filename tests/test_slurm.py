@@ -45,24 +45,37 @@ def workdir(tmp_path):
     return tmp_path
 
 
-def test_workflow_trains_2_ranks_through_slurm(cluster, workdir):
-    target = "results/synthetic/1x2x1/summary.json"
+def submit(workdir: Path, target: str, rule: str, *configfiles: str, env: dict | None = None,
+           timeout: int = 420) -> tuple[str, str]:
+    """Run the workflow to ``target`` through the SLURM profile; (the executor's output, the SLURM job
+    id of ``rule``'s job, which slurmctld reports COMPLETED)."""
     cmd = ["snakemake", "--profile", "workflow/profiles/slurm", target,
            # this cluster has no accounting database: job states come from squeue (MinJobAge = 600 s)
            "--slurm-status-command", "squeue", "--slurm-no-account", "--slurm-init-seconds-before-status-checks", "5",
-           "--configfile", ".test/config.yaml"]  # last: --configfile takes every word up to the next option
-    proc = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, timeout=420)
+           "--configfile", ".test/config.yaml", *configfiles]  # last: --configfile takes every word up to the next option
+    proc = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, timeout=timeout, env=env)
+    out = proc.stdout + proc.stderr
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
-    assert "has been submitted with SLURM jobid" in proc.stdout + proc.stderr
+    assert "has been submitted with SLURM jobid" in out
+    m = re.search(rf"rule {rule}:.*?submitted with SLURM jobid (\d+)", out, re.S)
+    assert m, out[-3000:]
+    return out, m.group(1)
+
+
+def job_info(job_id: str) -> str:
+    job = subprocess.run(["scontrol", "show", "job", job_id], capture_output=True, text=True).stdout
+    assert "JobState=COMPLETED" in job, job
+    return job
+
+
+def test_workflow_trains_2_ranks_through_slurm(cluster, workdir):
+    target = "results/synthetic/1x2x1/summary.json"
+    out, job_id = submit(workdir, target, "train_parallel")
     summary = json.loads((workdir / target).read_text())
     assert summary["parallelism"] == "1x2x1" and summary["world_size"] == 2
     assert summary["test_mrr"] is not None and len(summary["rank_events_per_s"]) == 2
-    # the training ran as a SLURM job: find its id in the executor's output and ask slurmctld
-    out = proc.stdout + proc.stderr
-    m = re.search(r"rule train_parallel:.*?submitted with SLURM jobid (\d+)", out, re.S)
-    assert m, out[-3000:]
-    job = subprocess.run(["scontrol", "show", "job", m.group(1)], capture_output=True, text=True).stdout
-    assert "JobState=COMPLETED" in job and "NumCPUs=2" in job, job
+    # the training ran as a SLURM job: its id from the executor's output, its record from slurmctld
+    assert "NumCPUs=2" in job_info(job_id)
     train_log = (workdir / "logs" / "synthetic" / "train-1x2x1.log").read_text()
     assert "1x2x1 on 2 ranks" in train_log
 
@@ -77,23 +90,15 @@ def test_tma_trainers_are_job_steps_and_one_dying_ends_only_its_own(cluster, wor
         "tma_runs:\n  slurm_tma: {method: random, rule: incident, parts: 2, sync_every: 10steps, rounds: 12,\n"
         "              time_limit: 5min, eval_every: 6, restart_dead: true, max_restarts: 1}\n")
     target = "results/synthetic/slurm_tma/summary.json"
-    cmd = ["snakemake", "--profile", "workflow/profiles/slurm", target,
-           "--slurm-status-command", "squeue", "--slurm-no-account", "--slurm-init-seconds-before-status-checks", "5",
-           "--configfile", ".test/config.yaml", "tma.yaml"]
     # sbatch exports the environment (--export=ALL): the fault hook reaches the trainers' steps
-    env = {**os.environ, "DISTTGL_FAULT": "1:15:2"}
-    proc = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, timeout=480, env=env)
-    out = proc.stdout + proc.stderr
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
-    m = re.search(r"rule tma:.*?submitted with SLURM jobid (\d+)", out, re.S)
-    assert m, out[-3000:]
-    job = subprocess.run(["scontrol", "show", "job", m.group(1)], capture_output=True, text=True).stdout
-    assert "JobState=COMPLETED" in job and "NumTasks=2" in job, job
+    out, job_id = submit(workdir, target, "tma", "tma.yaml", env={**os.environ, "DISTTGL_FAULT": "1:15:2"},
+                         timeout=480)
+    assert "NumTasks=2" in job_info(job_id)
     summary = json.loads((workdir / target).read_text())
     assert summary["launcher"] == "srun" and summary["config"]["launcher"] == "srun"
     assert summary["dead_trainers"] == [1] and summary["restarts"] == 1 and summary["rounds"] == 12
     steps = summary["placements"]
-    assert {s["slurm_job_id"] for p in steps.values() for s in p} == {m.group(1)}
+    assert {s["slurm_job_id"] for p in steps.values() for s in p} == {job_id}
     ids = [s["slurm_step_id"] for p in ("0", "1") for s in steps[p]]
     assert len(ids) == 3 and len(set(ids)) == 3  # trainer 0, trainer 1, trainer 1 again: three steps
     # the trainers advertise their stores by host name, not localhost: peers on other nodes reach them
@@ -119,16 +124,8 @@ def test_a_distributed_snapshot_run_is_one_slurm_job_with_its_ranks(cluster, wor
         "parallel: {configs: [], threads_per_rank: 1}\n"
         "snapshot_runs:\n  slurm_snap: {procs: 2, num_snapshots: 12, edge_life: 3, epochs: 3, hidden: 8}\n")
     target = "results/synthetic/slurm_snap/summary.json"
-    cmd = ["snakemake", "--profile", "workflow/profiles/slurm", target,
-           "--slurm-status-command", "squeue", "--slurm-no-account", "--slurm-init-seconds-before-status-checks", "5",
-           "--configfile", ".test/config.yaml", "snap.yaml"]
-    proc = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, timeout=420)
-    out = proc.stdout + proc.stderr
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
-    m = re.search(r"rule snapshot_train:.*?submitted with SLURM jobid (\d+)", out, re.S)
-    assert m, out[-3000:]
-    job = subprocess.run(["scontrol", "show", "job", m.group(1)], capture_output=True, text=True).stdout
-    assert "JobState=COMPLETED" in job and "NumCPUs=2" in job, job
+    out, job_id = submit(workdir, target, "snapshot_train", "snap.yaml")
+    assert "NumCPUs=2" in job_info(job_id)
     summary = json.loads((workdir / target).read_text())
     assert summary["parallel"]["world"] == 2 and len(summary["parallel"]["comm_bytes"]) == 2
     assert summary["test_mrr"] is not None

@@ -44,7 +44,7 @@ def test_one_step_per_trainer_with_its_own_cpus():
     # one task, on one node, only its CPUs (steps share the allocation), a failure ends only this step
     assert {"--ntasks=1", "--nodes=1", "--cpus-per-task=3", "--exact", "--kill-on-bad-exit=0"} <= set(flags)
     assert "--job-name=tma-trainer-2.1" in flags
-    assert Launcher("local").lighthouse_host() == "localhost" and Launcher("srun").lighthouse_host() != "localhost"
+    assert Launcher("local").host() == "localhost" and Launcher("srun").host() != "localhost"
 
 
 def test_a_trainer_records_its_slurm_step():

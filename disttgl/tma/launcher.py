@@ -39,8 +39,10 @@ class Launcher:
         return ["srun", "--ntasks=1", "--nodes=1", f"--cpus-per-task={self.threads}", "--exact",
                 "--kill-on-bad-exit=0", f"--job-name=tma-trainer-{part}.{attempt}", *argv]
 
-    def lighthouse_host(self) -> str:
-        """The host name trainers use for the Lighthouse (it runs beside the coordinator)."""
+    def host(self) -> str:
+        """The name this process is reached by from the run's other processes: the Lighthouse's (it runs
+        beside the coordinator) and each trainer's store (the quorum hands it to the peers) alike;
+        ``localhost`` on one machine, the node's host name under srun (peers on other nodes)."""
         return "localhost" if self.kind == "local" else socket.gethostname()
 
 

@@ -88,7 +88,7 @@ class Supervisor:
         t = self.plan.timeouts
         self.lighthouse = lighthouse.start(self.port, t.join, t.heartbeat, self.run_dir / "lighthouse.log")
         (self.run_dir / "lighthouse.pid").write_text(str(self.lighthouse.pid))
-        self.plan.lighthouse = f"http://{self.launcher.lighthouse_host()}:{self.port}"
+        self.plan.lighthouse = f"http://{self.launcher.host()}:{self.port}"
 
     def start_trainer(self, part: int, attempt: int) -> None:
         out = open(self.plan.trainer_dir(part) / f"log-{attempt}.txt", "ab")

@@ -26,7 +26,6 @@ import json
 import logging
 import os
 import signal
-import socket
 import sys
 import time
 from dataclasses import replace
@@ -41,7 +40,7 @@ from disttgl.cache.batch import Batch
 from disttgl.cache.loader import BatchLoader
 from disttgl.lifetime import exit_with_parent
 from disttgl.tma.averaging import Contribution, RoundResult
-from disttgl.tma.launcher import step_record
+from disttgl.tma.launcher import Launcher, step_record
 from disttgl.tma.plan import TMAPlan, next_tick, read_plan, read_start
 from disttgl.tma.replica import Replica
 from disttgl.train.config import TrainConfig
@@ -117,9 +116,8 @@ class Worker:
         cfg = TrainConfig(**{**plan.train, "graph": plan.stores[part], "cache": plan.caches[part],
                              "out": str(self.dir), "progress": False})
         self.trainer = TMATrainer(cfg, self.before_step)
-        # under srun the peers may be on other nodes: they reach this trainer's store by its host name
-        host = socket.gethostname() if plan.launcher == "srun" else "localhost"
-        self.replica = Replica(part, plan.parts, self.trainer.model, plan.lighthouse, self.t, store_host=host)
+        self.replica = Replica(part, plan.parts, self.trainer.model, plan.lighthouse, self.t,
+                               store_host=Launcher(plan.launcher).host())
         self.epochs: list[dict[str, Any]] = []
 
     # ------------------------------------------------------------------ the hook between steps
