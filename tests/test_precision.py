@@ -174,3 +174,38 @@ def test_slot_attention_under_autocast_is_the_fp32_function_of_its_bf16_inputs(u
         # bf16 gradients carry bf16's rounding (8 bits): compare at that precision
         tol = 2e-2 if a.dtype == torch.bfloat16 else 1e-4
         assert torch.allclose(a.double(), e, rtol=tol, atol=tol), (a.double() - e).abs().max()
+
+
+def _updaters():
+    from disttgl.models.apan import MailAttention
+    from disttgl.models.jodie import RNNMemory
+    from disttgl.models.tgn import GRUMemory
+
+    g = torch.Generator().manual_seed(0)
+    u, d, e, t, s = 50, 16, 4, 8, 5
+    mem = torch.randn(u, d, generator=g)
+    dt = torch.rand(u, generator=g) * 1e5
+    mail, feat = torch.randn(u, 2 * d, generator=g), torch.randn(u, e, generator=g)
+    mails, age = torch.randn(u, s, 2 * d + e, generator=g), torch.rand(u, s, generator=g) * 1e5
+    valid = torch.rand(u, s, generator=g) > 0.3
+    torch.manual_seed(0)
+    return [(GRUMemory(d, e, t), (mem, mail, feat, dt)), (RNNMemory(d, e, t), (mem, mail, feat, dt)),
+            (MailAttention(d, 2 * d + e, t, 2, 0.0).eval(), (mem, mails, age, valid))]
+
+
+@pytest.mark.parametrize("which", [0, 1, 2], ids=["gru", "rnn", "apan"])
+def test_memory_updaters_run_in_float32_under_bf16(which):
+    """Their output is the next batch's memory, so a bf16 rounding there would compound over the
+    stream (docs/design.md §4.8): under bf16 autocast an updater gives exactly its fp32 result, with
+    float32 gradients, while a plain Linear beside it still runs in bf16."""
+    module, inputs = _updaters()[which]
+    want = module(*inputs)
+    inputs = tuple(x.clone().requires_grad_() if x.is_floating_point() else x for x in inputs)
+    with autocast("bf16", "cpu"):
+        got = module(*inputs)
+        beside = torch.nn.Linear(4, 4)(torch.randn(2, 4))
+    assert got.dtype == torch.float32 and torch.equal(got, want)
+    assert beside.dtype == torch.bfloat16
+    got.sum().backward()
+    grads = [p.grad for p in module.parameters() if p.grad is not None]
+    assert grads and all(g.dtype == torch.float32 for g in grads) and inputs[0].grad.dtype == torch.float32

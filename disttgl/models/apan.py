@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from disttgl.models.kernels import float32_forward
 from disttgl.models.tgn import TimeEncode
 
 
@@ -39,6 +40,7 @@ class MailAttention(nn.Module):
         self.norm = nn.LayerNorm(dim)
         self.mlp = nn.Linear(dim, dim)
 
+    @float32_forward
     def forward(self, memory: torch.Tensor, mails: torch.Tensor, age: torch.Tensor,
                 valid: torch.Tensor) -> torch.Tensor:
         """Args:

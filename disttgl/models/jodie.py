@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from disttgl.models.kernels import float32_forward
 from disttgl.models.tgn import TimeEncode
 
 
@@ -25,6 +26,7 @@ class RNNMemory(nn.Module):
         self.time = TimeEncode(time_dim)
         self.rnn = nn.RNNCell(2 * dim + edge_dim + time_dim, dim)
 
+    @float32_forward
     def forward(self, memory: torch.Tensor, mail: torch.Tensor, mail_feat: torch.Tensor,
                 dt: torch.Tensor) -> torch.Tensor:
         """Args:

@@ -12,6 +12,7 @@ and the only one on CUDA.
 from __future__ import annotations
 
 import ctypes
+import functools
 import math
 import warnings
 from dataclasses import dataclass
@@ -298,6 +299,25 @@ def _can_fuse(native: NativeKernels | None, tensors: list[torch.Tensor],
 def _fp32(tensors: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
     """``tensors`` with the floating-point ones cast to float32 (a no-op on float32 ones)."""
     return tuple(t.float() if t.is_floating_point() else t for t in tensors)
+
+
+def float32_forward(forward):
+    """Run a module's ``forward(self, *tensors)`` in float32 even under autocast (``--precision bf16``).
+
+    For the memory updaters (docs/design.md §4.8): their output is the next batch's memory, so a
+    bf16 rounding there is carried and compounded over the whole stream, not spent in one step. The
+    GRU's keep gate z is the sharpest case: near 1 (a memory mostly kept), bf16's 8-bit mantissa
+    leaves (1 - z) with a relative error of tens of percent on every update. The updaters are a small
+    share of a step's matmuls. Without autocast (fp32) the call is the plain one.
+    """
+    @functools.wraps(forward)
+    def run(self, *tensors):
+        device_type = tensors[0].device.type
+        if not torch.is_autocast_enabled(device_type):
+            return forward(self, *tensors)
+        with torch.autocast(device_type, enabled=False):
+            return forward(self, *_fp32(tensors))
+    return run
 
 
 def slot_attention(layout: SlotLayout, c: torch.Tensor, keep: torch.Tensor | None,

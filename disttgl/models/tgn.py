@@ -26,7 +26,7 @@ from torch import nn
 from disttgl.models import native
 from disttgl.cache.batch import Batch
 from disttgl.models.edge_head import EdgeClassifier
-from disttgl.models.kernels import cos_encoding, dropout_scale, slot_attention, slot_layout
+from disttgl.models.kernels import cos_encoding, dropout_scale, float32_forward, slot_attention, slot_layout
 from disttgl.models.kernels import dropout as apply_dropout
 
 
@@ -82,6 +82,7 @@ class GRUMemory(nn.Module):
         self.time = TimeEncode(time_dim)
         self.gru = nn.GRUCell(2 * dim + edge_dim + time_dim, dim)
 
+    @float32_forward
     def forward(self, memory: torch.Tensor, mail: torch.Tensor, mail_feat: torch.Tensor,
                 dt: torch.Tensor) -> torch.Tensor:
         time_dim = self.time.w.shape[0]
@@ -94,9 +95,7 @@ class GRUMemory(nn.Module):
         r = torch.sigmoid(i_r + h_r)
         z = torch.sigmoid(i_z + h_z)
         n = torch.tanh(torch.addcmul(i_n, r, h_n))
-        # under bf16 autocast the gates come out of bf16 matmuls; the update itself runs in the
-        # memory's fp32 (a no-op in fp32), so the new memory is fp32 like the memory it replaces
-        return torch.lerp(n.to(memory.dtype), memory, z.to(memory.dtype))  # (1 - z) n + z h
+        return torch.lerp(n, memory, z)  # (1 - z) n + z h
 
 
 class TemporalAttention(nn.Module):

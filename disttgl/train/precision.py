@@ -4,8 +4,9 @@
 matrix products (Linear, addmm, bmm) take bf16 inputs and give bf16 outputs, so their backward
 passes run in bf16 too. Everything that carries state stays float32 (docs/design.md §4.8): the
 weights and Adam's moments (autocast casts a bf16 copy of a weight per forward pass; the gradient
-reaching the float32 weight is float32), the node memory and mailbox (the GRU's update is taken in
-the memory's dtype, and every memory's ``write`` casts its rows to the table's dtype), the time
+reaching the float32 weight is float32), the memory updaters whole (GRU, RNN cell, APAN's mail
+attention: ``disttgl.models.kernels.float32_forward``; their rounding would compound over the stream),
+the node memory and mailbox (every memory's ``write`` casts its rows to the table's dtype), the time
 encoding, the attention's per-slot core (``disttgl.models.kernels.slot_attention`` turns autocast
 off and casts its inputs: the CPU C kernels read float32 only), the link scores (summed in
 float32: bf16 would tie a positive with its negatives) and the loss.
