@@ -6,9 +6,12 @@
 # 1. the CUDA tests (pytest -m cuda: CUDA against CPU for the TGN, JODIE and APAN models);
 # 2. benchmarks/train.py on the Wikipedia shape (batch 600, d = 100): train and eval events/s, fp32
 #    and bf16 alternated in one run;
-# 3. benchmarks/pipeline.py: MSPipe's --pipeline threads against off on the GPU;
+# 3. benchmarks/pipeline.py: MSPipe's --pipeline threads and streams against off on the GPU (issue 16's
+#    >= 1.5x target: streams_over_off / streams_over_plain in pipeline.json);
 # 4. a 2-rank run (1x2x1) on the one GPU: correctness, not speed (two ranks on one GPU all-reduce
 #    through gloo: NCCL needs a GPU per rank);
+# 5. benchmarks/snapshot_transfer.py: host-to-device time of whole snapshots against graph
+#    differences (issue 18), on CollegeMsg (or a synthetic stream) and on a 2M-event synthetic stream;
 # and writes OUT_DIR/gpu_check.json with each step's exit status, seconds and numbers.
 # Data: ../shared/datasets/wikipedia when present, else a synthetic stream of Wikipedia's shape
 # (157,474 events, 9,227 nodes, bipartite). Exit 77 when there is no CUDA GPU (nothing to check).
@@ -57,6 +60,19 @@ step two_ranks 300 torchrun --standalone --nproc-per-node 2 -m disttgl.train "$G
     --out "$WORK/run_1x2x1" --parallelism 1x2x1 --device cuda --epochs 1 --no-progress
 cp "$WORK/run_1x2x1/summary.json" "$OUT_DIR/two_ranks_summary.json" 2>/dev/null
 
+# snapshot transfer, whole against differences (edge life 10: the byte ratio tends to L/2 = 5)
+COLLEGE=../shared/datasets/collegemsg/CollegeMsg.txt
+if [ -f "$COLLEGE" ]; then
+    step snap_convert 120 disttgl convert "$COLLEGE" --format snap --out "$WORK/college.h5"
+else
+    step snap_convert 120 disttgl synth --events 59835 --nodes 1899 --edge-dim 0 --out "$WORK/college.h5"
+fi
+step snap_transfer_small 120 python3 benchmarks/snapshot_transfer.py "$WORK/college.h5" --num-snapshots 100 \
+    --edge-life 10 --device cuda --repeats 3 --out "$OUT_DIR/snap_transfer_small.json"
+step snap_synth 180 disttgl synth --events 2000000 --nodes 100000 --edge-dim 0 --out "$WORK/snap2m.h5"
+step snap_transfer_2m 180 python3 benchmarks/snapshot_transfer.py "$WORK/snap2m.h5" --num-snapshots 100 \
+    --edge-life 10 --device cuda --repeats 3 --out "$OUT_DIR/snap_transfer_2m.json"
+
 python3 - "$OUT_DIR" "$STEPS" <<'PY'
 import json, pathlib, sys, torch
 out, steps = pathlib.Path(sys.argv[1]), [json.loads(l) for l in open(sys.argv[2])]
@@ -65,7 +81,8 @@ def read(name):
     return json.loads(p.read_text()) if p.exists() else None
 result = {"gpu": torch.cuda.get_device_name(0), "torch": torch.__version__, "cuda": torch.version.cuda,
           "steps": steps, "train": read("train.json"),
-          "pipeline": read("pipeline.json"), "two_ranks": read("two_ranks_summary.json")}
+          "pipeline": read("pipeline.json"), "two_ranks": read("two_ranks_summary.json"),
+          "snapshot_transfer": {"small": read("snap_transfer_small.json"), "2m": read("snap_transfer_2m.json")}}
 (out / "gpu_check.json").write_text(json.dumps(result, indent=2) + "\n")
 print(json.dumps({"gpu": result["gpu"], "steps": {s["step"]: s["rc"] for s in steps}}, indent=1))
 sys.exit(0 if all(s["rc"] == 0 for s in steps) else 1)

@@ -30,6 +30,7 @@ def check_config(config: dict[str, Any]) -> None:
     check_names(config)
     check_parallel(config)
     check_preset(config)
+    check_runs(config)
     custom = config.get("custom_datasets") or {}
     for name in config.get("optional_datasets") or []:
         if name != "synthetic" and name not in custom:
@@ -127,6 +128,15 @@ def check_preset(config: dict[str, Any]) -> None:
         if want is not None and own is not None and own != want:
             raise DataError("config.yaml", f"model.preset = {preset} trains on batches of {want}, but "
                                            f"runs.{name}.batch_size = {own}")
+
+
+def check_runs(config: dict[str, Any]) -> None:
+    """A run with ``pipeline: streams`` needs ``train.device`` cuda (CUDA streams), or its job would fail."""
+    device = str((config.get("train") or {}).get("device", "cpu"))
+    for name, run in (config.get("runs") or {}).items():
+        if (run or {}).get("pipeline") == "streams" and not device.startswith("cuda"):
+            raise DataError("config.yaml", f"runs.{name}.pipeline = streams runs on CUDA streams: it needs "
+                                           f"train.device = cuda, got {device} (on CPU use pipeline: threads)")
 
 
 def check_names(config: dict[str, Any]) -> None:

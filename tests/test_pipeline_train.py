@@ -122,7 +122,7 @@ def test_mitigation_with_a_similar_file(data, tmp_path):
     (["--staleness", "0"], "must be >= 1"),
     (["--staleness", "two"], "whole number"),
     (["--mitigation", "similar"], "needs --similar"),
-    (["--pipeline", "streams"], "not implemented yet"),
+    (["--pipeline", "streams"], "it needs --device cuda"),
     (["--staleness", "2", "--pipeline", "threads", "--parallelism", "1x1x2"], "--pipeline threads with --parallelism"),
     (["--staleness", "2", "--stage-times", "s.json", "--parallelism", "1x1x2"], "only resolves --staleness auto"),
     (["--staleness", "2", "--stage-times", "nope.json"], "does not exist"),

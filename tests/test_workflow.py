@@ -106,6 +106,7 @@ def _edit(config: dict, path: str, value) -> None:
     ("snapshot_runs", {"x": {"num_snapshots": 1}}, "['snapshot_runs']['x']['num_snapshots']", "less than the minimum"),
     ("snapshot_runs", {"static": {}}, "snapshot_runs.static", "is a run of `runs` too"),
     ("snapshot_runs", {"..": {}}, "snapshot_runs...", "name '..' must"),
+    ("runs", {"s": {"staleness": 2, "pipeline": "streams"}}, "runs.s.pipeline", "it needs train.device = cuda"),
 ])
 def test_bad_config_fails_before_any_job_naming_the_key(workdir, path, value, key, message):
     _test_config(workdir, **{path: value})

@@ -60,7 +60,8 @@ _TRAIN_HELP = {
     "similar": "similar-nodes file from `disttgl similar`",
     "mitigation_lambda": "mitigation: weight of a stale root's own memory",
     "mitigation_top": "mitigation: share of a batch's roots treated as stale",
-    "pipeline": "off, threads (memory fetch on a background thread) or streams (CUDA: not implemented yet)",
+    "pipeline": "off, threads (memory fetch on a background thread) or streams (threads, and the batch copies and memory "
+                "fetch on their own CUDA streams; --device cuda)",
 }
 
 

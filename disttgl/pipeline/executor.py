@@ -7,15 +7,22 @@ it), while the trainer trains and writes. One thread takes the batches strictly 
 thread pool with plain locks does not guarantee that), and a read sees exactly the writes <= v_i
 whatever the timing, so the executor changes speed only: for a fixed schedule of versions,
 ``threads`` and ``off`` give the same numbers (tests/test_pipeline_train.py).
+
+With ``streams`` (``--pipeline streams``, CUDA) the thread issues the fetch on its own CUDA stream and
+the trainer's stream waits for it on the device (``disttgl.pipeline.streams``).
 """
 
 from __future__ import annotations
 
+import contextlib
 from typing import Iterable, Iterator
+
+import torch
 
 from disttgl.cache.ahead import read_ahead
 from disttgl.cache.batch import Batch
 from disttgl.pipeline.stale_memory import StaleMemory
+from disttgl.pipeline.streams import StageStreams
 
 
 class MemoryPrefetch:
@@ -25,23 +32,33 @@ class MemoryPrefetch:
         batches: the epoch's training batches, in order.
         memory: the run's :class:`StaleMemory` (its :meth:`~StaleMemory.start_epoch` already called).
         depth: how many fetched batches may wait for the trainer.
+        streams: ``--pipeline streams``: fetch on ``streams.fetch``; None: on the default stream.
     """
 
-    def __init__(self, batches: Iterable[Batch], memory: StaleMemory, depth: int = 2):
-        self.batches, self.memory, self.depth = batches, memory, max(1, depth)
+    def __init__(self, batches: Iterable[Batch], memory: StaleMemory, depth: int = 2,
+                 streams: StageStreams | None = None):
+        self.batches, self.memory, self.depth, self.streams = batches, memory, max(1, depth), streams
 
     def __iter__(self) -> Iterator[Batch]:
-        def fetch_in_order() -> Iterator[tuple[Batch, tuple]]:
-            for i, batch in enumerate(self.batches):
-                fetched = self.memory.fetch(batch, i)
-                if fetched is None:  # the trainer stopped: abort_fetch ended the wait
-                    return
-                yield batch, fetched
+        streams = self.streams
+
+        def fetch_in_order() -> Iterator[tuple[Batch, tuple, object]]:
+            # the batches are iterated here too, so their copies are awaited on the fetch stream
+            with torch.cuda.stream(streams.fetch) if streams is not None else contextlib.nullcontext():
+                for i, batch in enumerate(self.batches):
+                    fetched = self.memory.fetch(batch, i)
+                    if fetched is None:  # the trainer stopped: abort_fetch ended the wait
+                        return
+                    yield batch, fetched, None if streams is None else streams.mark()
 
         try:
-            for batch, fetched in read_ahead(fetch_in_order(), self.depth, "disttgl-memory-fetch",
-                                             release=self.memory.abort_fetch):
+            for batch, fetched, ready in read_ahead(fetch_in_order(), self.depth, "disttgl-memory-fetch",
+                                                    release=self.memory.abort_fetch):
+                if streams is not None:
+                    streams.wait(ready, batch, fetched)
                 self.memory.hand_over(batch, fetched)
                 yield batch
         finally:
             self.memory.resume_fetch()
+            if streams is not None:  # a fetch left behind by an early stop ends before the next epoch's reset
+                torch.cuda.current_stream(streams.device).wait_stream(streams.fetch)

@@ -32,6 +32,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from disttgl.cache import cuda_events
 from disttgl.cache.batch import Batch
 from disttgl.models.mailbox import MailboxMemory, mail_write
 from disttgl.models.memory import NodeMemory, write_rows
@@ -113,6 +114,7 @@ class Write:
     mail_t: torch.Tensor
     mail_eid: torch.Tensor
     record: Any  # StateKind.record's
+    ready: Any = None  # --pipeline streams: the CUDA event the write's tensors are complete at
 
 
 @dataclass(frozen=True)
@@ -147,6 +149,8 @@ class StaleMemory:
         device: where the states live.
         mitigation: staleness mitigation, or None.
         kind: the node state; None: :func:`node_memory_kind` (a :class:`NodeMemory`).
+        stream_events: ``--pipeline streams`` (CUDA): a write records an event on the writer's
+            stream and a fetch's stream waits on it before replaying the write (docs/design.md §10.6).
 
     Call :meth:`start_epoch` with the epoch's versions before its first batch; then per batch
     :meth:`read` (or :meth:`gather`) and :meth:`write`, in batch order. :attr:`live` is the state
@@ -154,8 +158,11 @@ class StaleMemory:
     """
 
     def __init__(self, num_nodes: int, dim: int, num_events: int, device: torch.device | str | None = None,
-                 mitigation: Mitigation | None = None, kind: StateKind | None = None):
+                 mitigation: Mitigation | None = None, kind: StateKind | None = None, stream_events: bool = False):
         self.num_events = num_events
+        self._events_on = torch.device(device) if stream_events else None
+        if self._events_on is not None and self._events_on.type != "cuda":
+            raise ValueError(f"stream events need a CUDA device, got {self._events_on}")
         self.kind = node_memory_kind(num_nodes, dim, device) if kind is None else kind
         self.live = self.kind.new()
         self.live_clock = Clock.initial(num_nodes, num_events, device)
@@ -171,6 +178,7 @@ class StaleMemory:
         self.read_versions: list[int] = []  # the version every batch of the epoch actually read
         self._handed: deque[tuple[Batch, tuple[Batch, torch.Tensor, torch.Tensor]]] = deque()
         self._aborted = False
+        self._states_ready = None  # stream events: the event a reset or load of the states is done at
 
     # ------------------------------------------------------------------ epoch
     def start_epoch(self, versions: np.ndarray) -> None:
@@ -195,6 +203,13 @@ class StaleMemory:
             self._applied, self._reads, self._writes = -1, 0, 0
             self.read_versions = []
             self.versions = np.zeros(0, dtype=np.int64)
+            self._mark_states()
+
+    def _mark_states(self) -> None:
+        """Stream events: the first fetch after a reset or load waits for it (a fetch of version -1
+        replays no write, so no write's event orders it after the zeroing)."""
+        if self._events_on is not None:
+            self._states_ready = cuda_events.mark(self._events_on)
 
     # ------------------------------------------------------------------ reads
     def version_of(self, i: int) -> int:
@@ -211,8 +226,16 @@ class StaleMemory:
             self._lock.wait_for(lambda: self._writes > v or self._aborted)
             if self._writes <= v:
                 return None
+            if self._states_ready is not None:
+                cuda_events.wait(self._events_on, self._states_ready)
+                self._states_ready = None
+            due = []
             while self._pending and self._pending[0].index <= v:
-                _apply(self.kind, self._read, self._read_clock, self._pending.popleft())
+                due.append(self._pending.popleft())
+            if due and self._events_on is not None:  # the newest write's event covers the earlier ones
+                cuda_events.wait(self._events_on, due[-1].ready, due)
+            for w in due:
+                _apply(self.kind, self._read, self._read_clock, w)
             self._applied = max(self._applied, v)
             nodes = batch.nodes
             mem, mail = self._read.gather(batch)
@@ -274,6 +297,8 @@ class StaleMemory:
         absorbed = batch.mail_t[batch.root_idx[roots]]  # mem_t <- the mail time the batch read
         w = Write(self._writes, nodes, absorbed, batch.t[event], batch.eid[event],
                   self.kind.record(batch, new_memory))
+        if self._events_on is not None:
+            w = replace(w, ready=cuda_events.mark(self._events_on))
         with self._lock:
             _apply(self.kind, self.live, self.live_clock, w)
             self._pending.append(w)
@@ -294,3 +319,4 @@ class StaleMemory:
             saved = state[f"clock_{name}" if f"clock_{name}" in state else name]
             for clock in (self.live_clock, self._read_clock):
                 getattr(clock, name).copy_(saved)
+        self._mark_states()

@@ -23,6 +23,7 @@ from disttgl.pipeline.executor import MemoryPrefetch
 from disttgl.pipeline.plan import plan_staleness
 from disttgl.pipeline.similar_file import load_similar
 from disttgl.pipeline.stale_memory import Mitigation, StaleMemory, mailbox_kind
+from disttgl.pipeline.streams import StageStreams
 from disttgl.pipeline.versions import mean_staleness
 from disttgl.train import machine_load
 from disttgl.train.config import TrainConfig
@@ -63,12 +64,15 @@ class StalePipeline(SingleProcess):
         kind = None  # gru, rnn: a NodeMemory
         if isinstance(self.memory, MailboxMemory):  # apan: the mailbox is versioned with the memory
             kind = mailbox_kind(int(graph_nodes), int(dim), self.feats.edge_feat, self.memory.size, self.device)
-        self.memory = StaleMemory(int(graph_nodes), int(dim), self._num_events(), self.device, mitigation, kind)
+        # --pipeline streams: the batch copies and the memory fetch on their own CUDA streams (§10.6)
+        self.streams = StageStreams(self.device) if cfg.pipeline == "streams" else None
+        self.memory = StaleMemory(int(graph_nodes), int(dim), self._num_events(), self.device, mitigation, kind,
+                                  stream_events=self.streams is not None)
         self.versions = self.plan.versions(self.num_batches["train"])
         self.config_record["staleness_plan"] = self.plan.record()
         log.info("staleness k = %d (%s): mean staleness %.3f batches an epoch, %s memory fetch",
                  self.plan.k, self.plan.reason, mean_staleness(self.versions),
-                 "background" if cfg.pipeline == "threads" else "in-line")
+                 {"threads": "background", "streams": "background, on CUDA streams"}.get(cfg.pipeline, "in-line"))
 
     def _num_events(self) -> int:
         return int(self.feats.edge_feat.shape[0]) - 1  # edge_feat has a zero row E for "no mail"
@@ -77,9 +81,9 @@ class StalePipeline(SingleProcess):
         load = machine_load.Interval().start()
         sets = self.rng.integers(0, self.neg_sets, size=self.num_batches["train"])
         self.memory.start_epoch(self.versions)
-        batches = self.loader("train", sets)
-        if self.cfg.pipeline == "threads":
-            batches = MemoryPrefetch(batches, self.memory)
+        batches = self.loader("train", sets, copy_stream=None if self.streams is None else self.streams.copy)
+        if self.cfg.pipeline in ("threads", "streams"):
+            batches = MemoryPrefetch(batches, self.memory, streams=self.streams)
         with tqdm(total=self.meta.split_events.get("train") or None, unit="ev", unit_scale=True,
                   desc=f"{self.desc} epoch {n}", disable=not self.cfg.progress, mininterval=2.0) as bar:
             stats = train_epoch(self.model, self.memory, batches, self.optimizer, self.feats, loss=self.cfg.loss,

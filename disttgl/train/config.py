@@ -62,7 +62,7 @@ class TrainConfig:
     similar: str | None = None  # `disttgl similar` file
     mitigation_lambda: float = 0.9  # weight of a stale root's own memory (MSPipe's code: 0.9)
     mitigation_top: float = 0.01  # share of a batch's roots treated as stale (MSPipe: the top 1 %)
-    pipeline: str = "off"  # off | threads (background memory fetch) | streams (CUDA streams: not yet)
+    pipeline: str = "off"  # off | threads (background memory fetch) | streams (and CUDA streams, --device cuda)
     precision: str = "fp32"  # fp32 | bf16: autocast for the matmuls; weights, Adam, memory stay fp32 (§4.8)
     progress: bool = True
 
@@ -121,9 +121,9 @@ class TrainConfig:
                 raise DataError(None, f"--{name.replace('_', '-')} must be in [0, 1], got {getattr(self, name)}")
         if self.pipeline not in ("off", "threads", "streams"):
             raise DataError(None, f"--pipeline must be off, threads or streams, got {self.pipeline!r}")
-        if self.pipeline == "streams":
-            raise DataError(None, "--pipeline streams (CUDA streams) is not implemented yet: it needs a CUDA "
-                                  "machine to build and test it on; --pipeline threads overlaps the memory fetch")
+        if self.pipeline == "streams" and not str(self.device).startswith("cuda"):
+            raise DataError(None, f"--pipeline streams runs the stages on CUDA streams: it needs --device cuda, "
+                                  f"got --device {self.device} (on CPU, --pipeline threads overlaps the memory fetch)")
         layout = parse_parallelism(self.parallelism)
         if self.pipelined and layout is not None and layout.world > 1:  # i x j x k: fixed k only (§5.7)
             check_served(self.staleness, self.stage_times, self.mitigation, self.pipeline, self.parallelism)

@@ -84,11 +84,11 @@ class SingleProcess:
         self.optimizer = adam(self.model.parameters(), self.lr)
         self.config_record = asdict(cfg)
 
-    def loader(self, split: str, neg_sets: np.ndarray | None = None) -> BatchLoader:
+    def loader(self, split: str, neg_sets: np.ndarray | None = None, copy_stream=None) -> BatchLoader:
         n = self.num_batches[split]
         sets = np.zeros(n, dtype=np.int64) if neg_sets is None else neg_sets
         return BatchLoader(self.cfg.cache, split, list(zip(range(n), sets.tolist())), prefetch=self.cfg.prefetch,
-                           device=self.device, negatives=self.task.negatives)
+                           device=self.device, negatives=self.task.negatives, copy_stream=copy_stream)
 
     def train_unit(self, n: int) -> UnitResult:
         load = machine_load.Interval().start()  # what else ran on our cores meanwhile (see machine_load)
