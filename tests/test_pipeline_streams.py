@@ -114,3 +114,101 @@ def test_streams_training_agrees_with_off(data, tmp_path):
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-3)
         assert a["val_mrr"] == pytest.approx(b["val_mrr"], abs=0.01)
         assert np.isfinite(b["val_ap"])
+
+
+class _Log:
+    """Stand-ins for torch.cuda's streams and events on a CPU-only machine: they order nothing, they
+    record who waited for which event, so the host-side bookkeeping of the streams executor runs."""
+
+    def __init__(self):
+        self.events, self.waits, self.entered = [], [], []
+
+    def event(self):
+        log = self
+
+        class Event:
+            def __init__(self):
+                self.tag = None
+
+            def record(self, stream):
+                self.tag = (stream.name, len(log.events))
+                log.events.append(self.tag)
+        return Event
+
+    def stream(self, name):
+        log = self
+
+        class Stream:
+            def wait_event(self, event):
+                log.waits.append((self.name, event.tag))
+
+            def wait_stream(self, other):
+                log.waits.append((self.name, ("stream", other.name)))
+        s = Stream()
+        s.name = name
+        return s
+
+
+def test_the_streams_bookkeeping_on_cpu_stand_ins(data, monkeypatch):
+    """With stand-in streams the streams executor trains exactly as ``off`` (it changes no host-side
+    order), every fetch that replays writes waits first for the newest one's event on the fetch
+    stream, the first fetch of an epoch waits for the reset, and the trainer waits for each fetch."""
+    import contextlib
+    import threading
+
+    from disttgl.data.graph_store import graph_info
+    from disttgl.models.tgn import TGN, ModelConfig
+    from disttgl.train.epoch import adam, load_features, train_epoch
+
+    _, graph, cache = data
+    info = graph_info(graph)
+    n, k = 30, 3
+    log = _Log()
+    trainer, fetch = log.stream("trainer"), log.stream("fetch")
+
+    results = {}
+    for mode in ("off", "streams"):
+        torch.manual_seed(0)
+        feats, g = load_features(str(graph), "cpu")
+        model = TGN(ModelConfig(dim=16, time_dim=16, edge_dim=g.edge_dim))
+        opt = adam(model.parameters(), 3e-3)
+        batches = BatchLoader(str(cache), "train", [(i, 0) for i in range(n)], prefetch=2)
+        memory = StaleMemory(info["num_nodes"], 16, info["num_events"], "cpu")
+        if mode == "streams":
+            # threads are real here, so the stand-in "current stream" is per thread, as CUDA's
+            local = threading.local()
+            monkeypatch.setattr(torch.cuda, "Event", log.event())
+            monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: getattr(local, "s", trainer))
+
+            @contextlib.contextmanager
+            def on_thread(stream):
+                before = getattr(local, "s", trainer)
+                local.s = stream
+                try:
+                    yield
+                finally:
+                    local.s = before
+            monkeypatch.setattr(torch.cuda, "stream", on_thread)
+            memory._events_on = torch.device("cpu")  # the stand-ins take the place of a CUDA device
+            streams = object.__new__(StageStreams)
+            streams.device, streams.copy, streams.fetch = torch.device("cpu"), log.stream("copy"), fetch
+        memory.start_epoch(memory_versions(n, k))
+        if mode == "streams":
+            batches = MemoryPrefetch(batches, memory, streams=streams)
+        stats = train_epoch(model, memory, batches, opt, feats, loss="bce")
+        results[mode] = (stats.loss, memory.live.memory.clone(), list(memory.read_versions))
+    assert results["off"][0] == results["streams"][0]
+    assert torch.equal(results["off"][1], results["streams"][1])
+    assert results["off"][2] == results["streams"][2] == memory_versions(n, k).tolist()
+    # events: the reset's and every write's on the trainer's stream, every fetch's on the fetch stream
+    recorded = [e[0] for e in log.events]
+    assert recorded.count("trainer") == 1 + n and recorded.count("fetch") == n
+    writes = [e for e in log.events if e[0] == "trainer"][1:]  # write j's event: writes[j]
+    fetch_waits = [tag for who, tag in log.waits if who == "fetch"]
+    assert fetch_waits[0] == log.events[0]  # the first fetch waits for the reset
+    versions = memory_versions(n, k)
+    due = [writes[v] for i, v in enumerate(versions) if v >= 0 and (i == 0 or v > versions[i - 1])]
+    assert fetch_waits[1:] == due  # each fetch that replays writes waits for the newest of them
+    trainer_waits = [tag for who, tag in log.waits if who == "trainer" and tag[0] == "fetch"]
+    assert trainer_waits == [e for e in log.events if e[0] == "fetch"]  # the trainer waits for every fetch
+    assert ("trainer", ("stream", "fetch")) in log.waits  # and for the fetch stream at the end
