@@ -209,3 +209,23 @@ def test_memory_updaters_run_in_float32_under_bf16(which):
     got.sum().backward()
     grads = [p.grad for p in module.parameters() if p.grad is not None]
     assert grads and all(g.dtype == torch.float32 for g in grads) and inputs[0].grad.dtype == torch.float32
+
+
+@pytest.mark.parametrize("memory", ["gru", "rnn"])
+def test_precision_drift_benchmark_finds_the_memory_exactly_fp32(data, tmp_path, memory):
+    """benchmarks/precision_drift.py on a trained run: with float32 updaters the bf16 replay's memory
+    is the fp32 replay's, bit for bit (TGN's and JODIE's memory read only memory and mails)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    train(_cfg(data, tmp_path / "run", epochs=1, memory=memory))
+    out = tmp_path / "drift.json"
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "precision_drift.py"
+    proc = subprocess.run([sys.executable, str(script), str(tmp_path / "run" / "checkpoint.pt"), str(data[0]),
+                           str(data[1]), "--json", str(out)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    got = json.loads(out.read_text())
+    assert got["memory_rel_error_after_train"] == 0.0 and got["memory"] == memory
+    for p in ("fp32", "bf16"):
+        assert 0.0 < got["metrics"][p]["val"]["mrr"] <= 1.0
