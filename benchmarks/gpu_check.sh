@@ -16,11 +16,20 @@
 # Data: ../shared/datasets/wikipedia when present, else a synthetic stream of Wikipedia's shape
 # (157,474 events, 9,227 nodes, bipartite). Exit 77 when there is no CUDA GPU (nothing to check).
 # Assumes disttgl and its dependencies are installed (pip install -e ".[test]" with a CUDA torch).
+#
+# GPU_CHECK_DEVICE=cpu is a dry run of every step on the CPU with tiny synthetic data: it checks the
+# script's own commands and JSON (tests/test_gpu_check.py), never a number.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT_DIR=${1:-${OUT:-gpu_check}}
+DEVICE=${GPU_CHECK_DEVICE:-cuda}
 mkdir -p "$OUT_DIR"
-if ! python3 -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)"; then
+if [ "$DEVICE" = cpu ]; then
+    DRY=1
+    echo "gpu_check: GPU_CHECK_DEVICE=cpu: a dry run of the steps on tiny data, not a measurement" >&2
+elif python3 -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)"; then
+    DRY=0
+else
     echo "gpu_check: no CUDA GPU here (torch.cuda.is_available() is False): nothing to check" >&2
     exit 77
 fi
@@ -43,43 +52,51 @@ step() {  # step NAME TIMEOUT_S CMD...: run, record exit status and seconds
 # data of Wikipedia's shape
 WIKI=../shared/datasets/wikipedia/wikipedia.csv
 GRAPH="$WORK/graph.h5"
-if [ -f "$WIKI" ]; then
+if [ "$DRY" = 1 ]; then
+    step convert 60 disttgl synth --events 4000 --nodes 300 --edge-dim 0 --bipartite --out "$GRAPH"
+elif [ -f "$WIKI" ]; then
     step convert 300 disttgl convert "$WIKI" --format jodie --out "$GRAPH"
 else
     step convert 300 disttgl synth --events 157474 --nodes 9227 --edge-dim 0 --bipartite --out "$GRAPH"
 fi
-step batches 300 disttgl batches "$GRAPH" --out "$WORK/cache.h5" --batch-size 600 --neg-sets 4
+step batches 300 disttgl batches "$GRAPH" --out "$WORK/cache.h5" --batch-size 600 --neg-sets 4 --no-progress
 
 step cuda_tests 240 python3 -m pytest -q -m cuda tests
 # fp32 and bf16 (--bf16: the same steps under --precision bf16, alternated with fp32 in one run)
-step train 300 python3 benchmarks/train.py --graph "$GRAPH" --cache "$WORK/cache.h5" --device cuda \
+step train 300 python3 benchmarks/train.py --graph "$GRAPH" --cache "$WORK/cache.h5" --device "$DEVICE" \
     --rounds 2 --bf16 --json "$OUT_DIR/train.json"
-step pipeline 240 python3 benchmarks/pipeline.py --graph "$GRAPH" --cache "$WORK/cache.h5" --device cuda \
+step pipeline 240 python3 benchmarks/pipeline.py --graph "$GRAPH" --cache "$WORK/cache.h5" --device "$DEVICE" \
     --rounds 2 --json "$OUT_DIR/pipeline.json"
 step two_ranks 300 torchrun --standalone --nproc-per-node 2 -m disttgl.train "$GRAPH" "$WORK/cache.h5" \
-    --out "$WORK/run_1x2x1" --parallelism 1x2x1 --device cuda --epochs 1 --no-progress
+    --out "$WORK/run_1x2x1" --parallelism 1x2x1 --device "$DEVICE" --epochs 1 --no-progress
 cp "$WORK/run_1x2x1/summary.json" "$OUT_DIR/two_ranks_summary.json" 2>/dev/null
 
 # snapshot transfer, whole against differences (edge life 10: the byte ratio tends to L/2 = 5)
 COLLEGE=../shared/datasets/collegemsg/CollegeMsg.txt
-if [ -f "$COLLEGE" ]; then
+BIG_EVENTS=2000000
+if [ "$DRY" = 1 ]; then
+    BIG_EVENTS=20000
+    step snap_convert 60 disttgl synth --events 3000 --nodes 200 --edge-dim 0 --out "$WORK/college.h5"
+elif [ -f "$COLLEGE" ]; then
     step snap_convert 120 disttgl convert "$COLLEGE" --format snap --out "$WORK/college.h5"
 else
     step snap_convert 120 disttgl synth --events 59835 --nodes 1899 --edge-dim 0 --out "$WORK/college.h5"
 fi
 step snap_transfer_small 120 python3 benchmarks/snapshot_transfer.py "$WORK/college.h5" --num-snapshots 100 \
-    --edge-life 10 --device cuda --repeats 3 --out "$OUT_DIR/snap_transfer_small.json"
-step snap_synth 180 disttgl synth --events 2000000 --nodes 100000 --edge-dim 0 --out "$WORK/snap2m.h5"
+    --edge-life 10 --device "$DEVICE" --repeats 3 --out "$OUT_DIR/snap_transfer_small.json"
+step snap_synth 180 disttgl synth --events "$BIG_EVENTS" --nodes 100000 --edge-dim 0 --out "$WORK/snap2m.h5"
 step snap_transfer_2m 180 python3 benchmarks/snapshot_transfer.py "$WORK/snap2m.h5" --num-snapshots 100 \
-    --edge-life 10 --device cuda --repeats 3 --out "$OUT_DIR/snap_transfer_2m.json"
+    --edge-life 10 --device "$DEVICE" --repeats 3 --out "$OUT_DIR/snap_transfer_2m.json"
 
-python3 - "$OUT_DIR" "$STEPS" <<'PY'
+python3 - "$OUT_DIR" "$STEPS" "$DRY" <<'PY'
 import json, pathlib, sys, torch
 out, steps = pathlib.Path(sys.argv[1]), [json.loads(l) for l in open(sys.argv[2])]
+dry = sys.argv[3] == "1"
 def read(name):
     p = out / name
     return json.loads(p.read_text()) if p.exists() else None
-result = {"gpu": torch.cuda.get_device_name(0), "torch": torch.__version__, "cuda": torch.version.cuda,
+result = {"gpu": "none (GPU_CHECK_DEVICE=cpu dry run)" if dry else torch.cuda.get_device_name(0),
+          "dry_run": dry, "torch": torch.__version__, "cuda": torch.version.cuda,
           "steps": steps, "train": read("train.json"),
           "pipeline": read("pipeline.json"), "two_ranks": read("two_ranks_summary.json"),
           "snapshot_transfer": {"small": read("snap_transfer_small.json"), "2m": read("snap_transfer_2m.json")}}
