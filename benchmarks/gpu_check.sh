@@ -6,7 +6,8 @@
 # 1. the CUDA tests (pytest -m cuda: CUDA against CPU for the TGN, JODIE and APAN models);
 # 2. benchmarks/train.py on the Wikipedia shape (batch 600, d = 100): train and eval events/s, fp32
 #    and bf16 alternated in one run;
-# 3. benchmarks/pipeline.py: MSPipe's --pipeline threads and streams against off on the GPU (issue 16's
+# 3. disttgl profile (MSPipe's stage times on the GPU, and the speed-up bound they allow), then
+#    benchmarks/pipeline.py: --pipeline threads and streams against off on the GPU (issue 16's
 #    >= 1.5x target: streams_over_off / streams_over_plain in pipeline.json);
 # 4. a 2-rank run (1x2x1) on the one GPU: correctness, not speed (two ranks on one GPU all-reduce
 #    through gloo: NCCL needs a GPU per rank);
@@ -65,6 +66,10 @@ step cuda_tests 240 python3 -m pytest -q -m cuda tests
 # fp32 and bf16 (--bf16: the same steps under --precision bf16, alternated with fp32 in one run)
 step train 300 python3 benchmarks/train.py --graph "$GRAPH" --cache "$WORK/cache.h5" --device "$DEVICE" \
     --rounds 2 --bf16 --json "$OUT_DIR/train.json"
+# MSPipe's stage times on this device: the pipeline can at most reach sum(tau) / max(tau1, tau2 + tau3,
+# tau4, tau5) over the sequential run (the timing model of docs/design.md §10.1), reported beside it
+step profile 180 disttgl profile "$GRAPH" "$WORK/cache.h5" --out "$OUT_DIR/stages.json" --device "$DEVICE" \
+    --warmup "$([ "$DRY" = 1 ] && echo 1 || echo 5)"
 step pipeline 240 python3 benchmarks/pipeline.py --graph "$GRAPH" --cache "$WORK/cache.h5" --device "$DEVICE" \
     --rounds 2 --json "$OUT_DIR/pipeline.json"
 step two_ranks 300 torchrun --standalone --nproc-per-node 2 -m disttgl.train "$GRAPH" "$WORK/cache.h5" \
@@ -98,8 +103,12 @@ def read(name):
 result = {"gpu": "none (GPU_CHECK_DEVICE=cpu dry run)" if dry else torch.cuda.get_device_name(0),
           "dry_run": dry, "torch": torch.__version__, "cuda": torch.version.cuda,
           "steps": steps, "train": read("train.json"),
-          "pipeline": read("pipeline.json"), "two_ranks": read("two_ranks_summary.json"),
+          "pipeline": read("pipeline.json"), "stages": read("stages.json"), "two_ranks": read("two_ranks_summary.json"),
           "snapshot_transfer": {"small": read("snap_transfer_small.json"), "2m": read("snap_transfer_2m.json")}}
+tau = (result["stages"] or {}).get("tau")
+if tau:
+    t = [tau[k] for k in ("sample", "feature", "memory", "train", "write")]
+    result["pipeline_speedup_bound"] = sum(t) / max(t[0], t[1] + t[2], t[3], t[4])
 (out / "gpu_check.json").write_text(json.dumps(result, indent=2) + "\n")
 print(json.dumps({"gpu": result["gpu"], "steps": {s["step"]: s["rc"] for s in steps}}, indent=1))
 sys.exit(0 if all(s["rc"] == 0 for s in steps) else 1)

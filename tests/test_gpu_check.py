@@ -32,11 +32,12 @@ def test_the_dry_run_runs_every_step_and_writes_the_json(tmp_path):
     assert proc.returncode == 0, (proc.stderr[-3000:], result["steps"])
     assert result["dry_run"] is True and "dry run" in result["gpu"]
     names = [s["step"] for s in result["steps"]]
-    assert names == ["convert", "batches", "cuda_tests", "train", "pipeline", "two_ranks", "snap_convert",
+    assert names == ["convert", "batches", "cuda_tests", "train", "profile", "pipeline", "two_ranks", "snap_convert",
                      "snap_transfer_small", "snap_synth", "snap_transfer_2m"]
     assert all(s["rc"] == 0 for s in result["steps"])
     assert result["train"]["bf16"] and result["train"]["device"] == "cpu"  # fp32 and bf16 alternated
     assert set(result["pipeline"]["best_events_per_s"]) == {"plain", "off", "threads"}  # streams: CUDA only
     assert result["two_ranks"]["parallelism"] == "1x2x1"
+    assert result["pipeline_speedup_bound"] >= 1.0 and set(result["stages"]["tau"]) >= {"sample", "train", "write"}
     for size in ("small", "2m"):
         assert result["snapshot_transfer"][size]["identical"] is True
