@@ -62,7 +62,7 @@ class TrainConfig:
     similar: str | None = None  # `disttgl similar` file
     mitigation_lambda: float = 0.9  # weight of a stale root's own memory (MSPipe's code: 0.9)
     mitigation_top: float = 0.01  # share of a batch's roots treated as stale (MSPipe: the top 1 %)
-    pipeline: str = "off"  # off | threads (background memory fetch) | streams (and CUDA streams, --device cuda)
+    pipeline: str = "off"  # off | threads (background memory fetch) | streams (threads plus CUDA streams; --device cuda)
     precision: str = "fp32"  # fp32 | bf16: autocast for the matmuls; weights, Adam, memory stay fp32 (§4.8)
     progress: bool = True
 
