@@ -28,6 +28,7 @@ from disttgl.train.epoch import evaluate, load_features, model_config
 from disttgl.train.metrics import ClassMetrics, f1_scores
 from disttgl.train.run_files import _config_changes
 from disttgl.train.task import EdgeClassTask, label_classes, make_task
+from stores import synthetic_store
 
 
 def sk(y, p) -> dict:
@@ -133,8 +134,8 @@ def tiny(tmp_path_factory):
     d = tmp_path_factory.mktemp("ec")
     # gaps of 10 ms: times (hence memory ages) stay small, so float32 encodes them to ~1e-6 and the
     # float64 reference below can be exact to 1e-5 (ages of 1e5 s carry no exact phase in float32)
-    write_graph(generate(SynthConfig(events=1500, nodes=40, edge_dim=4, seed=1, mean_gap=0.01)), d / "g.h5")
-    build_cache(d / "g.h5", d / "c.h5", BatchParams(batch_size=60, neg_sets=2, eval_negatives=5), progress=False)
+    synthetic_store(d, SynthConfig(events=1500, nodes=40, edge_dim=4, seed=1, mean_gap=0.01),
+                    BatchParams(batch_size=60, neg_sets=2, eval_negatives=5), graph="g.h5", cache="c.h5")
     return d
 
 

@@ -12,17 +12,16 @@ import pytest
 import torch
 
 from disttgl.cache.batch import Batch
-from disttgl.cache.build import build_cache
 from disttgl.cache.format import BatchParams
 from disttgl.cli import main
-from disttgl.data.graph_store import write_graph
-from disttgl.data.synth import SynthConfig, generate
+from disttgl.data.synth import SynthConfig
 from disttgl.models.apan import MailAttention
 from disttgl.models.jodie import RNNMemory
 from disttgl.models.mailbox import MailboxMemory, deliveries
 from disttgl.models.memory import NodeMemory
 from disttgl.models.tgn import TGN, Features, ModelConfig
 from disttgl.models.variants import MemoryModel, build_memory, build_model
+from stores import synthetic_store
 
 N, E, D, DE, DT = 14, 30, 8, 3, 5
 
@@ -359,10 +358,8 @@ def test_cuda_matches_cpu(kind):
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     d = tmp_path_factory.mktemp("memories")
-    graph = d / "graph.h5"
-    write_graph(generate(SynthConfig(events=1500, nodes=60, edge_dim=4, seed=0)), graph)
-    cache = d / "batches.h5"
-    build_cache(graph, cache, BatchParams(batch_size=100, neg_sets=2, eval_negatives=4, seed=0), progress=False)
+    graph, cache = synthetic_store(d, SynthConfig(events=1500, nodes=60, edge_dim=4, seed=0),
+                                   BatchParams(batch_size=100, neg_sets=2, eval_negatives=4, seed=0))
     return str(graph), str(cache)
 
 

@@ -10,12 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from disttgl.cache.build import build_cache
 from disttgl.cache.cuda_events import tensors_in
 from disttgl.cache.format import BatchParams
 from disttgl.cache.loader import BatchLoader
-from disttgl.data.graph_store import write_graph
-from disttgl.data.synth import SynthConfig, generate
+from disttgl.data.synth import SynthConfig
 from disttgl.models.mailbox import MailWrite
 from disttgl.pipeline.executor import MemoryPrefetch
 from disttgl.pipeline.stale_memory import StaleMemory, Write
@@ -24,6 +22,7 @@ from disttgl.pipeline.strategy import StalePipeline
 from disttgl.pipeline.versions import memory_versions
 from disttgl.train.config import TrainConfig
 from disttgl.train.fit import fit
+from stores import synthetic_store
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (benchmarks/gpu_check.sh)")
 
@@ -31,10 +30,8 @@ cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GP
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     d = tmp_path_factory.mktemp("streams")
-    graph = d / "graph.h5"
-    write_graph(generate(SynthConfig(events=3000, nodes=120, edge_dim=4, seed=1)), graph)
-    cache = d / "batches.h5"
-    build_cache(graph, cache, BatchParams(batch_size=50, neg_sets=2, eval_negatives=9, seed=0), progress=False)
+    graph, cache = synthetic_store(d, SynthConfig(events=3000, nodes=120, edge_dim=4, seed=1),
+                                   BatchParams(batch_size=50, neg_sets=2, eval_negatives=9, seed=0))
     return d, graph, cache
 
 

@@ -8,11 +8,9 @@ import math
 import pytest
 import torch
 
-from disttgl.cache.build import build_cache
 from disttgl.cache.format import BatchParams
 from disttgl.cache.loader import BatchLoader
-from disttgl.data.graph_store import write_graph
-from disttgl.data.synth import SynthConfig, generate
+from disttgl.data.synth import SynthConfig
 from disttgl.errors import DataError
 from disttgl.models import kernels as kernels_module
 from disttgl.models import native
@@ -25,6 +23,7 @@ from disttgl.train.precision import autocast
 from disttgl.train.pretrain import pretrain
 from disttgl.train.run_files import load_checkpoint
 from disttgl.train.single import train
+from stores import synthetic_store
 
 SMALL = dict(epochs=2, dim=16, time_dim=16, lr=3e-3, threads=1, progress=False, prefetch=2)
 
@@ -32,10 +31,8 @@ SMALL = dict(epochs=2, dim=16, time_dim=16, lr=3e-3, threads=1, progress=False, 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     d = tmp_path_factory.mktemp("bf16")
-    graph = d / "graph.h5"
-    write_graph(generate(SynthConfig(events=3000, nodes=120, edge_dim=4, seed=0)), graph)
-    cache = d / "batches.h5"
-    build_cache(graph, cache, BatchParams(batch_size=100, neg_sets=2, eval_negatives=9, seed=0), progress=False)
+    graph, cache = synthetic_store(d, SynthConfig(events=3000, nodes=120, edge_dim=4, seed=0),
+                                   BatchParams(batch_size=100, neg_sets=2, eval_negatives=9, seed=0))
     return graph, cache
 
 

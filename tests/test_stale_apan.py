@@ -13,13 +13,12 @@ import numpy as np
 import pytest
 import torch
 
-from disttgl.cache.build import build_cache
 from disttgl.cache.format import BatchParams
 from disttgl.cache.loader import BatchLoader
 from disttgl.cache.reader import open_cache
 from disttgl.cli import main
-from disttgl.data.graph_store import load_graph, write_graph
-from disttgl.data.synth import SynthConfig, generate
+from disttgl.data.graph_store import load_graph
+from disttgl.data.synth import SynthConfig
 from disttgl.models.mailbox import MailboxMemory, deliveries
 from disttgl.pipeline.stale_memory import Mitigation, StaleMemory, mailbox_kind
 from disttgl.pipeline.strategy import StalePipeline
@@ -27,6 +26,7 @@ from disttgl.train.config import TrainConfig
 from disttgl.train.fit import fit
 from disttgl.train.machine_load import ROW_FIELDS
 from disttgl.train.single import SingleProcess
+from stores import synthetic_store
 
 DIM, SLOTS = 8, 3  # three slots: rings wrap within the run
 BOX_KEYS = ("memory", "mail", "mail_eid", "mail_t", "count")
@@ -41,10 +41,8 @@ MEASURED = {"train_events_per_s", "time_split", "seconds", *ROW_FIELDS}
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     d = tmp_path_factory.mktemp("stale_apan")
-    graph = d / "graph.h5"
-    write_graph(generate(SynthConfig(events=1500, nodes=60, edge_dim=2, seed=3)), graph)
-    cache = d / "batches.h5"
-    build_cache(graph, cache, BatchParams(batch_size=40, neg_sets=2, eval_negatives=9, seed=0), progress=False)
+    graph, cache = synthetic_store(d, SynthConfig(events=1500, nodes=60, edge_dim=2, seed=3),
+                                   BatchParams(batch_size=40, neg_sets=2, eval_negatives=9, seed=0))
     g = load_graph(graph)
     with open_cache(cache, graph_path=graph) as c:
         n = c.num_batches("train")

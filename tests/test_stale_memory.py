@@ -8,15 +8,15 @@ import numpy as np
 import pytest
 import torch
 
-from disttgl.cache.build import build_cache
 from disttgl.cache.format import BatchParams
 from disttgl.cache.loader import BatchLoader
 from disttgl.cache.reader import open_cache
-from disttgl.data.graph_store import load_graph, write_graph
-from disttgl.data.synth import SynthConfig, generate
+from disttgl.data.graph_store import load_graph
+from disttgl.data.synth import SynthConfig
 from disttgl.models.memory import NodeMemory, write_rows
 from disttgl.pipeline.stale_memory import Mitigation, StaleMemory
 from disttgl.pipeline.versions import mean_staleness
+from stores import synthetic_store
 
 DIM = 8
 
@@ -24,10 +24,8 @@ DIM = 8
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     d = tmp_path_factory.mktemp("stale")
-    graph = d / "graph.h5"
-    write_graph(generate(SynthConfig(events=1500, nodes=60, edge_dim=2, seed=3)), graph)
-    cache = d / "batches.h5"
-    build_cache(graph, cache, BatchParams(batch_size=40, neg_sets=2, eval_negatives=3, seed=0), progress=False)
+    graph, cache = synthetic_store(d, SynthConfig(events=1500, nodes=60, edge_dim=2, seed=3),
+                                   BatchParams(batch_size=40, neg_sets=2, eval_negatives=3, seed=0))
     g = load_graph(graph)
     with open_cache(cache, graph_path=graph) as c:
         n = c.num_batches("train")

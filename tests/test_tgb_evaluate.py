@@ -5,18 +5,17 @@ import numpy as np
 import pytest
 import torch
 
-from disttgl.cache.build import build_cache
 from disttgl.cache.format import BatchParams
 from disttgl.cache.loader import BatchLoader
 from disttgl.cache.reader import open_cache
-from disttgl.data.graph_store import write_graph
-from disttgl.data.synth import SynthConfig, generate
+from disttgl.data.synth import SynthConfig
 from disttgl.models.memory import NodeMemory
 from disttgl.models.tgn import TGN, ModelConfig
 from disttgl.tgb.evaluate import evaluate_tgb, tgb_batches
 from disttgl.tgb.metric import TGBRanking, tgb_ranks
 from disttgl.tgb.negatives_file import SplitNegatives
 from disttgl.train.epoch import load_features
+from stores import synthetic_store
 
 B, Q = 50, 9
 
@@ -24,9 +23,8 @@ B, Q = 50, 9
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     d = tmp_path_factory.mktemp("tgbeval")
-    graph, cache = d / "g.h5", d / "c.h5"
-    write_graph(generate(SynthConfig(events=3000, nodes=80, edge_dim=4, seed=3)), graph)
-    build_cache(graph, cache, BatchParams(batch_size=B, neg_sets=2, eval_negatives=Q, seed=0), progress=False)
+    graph, cache = synthetic_store(d, SynthConfig(events=3000, nodes=80, edge_dim=4, seed=3),
+                                   BatchParams(batch_size=B, neg_sets=2, eval_negatives=Q, seed=0), graph="g.h5", cache="c.h5")
     return str(graph), str(cache)
 
 

@@ -16,6 +16,7 @@ from disttgl.tgb.evaluate import evaluate_tgb
 from disttgl.tgb.negatives_file import load_negatives
 from disttgl.train.config import TrainConfig
 from disttgl.train.epoch import load_features, model_config
+from stores import synthetic_store
 
 FLAGS = ["--dim", "16", "--time-dim", "16", "--threads", "1", "--prefetch", "2", "--no-progress", "--seed", "0"]
 
@@ -23,9 +24,8 @@ FLAGS = ["--dim", "16", "--time-dim", "16", "--threads", "1", "--prefetch", "2",
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     d = tmp_path_factory.mktemp("tgbtrain")
-    graph, cache = d / "g.h5", d / "c.h5"
-    write_graph(generate(SynthConfig(events=2500, nodes=60, edge_dim=4, seed=5)), graph)
-    build_cache(graph, cache, BatchParams(batch_size=100, neg_sets=2, eval_negatives=9), progress=False)
+    graph, cache = synthetic_store(d, SynthConfig(events=2500, nodes=60, edge_dim=4, seed=5),
+                                   BatchParams(batch_size=100, neg_sets=2, eval_negatives=9), graph="g.h5", cache="c.h5")
     assert main(["tgb-negatives", str(graph), "--out", str(d / "tgb_negatives.h5"), "--num-neg", "20"]) == 0
     return d, graph, cache
 

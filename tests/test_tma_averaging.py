@@ -3,12 +3,10 @@ result is the float64 mean of the live trainers' weights, on a real Lighthouse a
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import numpy as np

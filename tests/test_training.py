@@ -32,6 +32,7 @@ from disttgl.train.run_files import _config_changes, resumable_checkpoint
 from disttgl.train.single import train
 from disttgl.train.static_table import load_static, nodes_with_training_events, save_static
 from disttgl.models.tgn import TGN, ModelConfig
+from stores import synthetic_store
 
 REPO = Path(__file__).parents[1]
 # loss "ce": the thresholds below were measured with it (the default is now "bce")
@@ -41,10 +42,8 @@ SMALL = dict(epochs=2, dim=32, time_dim=32, lr=3e-3, loss="ce", threads=1, progr
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     d = tmp_path_factory.mktemp("train")
-    graph = d / "graph.h5"
-    write_graph(generate(SynthConfig(events=8000, nodes=200, edge_dim=4, seed=0)), graph)
-    cache = d / "batches.h5"
-    build_cache(graph, cache, BatchParams(batch_size=50, neg_sets=4, eval_negatives=9, seed=0), progress=False)
+    graph, cache = synthetic_store(d, SynthConfig(events=8000, nodes=200, edge_dim=4, seed=0),
+                                   BatchParams(batch_size=50, neg_sets=4, eval_negatives=9, seed=0))
     return graph, cache
 
 

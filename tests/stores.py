@@ -1,0 +1,28 @@
+"""The small synthetic graph store and batch cache most test modules train on."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from disttgl.cache.build import build_cache
+from disttgl.cache.format import BatchParams
+from disttgl.data.graph_store import write_graph
+from disttgl.data.synth import SynthConfig, generate
+
+
+def synthetic_store(directory: Path, synth: SynthConfig, params: BatchParams, *, graph: str = "graph.h5",
+                    cache: str = "batches.h5") -> tuple[Path, Path]:
+    """Write ``synth``'s stream to ``directory/graph`` and its batches to ``directory/cache``.
+
+    Args:
+        directory: where both files go.
+        synth: the synthetic stream.
+        params: the batch cache's parameters.
+        graph: the graph store's file name.
+        cache: the batch cache's file name.
+    Returns: (graph store path, batch cache path).
+    """
+    graph_path, cache_path = Path(directory) / graph, Path(directory) / cache
+    write_graph(generate(synth), graph_path)
+    build_cache(graph_path, cache_path, params, progress=False)
+    return graph_path, cache_path
