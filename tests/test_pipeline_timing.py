@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from disttgl.errors import DataError
-from disttgl.pipeline.timing import min_staleness, simulate, stalls_training, train_stalls
+from disttgl.pipeline.timing import min_staleness, simulate, speedup_bound, stalls_training, train_stalls
 from disttgl.pipeline.versions import mean_staleness, memory_versions
 
 # --- hand-worked schedules: rows are batches, columns (start of) sample, feature, memory, train, write
@@ -382,3 +382,19 @@ def test_bad_num_batches_and_tiny_runs():
     assert simulate((1, 1, 1, 1, 1), 2, 0).start.shape == (0, 5)
     s = simulate(np.array([1, 1, 1, 1, 1.0]), 2, 1)
     assert s.versions.tolist() == [-1] and train_stalls(s).size == 0 and not stalls_training(s)
+
+
+
+def test_speedup_bound_is_what_a_long_simulated_run_gains():
+    """Sequential time over the simulated pipeline's (k = k_min, delayed fetch) tends to the bound as
+    the run grows: the first batch's fill is paid once."""
+    rng = np.random.default_rng(7)
+    assert speedup_bound((0.64, 0.04, 0.30, 46.6, 0.52)) == pytest.approx(48.1 / 46.6)
+    assert speedup_bound((1, 1, 1, 1, 1)) == 2.5 and speedup_bound((0, 0, 0, 0, 0)) == 1.0  # t2 + t3 share one resource
+    for _ in range(50):
+        tau = tuple(rng.uniform(0.01, 1.0, 5))
+        k = min_staleness(tau).k or 8  # not training-bound: no k helps, any large one will do
+        n = 2000
+        gained = n * sum(tau) / simulate(tau, k, n).end.max()
+        assert gained <= speedup_bound(tau) * (1 + 1e-9)
+        assert gained == pytest.approx(speedup_bound(tau), rel=5 / n * speedup_bound(tau))

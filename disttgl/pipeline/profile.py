@@ -27,7 +27,7 @@ from disttgl.errors import DataError
 from disttgl.models.tgn import link_loss
 from disttgl.models.variants import build_memory, build_model
 from disttgl.pipeline.plan import STAGE_TIMES_KIND
-from disttgl.pipeline.timing import STAGES, min_staleness
+from disttgl.pipeline.timing import STAGES, min_staleness, speedup_bound
 from disttgl.train.config import PRESETS, TrainConfig, resolve_lr
 from disttgl.train.epoch import adam, load_features, model_config
 from disttgl.train.rng import seed_everything
@@ -93,7 +93,7 @@ def profile_stages(cfg: TrainConfig, *, batches: int = 40, warmup: int = 5) -> d
     tau = {name: float(v) for name, v in zip(STAGES, per_stage)}
     bound = min_staleness(tuple(tau.values()))
     return {"kind": STAGE_TIMES_KIND, "memory": cfg.memory, "tau": tau, "k_min": bound.k, "bottleneck": bound.bottleneck,
-            "reason": bound.reason, "batches_timed": len(times), "warmup": warmup, "graph": str(cfg.graph),
+            "reason": bound.reason, "speedup_bound": speedup_bound(tuple(tau.values())), "batches_timed": len(times), "warmup": warmup, "graph": str(cfg.graph),
             "cache": str(cfg.cache), "device": str(device), "threads": torch.get_num_threads(),
             "machine": platform.node(), "batch_size": int(cache.meta.batch_size)}
 
@@ -135,4 +135,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"training is the bottleneck: k_min = {result['k_min']} ({result['reason']})")
     else:
         print(f"the pipeline is bounded by {result['bottleneck']}: {result['reason']}")
+    print(f"a pipeline can run at most {result['speedup_bound']:.3f}x the sequential speed "
+          "(sum of the stages over the slowest resource)")
     return 0

@@ -249,3 +249,17 @@ def min_staleness(tau: Sequence[float]) -> StalenessBound:
     q = (t3 + t5) / t4
     k = 1 + math.ceil(q - REL_EPS * q)
     return StalenessBound(k, "train", f"k = 1 + ceil((t3 + t5) / t4) = 1 + ceil({q:.6g})")
+
+
+def speedup_bound(tau: Sequence[float]) -> float:
+    """The most a pipeline can gain over running the stages one after another: sum(t) over the
+    period of its slowest resource, max(t1, t2 + t3, t4, t5) (feature and memory fetch share the
+    transfer resource). With k >= k_min training never stalls, so a long run's time per batch tends
+    to that period (tests/test_pipeline_timing.py checks it against :func:`simulate`).
+
+    Args:
+        tau: profiled stage times (t1..t5) in seconds.
+    """
+    t1, t2, t3, t4, t5 = check_tau(tau)
+    period = max(t1, t2 + t3, t4, t5)
+    return 1.0 if period == 0.0 else (t1 + t2 + t3 + t4 + t5) / period
