@@ -48,6 +48,8 @@ def test_streams_need_a_cuda_device():
         StageStreams(torch.device("cpu"))
     with pytest.raises(ValueError, match="CUDA device"):
         StaleMemory(10, 4, 20, "cpu", stream_events=True)
+    with pytest.raises(ValueError, match="stream_events=True"):  # the fetch stream would not wait for writes
+        MemoryPrefetch([], StaleMemory(10, 4, 20, "cpu"), streams=object())
 
 
 def _reads(cache: str, graph_nodes: int, num_events: int, k: int, streams: StageStreams | None) -> list:

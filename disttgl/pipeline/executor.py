@@ -37,6 +37,8 @@ class MemoryPrefetch:
 
     def __init__(self, batches: Iterable[Batch], memory: StaleMemory, depth: int = 2,
                  streams: StageStreams | None = None):
+        if streams is not None and not memory.stream_events:  # the fetch stream would not wait for the writes
+            raise ValueError("a fetch on its own stream needs a StaleMemory(stream_events=True)")
         self.batches, self.memory, self.depth, self.streams = batches, memory, max(1, depth), streams
 
     def __iter__(self) -> Iterator[Batch]:

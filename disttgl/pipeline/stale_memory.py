@@ -180,6 +180,11 @@ class StaleMemory:
         self._aborted = False
         self._states_ready = None  # stream events: the event a reset or load of the states is done at
 
+    @property
+    def stream_events(self) -> bool:
+        """Whether writes record CUDA events that fetches on another stream wait for."""
+        return self._events_on is not None
+
     # ------------------------------------------------------------------ epoch
     def start_epoch(self, versions: np.ndarray) -> None:
         """Forget everything and read batch i at ``versions[i]`` (-1: the empty memory)."""
