@@ -1,7 +1,9 @@
-"""The small synthetic graph store and batch cache most test modules train on."""
+"""The small synthetic graph store and batch cache most test modules train on, and the CLI in a subprocess."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 from disttgl.cache.build import build_cache
@@ -26,3 +28,8 @@ def synthetic_store(directory: Path, synth: SynthConfig, params: BatchParams, *,
     write_graph(generate(synth), graph_path)
     build_cache(graph_path, cache_path, params, progress=False)
     return graph_path, cache_path
+
+
+def sh(*args: str, cwd: Path) -> None:
+    """``python -m disttgl ARGS`` in ``cwd``, which must succeed (its output captured)."""
+    subprocess.run([sys.executable, "-m", "disttgl", *args], cwd=cwd, check=True, capture_output=True)

@@ -21,10 +21,7 @@ from disttgl.parallel.served_memory import table_state
 from disttgl.train.config import TrainConfig
 from disttgl.train.epoch import evaluate, load_features, model_config
 from disttgl.train.task import make_task
-
-
-def sh(*args: str, cwd) -> None:
-    subprocess.run([sys.executable, "-m", "disttgl", *args], cwd=cwd, check=True, capture_output=True)
+from stores import sh
 
 
 @pytest.mark.slow

@@ -26,13 +26,10 @@ from disttgl.parallel.torchrun import Env, resolve_layout
 from disttgl.parallel.schedule import Layout
 from disttgl.train.config import TrainConfig
 from disttgl.train.epoch import evaluate, load_features, model_config
+from stores import sh
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL = ["--dim", "16", "--time-dim", "16", "--heads", "2", "--no-progress", "--timeout", "60"]
-
-
-def sh(*args: str, cwd: Path) -> None:
-    subprocess.run([sys.executable, "-m", "disttgl", *args], cwd=cwd, check=True, capture_output=True)
 
 
 @pytest.fixture(scope="module")

@@ -19,6 +19,7 @@ from disttgl.errors import DataError
 from disttgl.parallel.memory_server import MemoryClient, ServerPlan, start_server
 from disttgl.parallel.schedule import Layout, step
 from disttgl.parallel.staleness import ServedStaleness, served_staleness
+from stores import sh
 
 N, DIM, E = 10, 2, 1000
 
@@ -164,10 +165,6 @@ def test_only_a_fixed_k_runs_in_the_distributed_path(tmp_path):
 # ----------------------------------------------------------------------------- training (torchrun)
 
 MODEL = ["--dim", "16", "--time-dim", "16", "--heads", "2", "--no-progress", "--timeout", "60", "--threads", "1"]
-
-
-def sh(*args: str, cwd: Path) -> None:
-    subprocess.run([sys.executable, "-m", "disttgl", *args], cwd=cwd, check=True, capture_output=True)
 
 
 @pytest.fixture(scope="module")
