@@ -10,6 +10,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -115,3 +116,14 @@ def test_two_nodes_on_localhost_train_the_one_node_run(data):
     for key in ("best_epoch", "test_mrr", "test_ap", "val_mrr"):
         assert two[key] == pytest.approx(one[key], rel=1e-12), key
     assert two["parallel"]["comm_bytes"] == one["parallel"]["comm_bytes"]
+
+
+def test_a_diverging_parallel_run_stops_every_rank(data):
+    """Rank 0 alone scores the evaluation; it shares the verdict, so every rank stops with the same clear
+    error (not rank 0 with a traceback and the others killed by torchrun) and no epoch is written."""
+    start = time.monotonic()
+    proc = subprocess.run(_torchrun(data, "diverged", 2, extra=["--lr", "1e30"]), cwd=data,
+                          capture_output=True, text=True, timeout=240, env=_env())
+    assert proc.returncode != 0 and time.monotonic() - start < 120
+    assert proc.stderr.count("non-finite validation or test scores at epoch 0") == 2, proc.stderr[-3000:]
+    assert not (data / "diverged" / "metrics.jsonl").exists()

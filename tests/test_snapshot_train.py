@@ -89,3 +89,29 @@ def test_transfer_benchmark_runs_on_a_tiny_input(data, tmp_path):
     assert result["whole"]["bytes"] > result["diff"]["bytes"] > 0
     assert result["bytes_ratio"] == pytest.approx(result["whole"]["bytes"] / result["diff"]["bytes"])
     assert result["identical"] is True and "whole" in proc.stdout
+
+
+def test_a_diverging_run_stops_at_the_epoch_and_writes_no_metric(data, capsys):
+    """lr 1e30: the first step makes the scores inf; the run exits 2 naming the epoch, before writing it."""
+    assert _train(data, "diverged", "--lr", "1e30") == 2
+    err = capsys.readouterr().err
+    assert "non-finite validation or test scores at epoch 0" in err and "lower --lr" in err
+    assert not (data / "diverged" / "metrics.jsonl").exists() and not (data / "diverged" / "summary.json").exists()
+
+
+def test_a_non_finite_loss_stops_before_the_step(data, capsys, monkeypatch):
+    import disttgl.snapshot.train as snapshot_train
+
+    real = snapshot_train.train_step
+    calls = []
+
+    def nan_on_second_epoch(*args, **kw):
+        loss = real(*args, **kw)
+        calls.append(1)
+        return loss * float("nan") if len(calls) == 2 else loss
+
+    monkeypatch.setattr(snapshot_train, "train_step", nan_on_second_epoch)
+    assert _train(data, "nanloss") == 2
+    assert "non-finite training loss (nan) at epoch 1: training diverged" in capsys.readouterr().err
+    rows = [json.loads(x) for x in (data / "nanloss" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [0] and math.isfinite(rows[0]["train_loss"])  # epoch 0 kept, 1 not written

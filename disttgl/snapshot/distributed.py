@@ -34,7 +34,7 @@ from disttgl.snapshot.models import SnapshotLinkModel
 from disttgl.snapshot.partition import Partition
 from disttgl.snapshot.streamer import SnapshotStreamer
 from disttgl.snapshot.task import Targets
-from disttgl.train.metrics import RankingMetrics
+from disttgl.train.metrics import NonFiniteScores, RankingMetrics
 
 METRICS = ("ap", "mrr", "ap_1neg")  # RankingMetrics.compute's keys
 
@@ -193,7 +193,12 @@ class DistributedStep:
                 metrics = RankingMetrics()
                 metrics.update(torch.cat([x[:c] for x, c in zip(pieces, counts)]),
                                torch.cat([x[c:].reshape(c, q) for x, c in zip(pieces, counts)]))
-                result = metrics.compute()
-                values[j] = torch.tensor([result[k] for k in METRICS], dtype=torch.float64)
+                try:
+                    result = metrics.compute()
+                    values[j] = torch.tensor([result[k] for k in METRICS], dtype=torch.float64)
+                except NonFiniteScores:  # every rank must learn it, or the others wait in the next collective
+                    values[j] = float("nan")
         self.comm.all_reduce(values, "eval_metrics")  # zeros elsewhere: rank 0's numbers, exactly
+        if not bool(torch.isfinite(values).all()):
+            raise NonFiniteScores("non-finite evaluation scores on rank 0: no metric is computed from them")
         return [dict(zip(METRICS, row)) for row in values.tolist()]

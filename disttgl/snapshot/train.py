@@ -40,6 +40,8 @@ from disttgl.snapshot.task import Targets, candidate_pool, draw_negatives, evalu
 from disttgl.snapshot.partition import Partition
 from disttgl.snapshot.resume import RankCounts, Resumed, gather_counts, resume, save_epoch, snapshots_identity
 from disttgl.train import machine_load
+from disttgl.train.epoch import NonFiniteError, non_finite_parameters
+from disttgl.train.metrics import NonFiniteScores
 from disttgl.train.run_files import run_summary, write_jsonl, write_summary
 from disttgl.train.run_lock import run_dir_lock
 
@@ -251,6 +253,13 @@ class _Run:
     world: int
 
 
+def _diverged(what: str, epoch: int, model: torch.nn.Module) -> NonFiniteError:
+    """The error that stops a run at a non-finite loss or score, before this epoch is written: the
+    checkpoint and metrics.jsonl keep the last finite epoch, and no NaN becomes a metric."""
+    source = non_finite_parameters(model) or "training diverged (try a lower --lr)"
+    return NonFiniteError(None, f"non-finite {what} at epoch {epoch}: {source}; stopping")
+
+
 def _fit(run: _Run, state: Resumed, targets: dict[str, Targets], eval_negs: dict[str, list[torch.Tensor]],
          train_rng: np.random.Generator, pool: np.ndarray | None, eval_stop: int) -> dict[str, Any]:
     """The epochs after ``state.done``; metrics.jsonl and checkpoint.pt (rank 0); the summary's run fields."""
@@ -267,12 +276,17 @@ def _fit(run: _Run, state: Resumed, targets: dict[str, Targets], eval_negs: dict
         negs = draw_negatives(train_rng, targets["train"], 1, num_nodes, pool, device)
         opt.zero_grad()
         loss, loss_value = step.train_loss(targets["train"], negs)
+        if not np.isfinite(loss_value):  # the loss summed over ranks: every rank stops here together
+            raise _diverged(f"training loss ({loss_value})", epoch, model)
         loss.backward()
         step.reduce_gradients()
         opt.step()
         train_seconds = time.perf_counter() - start
         model.eval()
-        val, test = step.evaluate(eval_stop, [(targets[k], eval_negs[k]) for k in ("val", "test")])
+        try:
+            val, test = step.evaluate(eval_stop, [(targets[k], eval_negs[k]) for k in ("val", "test")])
+        except NonFiniteScores:  # raised on every rank (DistributedStep shares rank 0's verdict)
+            raise _diverged("validation or test scores", epoch, model) from None
         load = meter.stop()
         comm_sent = counter.total_sent() - comm0 if counter else 0
         # the row's comm_bytes_sent counts every collective of the epoch but this sum itself

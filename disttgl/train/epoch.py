@@ -45,6 +45,16 @@ class NonFiniteError(DataError):
     """A NaN or inf training loss or evaluation score: the step and the likely source are named."""
 
 
+def non_finite_parameters(model: torch.nn.Module) -> str | None:
+    """Which of ``model``'s parameters and buffers hold NaN or inf, as one phrase; None if none do."""
+    tensors = [*model.named_parameters(), *model.named_buffers()]
+    params = [n for n, t in tensors if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if not params:
+        return None
+    return (f"model parameters ({len(params)} of {len(tensors)}: {', '.join(params[:4])}"
+            f"{', ...' if len(params) > 4 else ''}; a corrupted checkpoint?)")
+
+
 def non_finite_error(what: str, *, split: str | None, epoch: int | None, batch: int, model: torch.nn.Module,
                      feats: Features, mem: torch.Tensor | None = None,
                      mail: torch.Tensor | None = None) -> NonFiniteError:
@@ -66,11 +76,9 @@ def non_finite_error(what: str, *, split: str | None, epoch: int | None, batch: 
     rows("node features", feats.node_feat)
     rows("this batch's memory rows", mem)
     rows("this batch's mailbox rows", mail)
-    tensors = [*model.named_parameters(), *model.named_buffers()]
-    params = [n for n, t in tensors if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    params = non_finite_parameters(model)
     if params:
-        found.append(f"model parameters ({len(params)} of {len(tensors)}: {', '.join(params[:4])}"
-                     f"{', ...' if len(params) > 4 else ''}; a corrupted checkpoint?)")
+        found.append(params)
     where = ", ".join([*([f"epoch {epoch}"] if epoch is not None else []), f"batch {batch}",
                        *([f"{split} split"] if split else [])])
     source = ("non-finite values in " + "; ".join(found) if found else
