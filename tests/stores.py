@@ -33,3 +33,10 @@ def synthetic_store(directory: Path, synth: SynthConfig, params: BatchParams, *,
 def sh(*args: str, cwd: Path) -> None:
     """``python -m disttgl ARGS`` in ``cwd``, which must succeed (its output captured)."""
     subprocess.run([sys.executable, "-m", "disttgl", *args], cwd=cwd, check=True, capture_output=True)
+
+
+def pipeline_store(directory: Path) -> tuple[Path, Path]:
+    """The store MSPipe's executor tests train on (off, threads and streams alike): 3,000 events over
+    120 nodes, batches of 50 with 2 negative sets. Returns (graph store path, batch cache path)."""
+    return synthetic_store(directory, SynthConfig(events=3000, nodes=120, edge_dim=4, seed=1),
+                           BatchParams(batch_size=50, neg_sets=2, eval_negatives=9, seed=0))

@@ -11,9 +11,7 @@ import pytest
 import torch
 
 from disttgl.cache.cuda_events import tensors_in
-from disttgl.cache.format import BatchParams
 from disttgl.cache.loader import BatchLoader
-from disttgl.data.synth import SynthConfig
 from disttgl.models.mailbox import MailWrite
 from disttgl.pipeline.executor import MemoryPrefetch
 from disttgl.pipeline.stale_memory import StaleMemory, Write
@@ -22,7 +20,7 @@ from disttgl.pipeline.strategy import StalePipeline
 from disttgl.pipeline.versions import memory_versions
 from disttgl.train.config import TrainConfig
 from disttgl.train.fit import fit
-from stores import synthetic_store
+from stores import pipeline_store
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (benchmarks/gpu_check.sh)")
 
@@ -30,8 +28,7 @@ cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GP
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     d = tmp_path_factory.mktemp("streams")
-    graph, cache = synthetic_store(d, SynthConfig(events=3000, nodes=120, edge_dim=4, seed=1),
-                                   BatchParams(batch_size=50, neg_sets=2, eval_negatives=9, seed=0))
+    graph, cache = pipeline_store(d)
     return d, graph, cache
 
 

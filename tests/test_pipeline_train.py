@@ -8,7 +8,6 @@ import json
 
 import pytest
 
-from disttgl.cache.format import BatchParams
 from disttgl.cli import main
 from disttgl.data.graph_store import write_graph
 from disttgl.data.synth import SynthConfig, generate
@@ -16,7 +15,7 @@ from disttgl.pipeline.strategy import StalePipeline
 from disttgl.train.config import TrainConfig
 from disttgl.train.fit import fit
 from disttgl.train.single import train
-from stores import synthetic_store
+from stores import pipeline_store
 
 SMALL = dict(epochs=2, dim=16, time_dim=16, lr=3e-3, threads=1, progress=False, prefetch=2)
 FLAGS = ["--epochs", "2", "--dim", "16", "--time-dim", "16", "--lr", "3e-3", "--threads", "1", "--no-progress"]
@@ -26,8 +25,7 @@ METRICS = ("train_loss", "val_ap", "val_mrr", "val_ap_1neg")
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     d = tmp_path_factory.mktemp("pipe")
-    graph, cache = synthetic_store(d, SynthConfig(events=3000, nodes=120, edge_dim=4, seed=1),
-                                   BatchParams(batch_size=50, neg_sets=2, eval_negatives=9, seed=0))
+    graph, cache = pipeline_store(d)
     return d, graph, cache
 
 
