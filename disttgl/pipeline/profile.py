@@ -91,9 +91,11 @@ def profile_stages(cfg: TrainConfig, *, batches: int = 40, warmup: int = 5) -> d
         raise DataError(cfg.cache, f"only {n} training batches: fewer than the warm-up ({warmup}); use --warmup 0")
     per_stage = np.median(np.asarray(times), axis=0)
     tau = {name: float(v) for name, v in zip(STAGES, per_stage)}
-    bound = min_staleness(tuple(tau.values()))
+    stage_times = tuple(tau.values())
+    bound = min_staleness(stage_times)
     return {"kind": STAGE_TIMES_KIND, "memory": cfg.memory, "tau": tau, "k_min": bound.k, "bottleneck": bound.bottleneck,
-            "reason": bound.reason, "speedup_bound": speedup_bound(tuple(tau.values())), "batches_timed": len(times), "warmup": warmup, "graph": str(cfg.graph),
+            "reason": bound.reason, "speedup_bound": speedup_bound(stage_times), "batches_timed": len(times),
+            "warmup": warmup, "graph": str(cfg.graph),
             "cache": str(cfg.cache), "device": str(device), "threads": torch.get_num_threads(),
             "machine": platform.node(), "batch_size": int(cache.meta.batch_size)}
 
